@@ -1,0 +1,7 @@
+"""python -m kscand."""
+
+import sys
+
+from kscand.cli import main
+
+sys.exit(main())

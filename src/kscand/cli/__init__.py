@@ -1,0 +1,64 @@
+"""The kscand command line: one module per subcommand, registered in COMMANDS.
+
+Each subcommand module exposes add_parser(subparsers) and main(args) -> int.
+Only this package prints or exits; errors become one line on stderr and a
+non-zero exit status (2 for bad input or an unsupported machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from kscand import __version__
+from kscand.errors import ConfigError, KscandError
+
+# Subcommand name -> module under kscand.cli (imported lazily, so `kscand sim`
+# does not pay for the live backend and vice versa).
+COMMANDS: dict[str, str] = {
+    "sim": "kscand.cli.sim",
+}
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"kscand: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kscand", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"kscand {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command])
+    try:
+        return int(module.main(args))
+    except ConfigError as err:
+        sys.stderr.write(f"kscand {args.command}: {err}\n")
+        return EXIT_USAGE
+    except KscandError as err:
+        sys.stderr.write(f"kscand {args.command}: {err}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("kscand: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE

@@ -1,0 +1,26 @@
+"""The small error hierarchy of kscand; library code raises, only the CLI prints."""
+
+from __future__ import annotations
+
+
+class KscandError(Exception):
+    """Base class of every error kscand raises on purpose."""
+
+
+class ProcessGone(KscandError):
+    """The process exited, or its pid now names another process."""
+
+
+class AccessDenied(KscandError):
+    """The kernel refused access (not root, missing capability)."""
+
+
+class Unsupported(KscandError):
+    """The kernel lacks a feature kscand needs (page_idle, DAMON, NUMA, ...)."""
+
+
+class ConfigError(KscandError):
+    """A config file, scenario file or tunable value is invalid.
+
+    The message is one line that names the offending field.
+    """

@@ -1,0 +1,137 @@
+"""The list of address spaces to scan and the scan cursor (kscand_scan in the series).
+
+Slots are keyed by process identity. The cursor is the front of a deque: the
+slot being scanned, with its resume address. A process that exits is marked
+dead and unlinked from the index at once; its slot leaves the deque the next
+time the cursor reaches it, so a slot is never freed under the scanner.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from kscand.machine import PAGE_SHIFT, ProcessId
+
+# Access history is kept per fixed, aligned chunk of virtual address space.
+HISTORY_CHUNK_SHIFT = 27  # 128 MiB
+HISTORY_CHUNK_BYTES = 1 << HISTORY_CHUNK_SHIFT
+HISTORY_CHUNK_PAGES = HISTORY_CHUNK_BYTES >> PAGE_SHIFT
+
+
+@dataclass(eq=False)
+class MmSlot:
+    """Per-process scan state: resume address, access history, per-node accessed counts."""
+
+    proc: ProcessId
+    resume_vaddr: int = 0
+    dead: bool = False
+    full_scans: int = 0  # complete walks of the address space
+    # Shift registers of Accessed bits, newest in bit 0: uint8 per base page,
+    # one array per HISTORY_CHUNK_BYTES-aligned chunk that had eligible pages.
+    history: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
+    # Accessed base pages per node (index nid) seen in the current / last scan
+    # visit: the target-node heuristic reads it.
+    accessed_by_nid: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+
+    def begin_scan(self) -> None:
+        """Start a scan visit: forget the previous visit's per-node accessed counts."""
+        self.accessed_by_nid = np.zeros(0, dtype=np.int64)
+
+    def note_accessed(self, nids: npt.NDArray[np.int32], nr_pages: npt.NDArray[np.int64]) -> None:
+        """Add accessed folios (their nids and sizes) to this visit's per-node counts."""
+        if not nids.size:
+            return
+        counts = np.bincount(nids, weights=nr_pages).astype(np.int64)
+        if counts.size > self.accessed_by_nid.size:
+            counts[: self.accessed_by_nid.size] += self.accessed_by_nid
+            self.accessed_by_nid = counts
+        else:
+            self.accessed_by_nid[: counts.size] += counts
+
+    def history_chunk(self, chunk_base: int) -> npt.NDArray[np.uint8]:
+        """The history array of the chunk starting at chunk_base (created zeroed)."""
+        chunk = self.history.get(chunk_base)
+        if chunk is None:
+            chunk = np.zeros(HISTORY_CHUNK_PAGES, dtype=np.uint8)
+            self.history[chunk_base] = chunk
+        return chunk
+
+
+class MmList:
+    """Slots of every process being scanned, and the cursor over them."""
+
+    def __init__(self) -> None:
+        self._by_proc: dict[ProcessId, MmSlot] = {}
+        self._ring: deque[MmSlot] = deque()
+        self._nr_dead_in_ring = 0
+
+    def __len__(self) -> int:
+        return len(self._by_proc)
+
+    def __contains__(self, proc: object) -> bool:
+        return proc in self._by_proc
+
+    def __iter__(self) -> Iterator[MmSlot]:
+        return iter(list(self._by_proc.values()))
+
+    def get(self, proc: ProcessId) -> MmSlot | None:
+        return self._by_proc.get(proc)
+
+    def enter(self, proc: ProcessId) -> MmSlot:
+        """Add a process (kscand_enter); it is scanned after the ones already listed."""
+        slot = self._by_proc.get(proc)
+        if slot is not None:
+            return slot
+        slot = MmSlot(proc)
+        self._by_proc[proc] = slot
+        self._ring.append(slot)
+        return slot
+
+    def exit(self, proc: ProcessId) -> MmSlot | None:
+        """Remove a process (kscand_exit); safe while its slot is under the cursor."""
+        slot = self._by_proc.pop(proc, None)
+        if slot is None:
+            return None
+        slot.dead = True
+        slot.history.clear()
+        self._nr_dead_in_ring += 1
+        # Keep the ring bounded under churn: compact it when dead slots dominate.
+        if self._nr_dead_in_ring > len(self._by_proc) + 64:
+            self._ring = deque(s for s in self._ring if not s.dead)
+            self._nr_dead_in_ring = 0
+        return slot
+
+    def sync(self, procs: Iterable[ProcessId]) -> tuple[list[ProcessId], list[ProcessId]]:
+        """Enter new processes and exit vanished ones; returns (entered, exited)."""
+        alive = set(procs)
+        exited = [proc for proc in self._by_proc if proc not in alive]
+        for proc in exited:
+            self.exit(proc)
+        entered = [proc for proc in sorted(alive) if proc not in self._by_proc]
+        for proc in entered:
+            self.enter(proc)
+        return entered, exited
+
+    def cursor(self) -> MmSlot | None:
+        """The slot to scan next, dropping dead slots the cursor reaches."""
+        while self._ring and self._ring[0].dead:
+            self._ring.popleft()
+            self._nr_dead_in_ring -= 1
+        return self._ring[0] if self._ring else None
+
+    def advance(self) -> None:
+        """Move the cursor past the current slot (to the back of the ring)."""
+        if not self._ring:
+            return
+        slot = self._ring.popleft()
+        if slot.dead:
+            self._nr_dead_in_ring -= 1
+        else:
+            self._ring.append(slot)

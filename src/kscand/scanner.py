@@ -1,0 +1,184 @@
+"""The scan: one process from its resume address within a byte budget (kscand_scan_mm_slot).
+
+Layers, as in khugepaged: scan_mm() walks VMAs from the resume address until
+the budget is spent; scan_range() handles one aligned run of pages inside one
+VMA with array operations only: read the pages, filter, test-and-clear the
+Accessed bits, update the access history, and queue hot slow-tier folios.
+"""
+
+from __future__ import annotations
+
+import enum
+import numpy as np
+import numpy.typing as npt
+
+from kscand.errors import ProcessGone
+from kscand.filters import NR_PAGE_SKIP, folio_nr_pages, page_skip_codes, vma_skip_reason
+from kscand.machine import (
+    PAGE_SHIFT,
+    PMD_SIZE,
+    BoolArray,
+    I64Array,
+    Machine,
+    ProcessId,
+    Topology,
+    Vma,
+)
+from kscand.migrator import Migrator
+from kscand.mmlist import HISTORY_CHUNK_BYTES, MmSlot
+from kscand.stats import PageSkip, Stats
+from kscand.tunables import Tunables
+
+
+class ScanEnd(enum.Enum):
+    """How a scan of one process ended."""
+
+    BUDGET = "budget"  # scan_size_bytes spent; resume from slot.resume_vaddr next time
+    WRAPPED = "wrapped"  # reached the end of the address space; next scan starts at 0
+    GONE = "gone"  # the process exited or its pid was reused
+
+
+def align_up(value: int, align: int) -> int:
+    """value rounded up to a multiple of align (a power of two)."""
+    return (value + align - 1) & ~(align - 1)
+
+
+def next_stop(start: int, vma_end: int, budget_bytes: int) -> int:
+    """End of the next range to scan from start.
+
+    It stops at the end of the VMA, at the next history chunk boundary, or
+    where the budget runs out rounded up to a PMD boundary, so that a THP is
+    never split between two scans. The range is never empty.
+    """
+    chunk_end = (start // HISTORY_CHUNK_BYTES + 1) * HISTORY_CHUNK_BYTES
+    budget_end = align_up(start + max(budget_bytes, 1), PMD_SIZE)
+    return min(vma_end, chunk_end, budget_end)
+
+
+def hot_mask(history: npt.NDArray[np.uint8], depth: int) -> BoolArray:
+    """Hot folios: accessed in each of the last depth scans. uint8 (n,) -> bool (n,)."""
+    need = np.uint8((1 << depth) - 1)
+    return (history & need) == need
+
+
+def push_history(
+    history: npt.NDArray[np.uint8], young: BoolArray
+) -> npt.NDArray[np.uint8]:
+    """Shift this scan's Accessed bits into the history registers. (n,) -> uint8 (n,)."""
+    return ((history << np.uint8(1)) | young.astype(np.uint8)).astype(np.uint8)
+
+
+class Scanner:
+    """Walks one process's address space per call, within the scan budget."""
+
+    def __init__(self, machine: Machine, migrator: Migrator, stats: Stats) -> None:
+        self.machine = machine
+        self.migrator = migrator
+        self.stats = stats
+
+    def scan_mm(self, slot: MmSlot, tunables: Tunables, topology: Topology) -> ScanEnd:
+        """Scan slot's process from its resume address for up to scan_size_bytes."""
+        proc = slot.proc
+        self.stats.add(proc, "nr_kscand_mm_scans")
+        slot.begin_scan()
+        try:
+            vmas = self.machine.vmas(proc)
+            return self._scan_vmas(slot, vmas, tunables, topology)
+        except ProcessGone:
+            return ScanEnd.GONE
+
+    def _scan_vmas(
+        self, slot: MmSlot, vmas: list[Vma], tunables: Tunables, topology: Topology
+    ) -> ScanEnd:
+        budget = tunables.scan_size_bytes
+        vaddr = slot.resume_vaddr
+        toptier = topology.toptier_table()
+        for vma in vmas:
+            if vma.end <= vaddr:
+                continue
+            reason = vma_skip_reason(vma)
+            if reason is not None:
+                self.stats.add(slot.proc, reason.value)
+                continue
+            self.stats.add(slot.proc, "nr_kscand_vma_scans")
+            start = max(vaddr, vma.start)
+            while start < vma.end and budget > 0:
+                stop = next_stop(start, vma.end, budget)
+                self.scan_range(slot, start, stop, tunables, toptier)
+                budget -= stop - start
+                start = stop
+            vaddr = start
+            if budget <= 0:
+                return self._stop_at(slot, vaddr, vmas)
+        slot.resume_vaddr = 0
+        slot.full_scans += 1
+        return ScanEnd.WRAPPED
+
+    @staticmethod
+    def _stop_at(slot: MmSlot, vaddr: int, vmas: list[Vma]) -> ScanEnd:
+        """Budget spent at vaddr: resume there, or wrap if nothing is left beyond it."""
+        if any(vma.end > vaddr for vma in vmas):
+            slot.resume_vaddr = vaddr
+            return ScanEnd.BUDGET
+        slot.resume_vaddr = 0
+        slot.full_scans += 1
+        return ScanEnd.WRAPPED
+
+    def scan_range(
+        self,
+        slot: MmSlot,
+        start: int,
+        end: int,
+        tunables: Tunables,
+        toptier: BoolArray,
+    ) -> None:
+        """Scan [start, end), inside one VMA and one history chunk. No per-page loop."""
+        proc = slot.proc
+        batch = self.machine.read_range(proc, start, end)
+        self.stats.add(proc, "nr_kscand_ptes_scanned", len(batch))
+
+        codes = page_skip_codes(batch.flags)
+        counts = np.bincount(codes, minlength=NR_PAGE_SKIP)
+        for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP):
+            self.stats.add(proc, PageSkip(code).counter, int(counts[code]))
+        if not counts[PageSkip.ELIGIBLE]:
+            return
+
+        folios = batch.take(np.flatnonzero(codes == PageSkip.ELIGIBLE))
+        young = self.machine.test_and_clear_young(proc, folios)
+
+        chunk_base = start - start % HISTORY_CHUNK_BYTES
+        history = slot.history_chunk(chunk_base)
+        offsets = ((folios.vaddr - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(
+            np.intp
+        )
+        pushed = push_history(history[offsets], young)
+        history[offsets] = pushed
+        hot = young & hot_mask(pushed, tunables.hot_history_depth)
+
+        nr_pages = folio_nr_pages(folios.flags)
+        on_top = toptier[folios.nid + 1]
+        self._count_folios(proc, nr_pages, young, hot, on_top)
+
+        candidates = np.flatnonzero(hot & ~on_top)
+        if candidates.size:
+            self.migrator.add(proc, folios.take(candidates), nr_pages[candidates])
+        slot.note_accessed(folios.nid[young], nr_pages[young])
+
+    def _count_folios(
+        self,
+        proc: ProcessId,
+        nr_pages: I64Array,
+        young: BoolArray,
+        hot: BoolArray,
+        on_top: BoolArray,
+    ) -> None:
+        total = int(nr_pages.sum())
+        young_pages = int(nr_pages[young].sum())
+        hot_pages = int(nr_pages[hot].sum())
+        top_pages = int(nr_pages[on_top].sum())
+        self.stats.add(proc, "nr_kscand_idlepage", total - young_pages)
+        self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
+        self.stats.add(proc, "nr_kscand_coldpage", young_pages - hot_pages)
+        self.stats.add(proc, "nr_kscand_toptier", top_pages)
+        self.stats.add(proc, "nr_kscand_slowtier", total - top_pages)

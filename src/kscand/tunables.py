@@ -1,0 +1,150 @@
+"""kscand's tunables: one validated dataclass, the analog of /sys/kernel/mm/kscand/.
+
+Defaults and ranges follow the kscand RFC series where it has them; each field
+carries its unit, range and a one-line description (the README's tunables
+table and `kscand tune` are built from this metadata).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from kscand.errors import ConfigError
+from kscand.machine import PAGE_SIZE
+from kscand.units import parse_size_bytes
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def _knob(default: Any, lo: float | None, hi: float | None, unit: str, doc: str) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi, "unit": unit, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Tunables:
+    """Every knob of the scanner and the migrator, validated on construction."""
+
+    scan_enabled: bool = _knob(True, None, None, "bool", "scan at all (the series' scan_enabled)")
+    scan_sleep_ms: int = _knob(
+        20, 0, 60_000, "ms", "pause between two scan passes (series default 20)"
+    )
+    scan_size_bytes: int = _knob(
+        1 * GiB,
+        2 * MiB,
+        1 << 40,
+        "bytes",
+        "VMA bytes scanned per process per pass before moving to the next one (series: 1 GiB)",
+    )
+    mms_to_scan: int = _knob(4096, 1, 1_000_000, "processes", "processes visited per pass")
+    hot_history_depth: int = _knob(
+        2,
+        1,
+        8,
+        "scans",
+        "consecutive scans a page must be found accessed in to be hot "
+        "(2 = the series' second access; 1 = first touch promotes)",
+    )
+    target_node: int = _knob(
+        -1, -1, 1023, "nid", "promotion target; -1 = the first top-tier node (must be top tier)"
+    )
+    target_free_min_pct: float = _knob(
+        2.0, 0.0, 50.0, "%", "never fill the target node above 100 - this percent of its capacity"
+    )
+    migrate_queue_max: int = _knob(
+        131_072,
+        1,
+        1 << 24,
+        "folios",
+        "cap on queued promotion candidates over all processes; overflow is counted and dropped",
+    )
+    migrate_batch_folios: int = _knob(
+        512, 1, 65_536, "folios", "folios per move_pages(2) call"
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_range(f, getattr(self, f.name), f.name)
+        if self.scan_size_bytes % PAGE_SIZE:
+            raise ConfigError(
+                f"scan_size_bytes: must be a multiple of the page size ({PAGE_SIZE}), "
+                f"got {self.scan_size_bytes}"
+            )
+
+    def replace(self, **changes: Any) -> Tunables:
+        """A copy with changes applied and validated."""
+        return tunables_from_mapping({**dataclasses.asdict(self), **changes}, where="")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_range(f: dataclasses.Field[Any], value: Any, where: str) -> None:
+    meta = f.metadata
+    if meta["unit"] == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if f.type in ("int", int) and not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    lo, hi = meta["min"], meta["max"]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}] ({meta['unit']})")
+
+
+def tunable_fields() -> tuple[dataclasses.Field[Any], ...]:
+    """The dataclass fields of Tunables, with their metadata."""
+    return dataclasses.fields(Tunables)
+
+
+def coerce_tunable(name: str, value: Any, where: str) -> Any:
+    """One tunable value from config text: sizes may be strings like "1GiB"."""
+    fields = {f.name: f for f in tunable_fields()}
+    if name not in fields:
+        raise ConfigError(f"{where}{name}: unknown tunable (known: {', '.join(sorted(fields))})")
+    f = fields[name]
+    if f.metadata["unit"] == "bytes":
+        value = parse_size_bytes(value, f"{where}{name}")
+    elif f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    _check_range(f, value, f"{where}{name}")
+    return value
+
+
+def tunables_from_mapping(mapping: dict[str, Any], where: str = "tunables.") -> Tunables:
+    """Tunables from a TOML table; unknown keys and bad values raise ConfigError."""
+    values = {name: coerce_tunable(name, value, where) for name, value in mapping.items()}
+    try:
+        return Tunables(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}") from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """NAME=VALUE from the command line, typed like the tunable (for `kscand tune`)."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ConfigError(f"{text!r}: expected NAME=VALUE")
+    fields = {f.name: f for f in tunable_fields()}
+    if name not in fields:
+        raise ConfigError(f"{name}: unknown tunable (known: {', '.join(sorted(fields))})")
+    raw = raw.strip()
+    unit = fields[name].metadata["unit"]
+    value: Any
+    if unit == "bool":
+        if raw.lower() not in ("0", "1", "true", "false", "on", "off"):
+            raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+        value = raw.lower() in ("1", "true", "on")
+    elif unit == "bytes":
+        value = raw
+    else:
+        try:
+            value = int(raw) if fields[name].type in ("int", int) else float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    return name, coerce_tunable(name, value, "")
