@@ -1,0 +1,274 @@
+"""The daemon's TOML config file: tunables, process selection, topology overrides, daemon paths.
+
+Every field is validated on load; a bad one raises ConfigError with a single
+line that names it by its dotted path (``scan.pids[2]: ...``), so the CLI can
+print it as is. See contrib/kscand.toml for a documented example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kscand.errors import ConfigError
+from kscand.tunables import Tunables, tunables_from_mapping
+
+ACCESS_SOURCES = ("auto", "page_idle", "damon")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_STATE_DIR = Path("/run/kscand")
+PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit
+MAX_NUMNODES = 1024  # CONFIG_NODES_SHIFT=10, the x86_64 maximum
+TASK_COMM_LEN = 16  # /proc/PID/comm holds at most 15 characters
+CONFIG_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ScanConfig:
+    """Which processes to scan (empty selection = every user process) and how."""
+
+    pids: tuple[int, ...] = ()
+    cgroups: tuple[str, ...] = ()  # cgroup v2 paths, as in /proc/PID/cgroup ("/system.slice/x")
+    comm_patterns: tuple[str, ...] = ()  # fnmatch patterns on /proc/PID/comm
+    access_source: str = "auto"  # auto | page_idle | damon
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyConfig:
+    """Overrides for kernels without memory-tier information (None = from sysfs)."""
+
+    top_tier_nodes: tuple[int, ...] | None = None
+    slow_nodes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Where the daemon keeps its socket and state file, and how it logs."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    log_level: str = "info"
+    trace: str = ""  # "" = off, "stderr", or an absolute file path (trace events; issue 5)
+    status_interval_ms: int = 2000  # how often state_dir/status.json is rewritten
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole config file."""
+
+    tunables: Tunables = field(default_factory=Tunables)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+    def with_state_dir(self, state_dir: Path) -> Config:
+        """A copy with daemon.state_dir replaced (the --state-dir option)."""
+        return dataclasses.replace(
+            self, daemon=dataclasses.replace(self.daemon, state_dir=state_dir)
+        )
+
+
+# ---------------------------------------------------------------------------
+# Field checkers: each takes the value and its dotted name, returns the typed value.
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}]")
+        return value
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(value: Any, where: str) -> str:
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _list_of(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple[Any, ...]]:
+    def check(value: Any, where: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+    return check
+
+
+def _unique(check: Callable[[Any, str], tuple[Any, ...]]) -> Callable[[Any, str], tuple[Any, ...]]:
+    def unique(value: Any, where: str) -> tuple[Any, ...]:
+        items = check(value, where)
+        dups = sorted({x for x in items if items.count(x) > 1})
+        if dups:
+            raise ConfigError(f"{where}: listed more than once: {', '.join(map(str, dups))}")
+        return items
+
+    return unique
+
+
+def _cgroup_path(value: Any, where: str) -> str:
+    text = _string(value, where)
+    path = PurePosixPath(text)
+    if not text.startswith("/") or ".." in path.parts:
+        raise ConfigError(
+            f"{where}: a cgroup v2 path starts with '/' and has no '..', "
+            f"as in /proc/PID/cgroup (e.g. \"/system.slice/redis.service\"), got {text!r}"
+        )
+    return str(path)
+
+
+def _comm_pattern(value: Any, where: str) -> str:
+    text = _string(value, where)
+    if not text:
+        raise ConfigError(f"{where}: empty command-name pattern")
+    if not any(c in text for c in "*?[") and len(text) >= TASK_COMM_LEN:
+        raise ConfigError(
+            f"{where}: {text!r} can never match: a command name (/proc/PID/comm) has at "
+            f"most {TASK_COMM_LEN - 1} characters"
+        )
+    return text
+
+
+def _state_dir(value: Any, where: str) -> Path:
+    text = _string(value, where)
+    if not text.startswith("/"):
+        raise ConfigError(f"{where}: expected an absolute path, got {text!r}")
+    return Path(text)
+
+
+def _trace(value: Any, where: str) -> str:
+    text = _string(value, where)
+    if text not in ("", "stderr") and not text.startswith("/"):
+        raise ConfigError(f"{where}: expected \"\", \"stderr\" or an absolute path, got {text!r}")
+    return text
+
+
+_nid = _int_in(0, MAX_NUMNODES - 1)
+
+_SCAN_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "pids": _unique(_list_of(_int_in(1, PID_MAX_LIMIT))),
+    "cgroups": _unique(_list_of(_cgroup_path)),
+    "comm_patterns": _unique(_list_of(_comm_pattern)),
+    "access_source": _one_of(ACCESS_SOURCES),
+}
+_TOPOLOGY_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "top_tier_nodes": _unique(_list_of(_nid)),
+    "slow_nodes": _unique(_list_of(_nid)),
+}
+_DAEMON_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "state_dir": _state_dir,
+    "log_level": _one_of(LOG_LEVELS),
+    "trace": _trace,
+    "status_interval_ms": _int_in(100, 3_600_000),
+}
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table [{where}], got {value!r}")
+    return value
+
+
+def _section(
+    mapping: dict[str, Any], name: str, fields: dict[str, Callable[[Any, str], Any]]
+) -> dict[str, Any]:
+    """The checked values of table [name]; unknown keys are errors."""
+    table = _table(mapping.get(name, {}), name)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        check = fields.get(key)
+        if check is None:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{name}.{key}: unknown field (known: {known})")
+        out[key] = check(value, f"{name}.{key}")
+    return out
+
+
+def _topology(mapping: dict[str, Any]) -> TopologyConfig:
+    topology = TopologyConfig(**_section(mapping, "topology", _TOPOLOGY_FIELDS))
+    both = set(topology.top_tier_nodes or ()) & set(topology.slow_nodes or ())
+    if both:
+        nids = ", ".join(map(str, sorted(both)))
+        raise ConfigError(f"topology.slow_nodes: node {nids} is also in topology.top_tier_nodes")
+    if topology.top_tier_nodes == ():
+        raise ConfigError("topology.top_tier_nodes: must name at least one node when given")
+    return topology
+
+
+SECTIONS = ("daemon", "scan", "topology", "tunables")
+
+
+def config_from_mapping(mapping: dict[str, Any]) -> Config:
+    """A Config from parsed TOML; every error names its dotted field."""
+    for key in mapping:
+        if key not in SECTIONS:
+            raise ConfigError(f"{key}: unknown section (known: {', '.join(SECTIONS)})")
+    return Config(
+        tunables=tunables_from_mapping(_table(mapping.get("tunables", {}), "tunables")),
+        scan=ScanConfig(**_section(mapping, "scan", _SCAN_FIELDS)),
+        topology=_topology(mapping),
+        daemon=DaemonConfig(**_section(mapping, "daemon", _DAEMON_FIELDS)),
+    )
+
+
+def config_from_text(text: str) -> Config:
+    """A Config from TOML text; a syntax error is one ConfigError line with its position."""
+    try:
+        mapping = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"not valid TOML: {err}") from err
+    return config_from_mapping(mapping)
+
+
+def check_config_file(st: os.stat_result, euid: int) -> str | None:
+    """Why a root daemon must not trust a config file with this stat, or None.
+
+    Only root or the daemon's own user may own it, and nobody else may write
+    it: anyone who can change it decides which memory kscand moves.
+    """
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid not in (0, euid):
+        return f"is owned by uid {st.st_uid}, not by root or uid {euid}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by group or others (chmod go-w it)"
+    return None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; errors are one line starting with the path."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot open: {err.strerror}") from err
+    with os.fdopen(fd, "rb") as fh:
+        reason = check_config_file(os.fstat(fd), os.geteuid())
+        if reason is not None:
+            raise ConfigError(f"{path}: {reason}")
+        data = fh.read(CONFIG_MAX_BYTES + 1)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    try:
+        return config_from_text(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
