@@ -35,8 +35,8 @@ def vma_skip_reason(vma: Vma) -> VmaSkip | None:
 # filter is one table lookup per page: key = flags & _KEY_MASK.
 _KEY_MASK = 0x3FF
 assert max(
-    PageFlag.PRESENT, PageFlag.SHARED, PageFlag.UNEVICTABLE, PageFlag.LRU, PageFlag.THP_TAIL,
-    PageFlag.HUGETLB, PageFlag.ZONE_DEVICE, PageFlag.KSM, PageFlag.ZERO,
+    PageFlag.PRESENT, PageFlag.SHARED, PageFlag.UNEVICTABLE, PageFlag.LRU, PageFlag.THP_HEAD,
+    PageFlag.THP_TAIL, PageFlag.HUGETLB, PageFlag.ZONE_DEVICE, PageFlag.KSM, PageFlag.ZERO,
 ) <= _KEY_MASK
 
 
@@ -58,6 +58,8 @@ def _page_skip_of(key: int) -> PageSkip:
         return PageSkip.UNEVICTABLE
     if not flags & PageFlag.LRU:
         return PageSkip.NOT_LRU
+    if flags & PageFlag.THP_HEAD:
+        return PageSkip.ELIGIBLE_THP
     return PageSkip.ELIGIBLE
 
 
@@ -72,6 +74,6 @@ def page_skip_codes(flags: U32Array) -> npt.NDArray[np.uint8]:
     return PAGE_SKIP_TABLE[flags & _KEY_MASK]
 
 
-def folio_nr_pages(flags: U32Array) -> npt.NDArray[np.int64]:
-    """Base pages per folio: HPAGE_PMD_NR for a THP head, else 1. uint32 (n,) -> int64 (n,)."""
-    return np.where(flags & PageFlag.THP_HEAD, HPAGE_PMD_NR, 1).astype(np.int64)
+def folio_nr_pages(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """Base pages per eligible folio from its PageSkip code. uint8 (n,) -> int64 (n,)."""
+    return np.where(codes == PageSkip.ELIGIBLE_THP, HPAGE_PMD_NR, 1).astype(np.int64)

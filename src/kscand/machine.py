@@ -185,7 +185,8 @@ class Machine(Protocol):
 
     Methods that take a ProcessId raise kscand.errors.ProcessGone when the
     process exited or its pid now names another process; the engine treats
-    that as an ordinary outcome.
+    that as an ordinary outcome. Addresses passed in (vaddrs, a batch's
+    vaddr) are page-aligned and strictly ascending: no duplicates.
     """
 
     clock: Clock

@@ -44,8 +44,10 @@ class MmSlot:
         """Start a scan visit: forget the previous visit's per-node accessed counts."""
         self.accessed_by_nid = np.zeros(0, dtype=np.int64)
 
-    def note_accessed(self, nids: npt.NDArray[np.int32], nr_pages: npt.NDArray[np.int64]) -> None:
-        """Add accessed folios (their nids and sizes) to this visit's per-node counts."""
+    def note_accessed(
+        self, nids: npt.NDArray[np.int32], nr_pages: npt.NDArray[np.int64] | None
+    ) -> None:
+        """Add accessed folios (their nids; sizes, None = base pages) to this visit's counts."""
         if not nids.size:
             return
         counts = np.bincount(nids, weights=nr_pages).astype(np.int64)

@@ -141,42 +141,63 @@ class Scanner:
         counts = np.bincount(codes, minlength=NR_PAGE_SKIP)
         for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP):
             self.stats.add(proc, PageSkip(code).counter, int(counts[code]))
-        if not counts[PageSkip.ELIGIBLE]:
+        nr_base, nr_thp = int(counts[PageSkip.ELIGIBLE]), int(counts[PageSkip.ELIGIBLE_THP])
+        if not nr_base + nr_thp:
             return
 
-        folios = batch.take(np.flatnonzero(codes == PageSkip.ELIGIBLE))
+        chunk_base = start - start % HISTORY_CHUNK_BYTES
+        offsets: slice | npt.NDArray[np.intp]
+        if nr_base == len(batch):
+            folios = batch  # every page an eligible base page: the history is one slice
+            first = (start - chunk_base) >> PAGE_SHIFT
+            offsets = slice(first, first + len(batch))
+        else:
+            eligible = np.flatnonzero(codes <= PageSkip.ELIGIBLE_THP)
+            folios = batch.take(eligible)
+            codes = codes[eligible]
+            offsets = ((folios.vaddr - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(
+                np.intp
+            )
         young = self.machine.test_and_clear_young(proc, folios)
 
-        chunk_base = start - start % HISTORY_CHUNK_BYTES
         history = slot.history_chunk(chunk_base)
-        offsets = ((folios.vaddr - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(
-            np.intp
-        )
         pushed = push_history(history[offsets], young)
         history[offsets] = pushed
         hot = young & hot_mask(pushed, tunables.hot_history_depth)
-
-        nr_pages = folio_nr_pages(folios.flags)
         on_top = toptier[folios.nid + 1]
+        nr_pages = folio_nr_pages(codes) if nr_thp else None
         self._count_folios(proc, nr_pages, young, hot, on_top)
 
         candidates = np.flatnonzero(hot & ~on_top)
         if candidates.size:
-            self.migrator.add(proc, folios.take(candidates), nr_pages[candidates])
-        slot.note_accessed(folios.nid[young], nr_pages[young])
+            sizes = nr_pages[candidates] if nr_pages is not None else np.ones(
+                candidates.size, dtype=np.int64
+            )
+            self.migrator.add(proc, folios.take(candidates), sizes)
+        if nr_pages is None:
+            slot.note_accessed(folios.nid[young], None)
+        else:
+            slot.note_accessed(folios.nid[young], nr_pages[young])
 
     def _count_folios(
         self,
         proc: ProcessId,
-        nr_pages: I64Array,
+        nr_pages: I64Array | None,
         young: BoolArray,
         hot: BoolArray,
         on_top: BoolArray,
     ) -> None:
-        total = int(nr_pages.sum())
-        young_pages = int(nr_pages[young].sum())
-        hot_pages = int(nr_pages[hot].sum())
-        top_pages = int(nr_pages[on_top].sum())
+        """Add the series' per-page counters. nr_pages None: all base pages."""
+        if nr_pages is None:
+            total = young.shape[0]
+            young_pages = int(np.count_nonzero(young))
+            hot_pages = int(np.count_nonzero(hot))
+            top_pages = int(np.count_nonzero(on_top))
+        else:
+            total = int(nr_pages.sum())
+            young_pages = int(nr_pages[young].sum())
+            hot_pages = int(nr_pages[hot].sum())
+            top_pages = int(nr_pages[on_top].sum())
         self.stats.add(proc, "nr_kscand_idlepage", total - young_pages)
         self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
         self.stats.add(proc, "nr_kscand_coldpage", young_pages - hot_pages)

@@ -40,19 +40,21 @@ class VmaSkip(enum.StrEnum):
 class PageSkip(enum.IntEnum):
     """Why a page is not considered (the seed's is_valid_folio + LRU test).
 
-    ELIGIBLE and THP_TAIL are not skips: a tail is accounted with its head.
-    The order is the order of the tests: a page counts under the first match.
+    ELIGIBLE, ELIGIBLE_THP and THP_TAIL are not skips: a THP is one folio,
+    its head stands for it and its tails are accounted with it. The order is
+    the order of the tests: a page counts under the first match.
     """
 
-    ELIGIBLE = 0
-    THP_TAIL = 1
-    NOT_PRESENT = 2
-    ZERO_PAGE = 3
-    HUGETLB = 4
-    ZONE_DEVICE = 5
-    SHARED = 6
-    UNEVICTABLE = 7
-    NOT_LRU = 8
+    ELIGIBLE = 0  # a base page to test
+    ELIGIBLE_THP = 1  # the head of a THP to test as one folio
+    THP_TAIL = 2
+    NOT_PRESENT = 3
+    ZERO_PAGE = 4
+    HUGETLB = 5
+    ZONE_DEVICE = 6
+    SHARED = 7
+    UNEVICTABLE = 8
+    NOT_LRU = 9
 
     @property
     def counter(self) -> str:

@@ -1,0 +1,127 @@
+"""`kscand sim SCENARIO`: run the engine on the simulated machine and summarize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kscand.errors import ConfigError
+from kscand.machine import PAGE_SIZE
+from kscand.sim.run import SimReport, hot_fraction, run_scenario
+from kscand.sim.scenario import load_scenario
+from kscand.units import format_bytes
+
+# Counters shown in the summary besides the series' nr_kscand_* (all go to --json).
+SHOWN_PREFIXES = ("nr_kscand_", "vma_", "page_", "drop_", "move_fail_", "scan_")
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "sim",
+        help="run kscand on the simulated two-tier machine",
+        description="Run the kscand engine on a simulated machine described by a scenario file.",
+    )
+    parser.add_argument("scenario", type=Path, help="scenario TOML file (see scenarios/)")
+    parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="write the full report (timeline, processes, counters) as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed: must not be negative, got {args.seed}")
+    scenario = load_scenario(args.scenario)
+    console = Console(stderr=False)
+    progress = Progress(
+        TextColumn(f"[bold]{scenario.name}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% of {task.fields[virtual]} virtual"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=args.quiet,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("sim", total=1.0, virtual=f"{scenario.duration_s:g}s")
+        report = run_scenario(
+            scenario, seed=args.seed, progress=lambda f: progress.update(task, completed=f)
+        )
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        except OSError as err:
+            raise ConfigError(f"--json: cannot write {args.json}: {err.strerror}") from err
+    print_report(console, report)
+    return 0
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}s"
+
+
+def print_report(console: Console, report: SimReport) -> None:
+    """The summary tables: over time, per process, counters."""
+    console.print(
+        f"[bold]{report.scenario}[/] seed {report.seed}: {report.duration_s:g} s virtual "
+        f"in {report.wall_s:.1f} s wall, peak RSS {report.peak_rss_mib:.0f} MiB"
+    )
+    console.print(_timeline_table(report))
+    console.print(_process_table(report))
+    console.print(_counter_table(report.counters))
+
+
+def _timeline_table(report: SimReport) -> Table:
+    table = Table(title="Share of accesses served by the top tier (all processes)")
+    for col in ("time", "top tier", "oracle", "of oracle", "hot pages on top", "mean latency",
+                "promoted"):
+        table.add_column(col, justify="right")
+    samples = report.samples
+    marks = sorted({0, len(samples) - 1, *range(0, len(samples), max(1, len(samples) // 8))})
+    for i in marks:
+        s = samples[i]
+        of_oracle = s.top_share / s.oracle_share if s.oracle_share else 0.0
+        table.add_row(
+            f"{s.t_s:.1f}s", _pct(s.top_share), _pct(s.oracle_share), _pct(of_oracle),
+            _pct(hot_fraction(s)), f"{s.latency_ns:.0f} ns",
+            format_bytes(report.promoted_pages_at[i] * PAGE_SIZE),
+        )
+    table.caption = f"time to {90}% of the oracle: {_secs(report.t90_s)}"
+    return table
+
+
+def _process_table(report: SimReport) -> Table:
+    table = Table(title="Processes")
+    for col in ("process", "pid", "size", "hot", "top tier", "oracle", "hot on top", "t90",
+                "promoted", "PTEs scanned", "move failures"):
+        table.add_column(col, justify="right")
+    for p in report.procs:
+        failures = ", ".join(f"{k.removeprefix('move_fail_')}={v}"
+                             for k, v in p.move_failures.items()) or "-"
+        table.add_row(
+            p.label + (" (exited)" if p.exited else ""), str(p.pid),
+            format_bytes(p.nr_pages * PAGE_SIZE), format_bytes(p.nr_hot * PAGE_SIZE),
+            _pct(p.top_share), _pct(p.oracle_share), _pct(p.hot_on_top), _secs(p.t90_s),
+            format_bytes(p.promoted_pages * PAGE_SIZE), f"{p.ptes_scanned:,}", failures,
+        )
+    return table
+
+
+def _counter_table(counters: dict[str, int]) -> Table:
+    table = Table(title="Counters (pages unless named otherwise)")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name, value in counters.items():
+        if name.startswith(SHOWN_PREFIXES) and (value or name.startswith("nr_kscand_")):
+            table.add_row(name, f"{value:,}")
+    return table

@@ -1,0 +1,491 @@
+"""The simulated two-tier machine: numpy page tables, nodes, tiers, workloads, failures.
+
+It implements kscand.machine.Machine, so the engine that runs here is the
+code that runs on Linux. Virtual time advances by what the engine does
+(scan cost per PTE, move cost per page and per call) and by its sleeps.
+Pages are numbered per VMA; a page's nid array entry is -1 when it is not
+present. PFNs are synthesized from (node, page id): moving a page changes
+its PFN, as it does on Linux.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from kscand.errors import ConfigError, ProcessGone
+from kscand.machine import (
+    HPAGE_PMD_NR,
+    NID_NONE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SIZE,
+    BoolArray,
+    I32Array,
+    NodeInfo,
+    PageBatch,
+    PageFlag,
+    ProcessId,
+    Topology,
+    U64Array,
+    Vma,
+    VmFlag,
+    top_tier_from_tiers,
+)
+from kscand.sim import workloads as wl
+from kscand.sim.scenario import VMA_KINDS, ProcessSpec, Scenario, VmaSpec, WorkloadSpec
+
+IdxArray = npt.NDArray[np.intp]
+
+VMA_BASE = 0x7F00_0000_0000  # where the first VMA of a simulated process starts
+VMA_GAP = PMD_SIZE  # a guard gap between VMAs
+PFN_NODE_SHIFT = 40  # synthesized pfn = (nid + 1) << PFN_NODE_SHIFT | page id
+# VMA kinds whose pages are never placed (nothing is mapped behind them).
+UNPOPULATED_KINDS = ("prot-none", "io")
+# VMA kinds whose pages the oracle may move (the ones kscand's filters allow).
+MOVABLE_KINDS = ("anon", "anon-thp", "file-rw")
+
+
+class SimClock:
+    """Virtual monotonic time. The engine's work and sleeps advance it."""
+
+    def __init__(self) -> None:
+        self._now_ns = 0
+
+    def now_ns(self) -> int:
+        return self._now_ns
+
+    @property
+    def now_s(self) -> float:
+        return self._now_ns / 1e9
+
+    def sleep_ns(self, duration_ns: int) -> None:
+        self._now_ns += max(0, int(duration_ns))
+
+    def charge_ns(self, cost_ns: float) -> None:
+        """Advance time by the cost of work done."""
+        self._now_ns += max(0, round(cost_ns))
+
+
+@dataclass(eq=False)
+class SimVma:
+    """One simulated VMA and the state of its pages."""
+
+    start: int
+    kind_name: str
+    spec: VmaSpec
+    workload: wl.Workload
+    page_id_base: int  # global id of its first page (for pfn synthesis)
+    nid: npt.NDArray[np.int8]  # (n,) node of each page, -1 = not present
+    last_clear_s: npt.NDArray[np.float32]  # (n,) when its Accessed bit was last cleared
+
+    @property
+    def nr_pages(self) -> int:
+        return int(self.nid.shape[0])
+
+    @property
+    def end(self) -> int:
+        return self.start + self.nr_pages * PAGE_SIZE
+
+    @property
+    def thp(self) -> bool:
+        return VMA_KINDS[self.kind_name].thp
+
+    @property
+    def vm_flags(self) -> VmFlag:
+        return VMA_KINDS[self.kind_name].vm_flags
+
+    @property
+    def page_flags(self) -> int:
+        return int(VMA_KINDS[self.kind_name].page_flags)
+
+
+@dataclass(eq=False)
+class SimProcess:
+    """A simulated process: identity, VMAs, lifetime."""
+
+    proc: ProcessId
+    name: str
+    vmas: list[SimVma]
+    exit_s: float | None
+    vma_starts: U64Array = field(init=False)
+    vma_ends: U64Array = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.vma_starts = np.array([v.start for v in self.vmas], dtype=np.uint64)
+        self.vma_ends = np.array([v.end for v in self.vmas], dtype=np.uint64)
+
+    def vma_of(self, vaddrs: U64Array) -> IdxArray:
+        """Index of the VMA each address falls in, or -1. uint64 (n,) -> intp (n,)."""
+        idx = np.searchsorted(self.vma_starts, vaddrs, side="right").astype(np.intp) - 1
+        inside = (idx >= 0) & (vaddrs < self.vma_ends[np.maximum(idx, 0)])
+        return np.where(inside, idx, -1)
+
+    def vma_index(self, vaddr: int) -> int:
+        """Index of the VMA holding vaddr, or -1."""
+        idx = int(np.searchsorted(self.vma_starts, np.uint64(vaddr), side="right")) - 1
+        return idx if idx >= 0 and vaddr < int(self.vma_ends[idx]) else -1
+
+
+def make_workload(spec: WorkloadSpec, nr_pages: int, rng: np.random.Generator) -> wl.Workload:
+    """The Workload of a VMA from its spec."""
+    if spec.kind == "uniform":
+        return wl.uniform(nr_pages, spec.rate_per_s)
+    if spec.kind == "hotset":
+        return wl.hotset(nr_pages, spec.rate_per_s, spec.hot_fraction, spec.hot_share, rng)
+    if spec.kind == "zipf":
+        return wl.zipf(nr_pages, spec.rate_per_s, spec.skew, spec.hot_share, rng)
+    if spec.kind == "moving-hotset":
+        return wl.moving_hotset(
+            nr_pages, spec.rate_per_s, spec.hot_fraction, spec.hot_share, spec.period_s,
+            spec.shift_fraction, rng,
+        )
+    if spec.kind == "sequential":
+        return wl.Sequential(nr_pages, spec.pages_per_s)
+    return wl.uniform(nr_pages, 0.0)  # "idle"
+
+
+class SimMachine:
+    """A simulated NUMA machine with memory tiers, running a scenario's processes."""
+
+    def __init__(self, scenario: Scenario, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.params = scenario.sim
+        # SFC64: the fastest of numpy's generators; one draw per page tested.
+        self.rng = np.random.Generator(np.random.SFC64(scenario.seed if seed is None else seed))
+        self.clock = SimClock()
+        nodes = sorted(scenario.nodes, key=lambda n: n.nid)
+        self.nids = np.array([n.nid for n in nodes], dtype=np.int32)
+        size = int(self.nids.max()) + 1
+        self.capacity_pages = np.zeros(size, dtype=np.int64)
+        self.used_pages = np.zeros(size, dtype=np.int64)
+        self.latency_ns = np.zeros(size, dtype=np.float64)
+        for n in nodes:
+            self.capacity_pages[n.nid] = n.capacity_pages
+            self.latency_ns[n.nid] = n.latency_ns
+        top = top_tier_from_tiers({n.nid: n.tier for n in nodes}, {n.nid: n.cpus for n in nodes})
+        self._node_specs = {n.nid: n for n in nodes}
+        self.top_nids = tuple(n.nid for n in nodes if n.nid in top)
+        self.slow_nids = tuple(n.nid for n in nodes if n.nid not in top)
+        self.toptier = np.zeros(size + 1, dtype=np.bool_)  # indexed by nid + 1
+        for nid in self.top_nids:
+            self.toptier[nid + 1] = True
+        self.procs: dict[int, SimProcess] = {}
+        self.exited: list[SimProcess] = []
+        self._pending = sorted(
+            ((p.start_s, i, r) for i, p in enumerate(scenario.processes) for r in range(p.count)),
+            key=lambda e: (e[0], e[1], e[2]),
+        )
+        self._pending_pos = 0
+        self._last_pid = 999
+        self._last_start_time = -1
+        self._next_page_id = 0
+        self.record_moves = False
+        self.move_log: list[tuple[ProcessId, U64Array]] = []
+        self.nr_exits = 0
+        self._advance()
+
+    # --- time and lifetimes ----------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Start and exit the processes whose time has come."""
+        now_s = self.clock.now_s
+        for pid, sim_proc in list(self.procs.items()):
+            if sim_proc.exit_s is not None and sim_proc.exit_s <= now_s:
+                self._exit(pid)
+        while self._pending_pos < len(self._pending):
+            start_s, spec_idx, replica = self._pending[self._pending_pos]
+            if start_s > now_s:
+                break
+            self._pending_pos += 1
+            self._start(self.scenario.processes[spec_idx], replica)
+
+    def _alloc_pid(self) -> int:
+        pid_max = self.params.pid_max
+        pid = self._last_pid
+        for _ in range(pid_max):
+            pid = pid + 1 if pid + 1 < pid_max else 300
+            if pid not in self.procs:
+                self._last_pid = pid
+                return pid
+        raise ConfigError("sim.pid_max: no free pid left")
+
+    def _start(self, spec: ProcessSpec, replica: int) -> SimProcess:
+        pid = self._alloc_pid()
+        start_time = max(self.clock.now_ns(), self._last_start_time + 1)
+        self._last_start_time = start_time
+        vmas: list[SimVma] = []
+        vaddr = VMA_BASE
+        for vspec in spec.vmas:
+            n = vspec.nr_pages
+            vmas.append(
+                SimVma(
+                    start=vaddr,
+                    kind_name=vspec.kind,
+                    spec=vspec,
+                    workload=make_workload(vspec.workload, n, self.rng),
+                    page_id_base=self._next_page_id,
+                    nid=np.full(n, NID_NONE, dtype=np.int8),
+                    last_clear_s=np.full(n, self.clock.now_s, dtype=np.float32),
+                )
+            )
+            self._next_page_id += n
+            vaddr += n * PAGE_SIZE + VMA_GAP
+        exit_s = spec.exit_s
+        sim_proc = SimProcess(ProcessId(pid, start_time), f"{spec.name}.{replica}"
+                              if spec.count > 1 else spec.name, vmas, exit_s)
+        self._place(sim_proc, spec)
+        self.procs[pid] = sim_proc
+        return sim_proc
+
+    def _placement_order(self, spec: ProcessSpec) -> list[int]:
+        top, slow = list(self.top_nids), list(self.slow_nids)
+        if spec.placement == "node" and spec.placement_nid is not None:
+            rest = [n for n in top + slow if n != spec.placement_nid]
+            return [spec.placement_nid, *rest]
+        if spec.placement in ("fast", "first-touch"):
+            return top + slow
+        return slow + top
+
+    def _place(self, sim_proc: SimProcess, spec: ProcessSpec) -> None:
+        """Fault in every page of the process, filling nodes in placement order."""
+        order = self._placement_order(spec)
+        for vma in sim_proc.vmas:
+            if vma.kind_name in UNPOPULATED_KINDS:
+                continue
+            done = 0
+            for nid in order:
+                free = int(self.capacity_pages[nid] - self.used_pages[nid])
+                take = min(free, vma.nr_pages - done)
+                if vma.thp:
+                    take -= take % HPAGE_PMD_NR
+                if take <= 0:
+                    continue
+                vma.nid[done : done + take] = nid
+                self.used_pages[nid] += take
+                done += take
+                if done == vma.nr_pages:
+                    break
+            if done < vma.nr_pages:
+                raise ConfigError(
+                    f"processes: {sim_proc.name} does not fit in memory at "
+                    f"t={self.clock.now_s:.1f}s"
+                )
+
+    def _exit(self, pid: int) -> None:
+        sim_proc = self.procs.pop(pid)
+        for vma in sim_proc.vmas:
+            present = vma.nid[vma.nid >= 0].astype(np.intp)
+            self.used_pages -= np.bincount(present, minlength=self.used_pages.size)
+        self.exited.append(sim_proc)
+        self.nr_exits += 1
+
+    def kill(self, proc: ProcessId) -> None:
+        """Make a process exit now (tests: exit mid-scan)."""
+        if self.is_alive(proc):
+            self._exit(proc.pid)
+
+    def _get(self, proc: ProcessId) -> SimProcess:
+        self._advance()
+        sim_proc = self.procs.get(proc.pid)
+        if sim_proc is None or sim_proc.proc != proc:
+            raise ProcessGone(f"process {proc} is gone")
+        return sim_proc
+
+    # --- the Machine interface ---------------------------------------------------------
+
+    def topology(self) -> Topology:
+        nodes = tuple(
+            NodeInfo(
+                nid=nid,
+                capacity_pages=int(self.capacity_pages[nid]),
+                free_pages=int(self.capacity_pages[nid] - self.used_pages[nid]),
+                has_cpu=spec.cpus,
+                tier=spec.tier,
+                top_tier=nid in self.top_nids,
+            )
+            for nid, spec in self._node_specs.items()
+        )
+        return Topology(nodes)
+
+    def processes(self) -> list[ProcessId]:
+        self._advance()
+        return [p.proc for p in self.procs.values()]
+
+    def is_alive(self, proc: ProcessId) -> bool:
+        self._advance()
+        sim_proc = self.procs.get(proc.pid)
+        return sim_proc is not None and sim_proc.proc == proc
+
+    def vmas(self, proc: ProcessId) -> list[Vma]:
+        return [Vma(v.start, v.end, v.vm_flags, v.kind_name) for v in self._get(proc).vmas]
+
+    def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
+        sim_proc = self._get(proc)
+        self.clock.charge_ns(((end - start) >> PAGE_SHIFT) * self.params.scan_cost_ns_per_pte)
+        vaddrs = np.arange(start, end, PAGE_SIZE, dtype=np.uint64)
+        vma_idx = sim_proc.vma_index(start)
+        if vma_idx < 0 or end > sim_proc.vmas[vma_idx].end:
+            return self._gather(sim_proc, vaddrs)
+        vma = sim_proc.vmas[vma_idx]
+        first = (start - vma.start) >> PAGE_SHIFT
+        return _batch_of(vma, slice(first, first + vaddrs.shape[0]), vaddrs)
+
+    def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
+        return self._gather(self._get(proc), vaddrs)
+
+    def _gather(self, sim_proc: SimProcess, vaddrs: U64Array) -> PageBatch:
+        n = vaddrs.shape[0]
+        out = PageBatch(
+            vaddrs.astype(np.uint64, copy=True),
+            np.zeros(n, dtype=np.uint64),
+            np.full(n, NID_NONE, dtype=np.int32),
+            np.zeros(n, dtype=np.uint32),
+        )
+        for vma_idx, where, page_idx in _group_by_vma(sim_proc, vaddrs):
+            part = _batch_of(sim_proc.vmas[vma_idx], page_idx, vaddrs[where])
+            out.pfn[where], out.nid[where], out.flags[where] = part.pfn, part.nid, part.flags
+        return out
+
+    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
+        sim_proc = self._get(proc)
+        now_s = self.clock.now_s
+        young = np.zeros(len(pages), dtype=np.bool_)
+        for vma_idx, where, page_idx in _group_by_vma(sim_proc, pages.vaddr):
+            vma = sim_proc.vmas[vma_idx]
+            present = vma.nid[page_idx] >= 0
+            if not present.all():
+                page_idx, where = page_idx[present], where[present]
+            pages_at = _as_slice(page_idx)
+            expected = _expected_accesses(vma, pages_at, now_s)
+            draw = self.rng.random(expected.shape[0], dtype=np.float32)
+            young[where] = draw < wl.accessed_probability(expected)
+            vma.last_clear_s[pages_at] = now_s
+        return young
+
+    def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
+        sim_proc = self._get(proc)
+        self.clock.charge_ns(self.params.move_cost_ns_per_call)
+        status = np.full(vaddrs.shape[0], -errno.EFAULT, dtype=np.int32)
+        if nid not in self._node_specs:
+            status[:] = -errno.ENODEV
+            return status
+        for vma_idx, where, page_idx in _group_by_vma(sim_proc, vaddrs):
+            status[where] = self._move_in_vma(sim_proc.vmas[vma_idx], page_idx, nid)
+        if self.record_moves:
+            self.move_log.append((proc, vaddrs[status == nid].copy()))
+        return status
+
+    def _move_in_vma(self, vma: SimVma, page_idx: IdxArray, nid: int) -> I32Array:
+        """move_pages(2) semantics for pages of one VMA; returns their status."""
+        if vma.vm_flags & (VmFlag.IO | VmFlag.PFNMAP):
+            return np.full(page_idx.shape[0], -errno.EFAULT, dtype=np.int32)
+        folio_pages = HPAGE_PMD_NR if vma.thp else 1
+        heads = page_idx - page_idx % folio_pages
+        heads, first, inverse = np.unique(heads, return_index=True, return_inverse=True)
+        cur = vma.nid[heads].astype(np.int32)
+        status = cur.copy()
+        status[cur < 0] = -errno.ENOENT
+        if vma.page_flags & PageFlag.SHARED:
+            status[cur >= 0] = -errno.EACCES
+        todo = (status >= 0) & (cur != nid)
+        if self.params.ebusy_rate > 0:
+            busy = todo & (self.rng.random(heads.shape[0]) < self.params.ebusy_rate)
+            status[busy] = -errno.EBUSY
+            todo &= ~busy
+        free = int(self.capacity_pages[nid] - self.used_pages[nid])
+        fits = np.cumsum(todo.astype(np.int64) * folio_pages) <= free
+        status[todo & ~fits] = -errno.ENOMEM
+        move = heads[todo & fits]
+        if move.size:
+            sub = (move[:, None] + np.arange(folio_pages)).ravel()
+            old = vma.nid[sub].astype(np.intp)
+            self.used_pages -= np.bincount(old, minlength=self.used_pages.size)
+            self.used_pages[nid] += sub.size
+            vma.nid[sub] = nid
+            status[todo & fits] = nid
+            self.clock.charge_ns(sub.size * self.params.move_cost_ns_per_page)
+        return status[inverse]
+
+    # --- what the report needs ---------------------------------------------------------
+
+    def alive(self) -> list[SimProcess]:
+        return list(self.procs.values())
+
+
+def _batch_of(vma: SimVma, at: wl.PageIndex, vaddrs: U64Array) -> PageBatch:
+    """The PageBatch of pages at (an index array or a slice) of one VMA."""
+    nid8 = vma.nid[at]
+    n = nid8.shape[0]
+    present = nid8 >= 0
+    all_present = bool(present.all())
+    nid = nid8.astype(np.int32)
+    base = np.uint32(vma.page_flags | PageFlag.PRESENT)
+    flags = np.full(n, base, dtype=np.uint32) if all_present else np.where(
+        present, base, np.uint32(0)
+    ).astype(np.uint32)
+    if vma.thp:
+        idx = np.arange(at.start, at.stop) if isinstance(at, slice) else at
+        head = (idx % HPAGE_PMD_NR) == 0
+        flags |= np.where(head, np.uint32(PageFlag.THP_HEAD), np.uint32(PageFlag.THP_TAIL))
+        if not all_present:
+            flags[~present] = 0
+    page_id = ((vaddrs - np.uint64(vma.start)) >> np.uint64(PAGE_SHIFT)) + np.uint64(
+        vma.page_id_base
+    )
+    pfn = ((nid + 1).astype(np.uint64) << np.uint64(PFN_NODE_SHIFT)) | page_id
+    if not all_present:
+        pfn[~present] = 0
+    return PageBatch(vaddrs, pfn, nid, flags)
+
+
+def _group_by_vma(
+    sim_proc: SimProcess, vaddrs: U64Array
+) -> list[tuple[int, IdxArray, IdxArray]]:
+    """(vma index, positions in vaddrs, page index in the VMA) per VMA hit."""
+    if not vaddrs.size:
+        return []
+    first, last = sim_proc.vma_index(int(vaddrs[0])), sim_proc.vma_index(int(vaddrs[-1]))
+    if first >= 0 and first == last:
+        # Ascending addresses (the Machine contract) inside one VMA: one group.
+        vma = sim_proc.vmas[first]
+        page_idx = ((vaddrs - np.uint64(vma.start)) >> np.uint64(PAGE_SHIFT)).astype(np.intp)
+        return [(first, np.arange(vaddrs.shape[0]), page_idx)]
+    vma_idx = sim_proc.vma_of(vaddrs)
+    groups = []
+    for v in np.unique(vma_idx):
+        if v < 0:
+            continue
+        where = np.flatnonzero(vma_idx == v)
+        vma = sim_proc.vmas[int(v)]
+        page_idx = ((vaddrs[where] - np.uint64(vma.start)) >> np.uint64(PAGE_SHIFT)).astype(
+            np.intp
+        )
+        groups.append((int(v), where, page_idx))
+    return groups
+
+
+def _as_slice(page_idx: IdxArray) -> wl.PageIndex:
+    """A slice when page_idx (strictly ascending) is a run of consecutive pages."""
+    n = page_idx.shape[0]
+    if n and int(page_idx[-1]) - int(page_idx[0]) == n - 1:
+        return slice(int(page_idx[0]), int(page_idx[-1]) + 1)
+    return page_idx
+
+
+def _expected_accesses(vma: SimVma, pages_at: wl.PageIndex, now_s: float) -> wl.F32Array:
+    """Expected accesses of each folio since its Accessed bit was last cleared."""
+    t0 = vma.last_clear_s[pages_at]
+    if not vma.thp:
+        return vma.workload.integral(pages_at, t0, now_s)
+    page_idx = (
+        np.arange(pages_at.start, pages_at.stop, dtype=np.intp)
+        if isinstance(pages_at, slice) else pages_at
+    )
+    heads = page_idx - page_idx % HPAGE_PMD_NR
+    sub = (heads[:, None] + np.arange(HPAGE_PMD_NR)).ravel()
+    per_page = vma.workload.integral(sub, np.repeat(t0, HPAGE_PMD_NR), now_s)
+    return per_page.reshape(-1, HPAGE_PMD_NR).sum(axis=1)

@@ -1,0 +1,360 @@
+"""Scenario files: a TOML description of a simulated machine, its processes and a run.
+
+Every field is validated; a bad file raises ConfigError with one line that
+names the field (e.g. ``processes[0].vmas[1].size: cannot parse size 'x'``).
+The format is documented in the README ("Scenario format").
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kscand.errors import ConfigError
+from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag
+from kscand.tunables import Tunables, tunables_from_mapping
+from kscand.units import parse_size_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VmaKind:
+    """A kind of VMA the filters care about: its VMA flags and its pages' flags."""
+
+    vm_flags: VmFlag
+    page_flags: PageFlag
+    thp: bool = False
+
+
+RW = VmFlag.READ | VmFlag.WRITE
+ANON_PAGE = PageFlag.LRU | PageFlag.ANON
+VMA_KINDS: dict[str, VmaKind] = {
+    "anon": VmaKind(RW, ANON_PAGE),
+    "anon-thp": VmaKind(RW | VmFlag.HUGEPAGE, ANON_PAGE, thp=True),
+    "file-rw": VmaKind(RW | VmFlag.FILE, PageFlag.LRU),  # private writable file mapping
+    "file-ro": VmaKind(VmFlag.READ | VmFlag.FILE, PageFlag.LRU),
+    "shared-anon": VmaKind(RW | VmFlag.SHARED, ANON_PAGE | PageFlag.SHARED),
+    "hugetlb": VmaKind(RW | VmFlag.HUGETLB, PageFlag.HUGETLB),
+    "prot-none": VmaKind(VmFlag(0), ANON_PAGE),
+    "mlocked": VmaKind(RW | VmFlag.LOCKED, ANON_PAGE | PageFlag.UNEVICTABLE),
+    "io": VmaKind(RW | VmFlag.IO | VmFlag.PFNMAP, PageFlag(0)),
+}
+
+WORKLOAD_KINDS = ("uniform", "hotset", "zipf", "moving-hotset", "sequential", "idle")
+PLACEMENTS = ("slow", "fast", "first-touch")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    nid: int
+    capacity_bytes: int
+    cpus: bool
+    tier: int
+    latency_ns: float
+
+    @property
+    def capacity_pages(self) -> int:
+        return self.capacity_bytes // PAGE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    kind: str = "uniform"
+    rate_per_s: float = 1e6  # accesses per second over the whole VMA
+    hot_fraction: float = 0.1
+    hot_share: float = 0.9
+    skew: float = 1.0  # zipf exponent
+    period_s: float = 30.0  # moving-hotset: seconds between moves
+    shift_fraction: float = 0.05  # moving-hotset: fraction of pages the hot set moves by
+    pages_per_s: float = 10_000.0  # sequential: sweep speed
+
+
+@dataclass(frozen=True, slots=True)
+class VmaSpec:
+    kind: str
+    size_bytes: int
+    workload: WorkloadSpec
+
+    @property
+    def nr_pages(self) -> int:
+        return self.size_bytes // PAGE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    name: str
+    vmas: tuple[VmaSpec, ...]
+    placement: str = "slow"
+    placement_nid: int | None = None
+    start_s: float = 0.0
+    exit_s: float | None = None
+    count: int = 1
+
+    @property
+    def nr_pages(self) -> int:
+        return sum(v.nr_pages for v in self.vmas)
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    """Costs and failure rates of the simulated machine."""
+
+    scan_cost_ns_per_pte: float = 20.0  # virtual time per PTE test-and-clear
+    move_cost_ns_per_page: float = 2_000.0  # virtual time per base page migrated
+    move_cost_ns_per_call: float = 5_000.0  # syscall + TLB flush per move_pages call
+    ebusy_rate: float = 0.0  # probability that a page's move fails with -EBUSY
+    pid_max: int = 4_194_304
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    seed: int
+    duration_s: float
+    sample_interval_s: float
+    nodes: tuple[NodeSpec, ...]
+    processes: tuple[ProcessSpec, ...]
+    tunables: Tunables = field(default_factory=Tunables)
+    sim: SimParams = field(default_factory=SimParams)
+
+
+# --- field readers: each names the field in its error --------------------------------
+
+
+def _table(raw: dict[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(allowed))})")
+    return raw
+
+
+def _num(raw: dict[str, Any], key: str, where: str, default: float | None = None,
+         lo: float | None = None, hi: float | None = None) -> float:
+    value = raw.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}.{key}: missing")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}.{key}: {value} is out of range [{lo}, {hi}]")
+    return float(value)
+
+
+def _int(raw: dict[str, Any], key: str, where: str, default: int | None = None,
+         lo: int | None = None, hi: int | None = None) -> int:
+    value = raw.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}.{key}: missing")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}.{key}: {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _str(raw: dict[str, Any], key: str, where: str, default: str | None = None,
+         choices: tuple[str, ...] | None = None) -> str:
+    value = raw.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}.{key}: missing")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _list(raw: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        raise ConfigError(f"{where}{key}: missing (at least one entry)")
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}{key}: expected a non-empty array of tables")
+    return value
+
+
+def _node(raw: Any, where: str) -> NodeSpec:
+    raw = _table(raw, where, {"nid", "capacity", "cpus", "tier", "latency_ns"})
+    if "capacity" not in raw:
+        raise ConfigError(f"{where}.capacity: missing")
+    capacity = parse_size_bytes(raw["capacity"], f"{where}.capacity")
+    if capacity < PMD_SIZE:
+        raise ConfigError(f"{where}.capacity: at least 2 MiB, got {capacity} bytes")
+    return NodeSpec(
+        nid=_int(raw, "nid", where, lo=0, hi=1023),
+        capacity_bytes=capacity,
+        cpus=_bool(raw, "cpus", where, False),
+        tier=_int(raw, "tier", where, lo=0, hi=1 << 16),
+        latency_ns=_num(raw, "latency_ns", where, 100.0, lo=0.0),
+    )
+
+
+def _workload(raw: Any, where: str, base: WorkloadSpec) -> WorkloadSpec:
+    raw = _table(raw, where, set(WorkloadSpec.__slots__))  # type: ignore[attr-defined]
+    d = base
+    return WorkloadSpec(
+        kind=_str(raw, "kind", where, d.kind, WORKLOAD_KINDS),
+        rate_per_s=_num(raw, "rate_per_s", where, d.rate_per_s, lo=0.0),
+        hot_fraction=_num(raw, "hot_fraction", where, d.hot_fraction, lo=0.0, hi=1.0),
+        hot_share=_num(raw, "hot_share", where, d.hot_share, lo=0.0, hi=1.0),
+        skew=_num(raw, "skew", where, d.skew, lo=0.0, hi=10.0),
+        period_s=_num(raw, "period_s", where, d.period_s, lo=1e-3),
+        shift_fraction=_num(raw, "shift_fraction", where, d.shift_fraction, lo=0.0, hi=1.0),
+        pages_per_s=_num(raw, "pages_per_s", where, d.pages_per_s, lo=0.0),
+    )
+
+
+def _vma(raw: Any, where: str, default_workload: WorkloadSpec) -> VmaSpec:
+    raw = _table(raw, where, {"kind", "size", "workload"})
+    kind = _str(raw, "kind", where, "anon", tuple(VMA_KINDS))
+    if "size" not in raw:
+        raise ConfigError(f"{where}.size: missing")
+    size = parse_size_bytes(raw["size"], f"{where}.size")
+    align = PMD_SIZE if VMA_KINDS[kind].thp else PAGE_SIZE
+    if size <= 0 or size % align:
+        raise ConfigError(f"{where}.size: must be a positive multiple of {align} bytes, got {size}")
+    workload = default_workload
+    if "workload" in raw:
+        workload = _workload(raw["workload"], f"{where}.workload", default_workload)
+    return VmaSpec(kind, size, workload)
+
+
+def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
+    raw = _table(
+        raw, where, {"name", "vmas", "placement", "start_s", "exit_s", "count", "workload"}
+    )
+    default_workload = WorkloadSpec()
+    if "workload" in raw:
+        default_workload = _workload(raw["workload"], f"{where}.workload", default_workload)
+    vmas = tuple(
+        _vma(v, f"{where}.vmas[{i}]", default_workload)
+        for i, v in enumerate(_list(raw, "vmas", f"{where}."))
+    )
+    placement, placement_nid = _placement(raw, where, nids)
+    start_s = _num(raw, "start_s", where, 0.0, lo=0.0)
+    exit_s = raw.get("exit_s")
+    if exit_s is not None:
+        exit_s = _num(raw, "exit_s", where, lo=start_s)
+    return ProcessSpec(
+        name=_str(raw, "name", where, "proc"),
+        vmas=vmas,
+        placement=placement,
+        placement_nid=placement_nid,
+        start_s=start_s,
+        exit_s=exit_s,
+        count=_int(raw, "count", where, 1, lo=1, hi=100_000),
+    )
+
+
+def _placement(raw: dict[str, Any], where: str, nids: set[int]) -> tuple[str, int | None]:
+    text = _str(raw, "placement", where, "slow")
+    if text.startswith("node:"):
+        try:
+            nid = int(text[5:])
+        except ValueError:
+            raise ConfigError(f"{where}.placement: bad node in {text!r}") from None
+        if nid not in nids:
+            raise ConfigError(f"{where}.placement: node {nid} is not in nodes")
+        return "node", nid
+    if text not in PLACEMENTS:
+        raise ConfigError(
+            f"{where}.placement: {text!r} is not one of {', '.join(PLACEMENTS)} or node:N"
+        )
+    return text, None
+
+
+def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenario:
+    """Validate a parsed TOML document into a Scenario."""
+    raw = _table(
+        raw,
+        "scenario",
+        {"name", "description", "seed", "duration_s", "sample_interval_s", "nodes",
+         "processes", "tunables", "sim"},
+    )
+    nodes = tuple(_node(n, f"nodes[{i}]") for i, n in enumerate(_list(raw, "nodes", "")))
+    nids = [n.nid for n in nodes]
+    if len(set(nids)) != len(nids):
+        raise ConfigError("nodes: duplicate nid")
+    if not any(n.cpus for n in nodes):
+        raise ConfigError("nodes: at least one node needs cpus = true")
+    processes = tuple(
+        _process(p, f"processes[{i}]", set(nids))
+        for i, p in enumerate(_list(raw, "processes", ""))
+    )
+    tunables = tunables_from_mapping(_table(raw.get("tunables", {}), "tunables", set(
+        Tunables.__dataclass_fields__)))
+    scenario = Scenario(
+        name=_str(raw, "name", "scenario", name),
+        description=_str(raw, "description", "scenario", ""),
+        seed=_int(raw, "seed", "scenario", 1, lo=0),
+        duration_s=_num(raw, "duration_s", "scenario", 60.0, lo=0.001, hi=1e7),
+        sample_interval_s=_num(raw, "sample_interval_s", "scenario", 1.0, lo=0.001),
+        nodes=nodes,
+        processes=processes,
+        tunables=tunables,
+        sim=_sim(raw.get("sim", {})),
+    )
+    _check_fits(scenario)
+    return scenario
+
+
+def _sim(raw: Any) -> SimParams:
+    raw = _table(raw, "sim", set(SimParams.__slots__))  # type: ignore[attr-defined]
+    d = SimParams()
+    return SimParams(
+        scan_cost_ns_per_pte=_num(raw, "scan_cost_ns_per_pte", "sim", d.scan_cost_ns_per_pte,
+                                  lo=0.0),
+        move_cost_ns_per_page=_num(raw, "move_cost_ns_per_page", "sim", d.move_cost_ns_per_page,
+                                   lo=0.0),
+        move_cost_ns_per_call=_num(raw, "move_cost_ns_per_call", "sim", d.move_cost_ns_per_call,
+                                   lo=0.0),
+        ebusy_rate=_num(raw, "ebusy_rate", "sim", d.ebusy_rate, lo=0.0, hi=1.0),
+        pid_max=_int(raw, "pid_max", "sim", d.pid_max, lo=301, hi=1 << 22),
+    )
+
+
+def _check_fits(scenario: Scenario) -> None:
+    """Processes alive at time 0 must fit in the machine's memory."""
+    total_pages = sum(n.capacity_pages for n in scenario.nodes)
+    at_start = sum(p.nr_pages * p.count for p in scenario.processes if p.start_s == 0)
+    if at_start > total_pages:
+        raise ConfigError(
+            f"processes: {at_start * PAGE_SIZE >> 20} MiB at start do not fit in the nodes' "
+            f"{total_pages * PAGE_SIZE >> 20} MiB"
+        )
+    for i, proc in enumerate(scenario.processes):
+        if proc.placement == "node":
+            node = next(n for n in scenario.nodes if n.nid == proc.placement_nid)
+            if proc.nr_pages > node.capacity_pages:
+                raise ConfigError(
+                    f"processes[{i}].placement: {proc.nr_pages * PAGE_SIZE >> 20} MiB do not "
+                    f"fit on node {node.nid} ({node.capacity_bytes >> 20} MiB)"
+                )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 text") from err
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    return scenario_from_mapping(raw, name=path.stem)
+
