@@ -1,0 +1,577 @@
+"""The kscand daemon: a khugepaged-shaped loop around the engine, with signals and a control socket.
+
+Threads
+-------
+- main: run_foreground() installs SIGTERM/SIGINT/SIGHUP handlers that only
+  set a flag and wake the loop, then waits for the loop thread.
+- loop ("kscand"): engine.step(), then an interruptible sleep of
+  scan_sleep_ms. Between steps (and when woken during the sleep) it applies
+  a config reload or new tunables, publishes a status snapshot and rewrites
+  state_dir/status.json. It is the only thread that touches the engine.
+- control ("kscand-ctl"): serves the Unix socket (kscand.control). It reads
+  only the published snapshot and the desired tunables; changes go to the
+  loop through `_desired_tunables` and take effect on the next step.
+The loop and control threads block the daemon's signals, so the kernel
+delivers them to the main thread and never interrupts an engine syscall.
+
+How long one step can take, and how a stop interrupts it
+--------------------------------------------------------
+A step scans at most mms_to_scan processes, each for at most
+scan_size_bytes of VMA, read in ranges of at most one 128 MiB history chunk,
+then moves at most migrate_queue_max queued folios in move_pages(2) batches
+of migrate_batch_folios. The engine gets the machine through _StopGuard:
+once a stop is requested, the next range read or move batch raises
+StepAbandoned instead of starting, so the step ends at the next such
+boundary. A move_pages(2) call already running completes (the kernel moves
+each page or leaves it; no batch is half issued), and the folios still
+queued are dropped: they are only hints and are found again after a restart.
+The stop therefore waits for at most one range read (milliseconds) or one
+move batch (512 folios; worst case 512 THPs = 1 GiB of copying); steps
+longer than LONG_STEP_NS are logged and counted as long_steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kscand import __version__
+from kscand.config import Config, load_config
+from kscand.control import ControlServer
+from kscand.engine import Kscand
+from kscand.errors import ConfigError, KscandError
+from kscand.machine import (
+    BoolArray,
+    Clock,
+    I32Array,
+    Machine,
+    PageBatch,
+    ProcessId,
+    Topology,
+    U64Array,
+    Vma,
+)
+from kscand.statedir import prepare_state_dir, remove_state, socket_path, write_state_file
+from kscand.tunables import Tunables, coerce_tunable, tunable_fields
+
+log = logging.getLogger("kscand")
+
+DAEMON_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+LONG_STEP_NS = 1_000_000_000
+STOP_GRACE_S = 0.9  # how long run_foreground waits for the loop after a stop request
+MAX_FAILED_STEPS = 10  # consecutive steps failing with a KscandError before giving up
+SNAPSHOT_FRESH_NS = 250_000_000  # a status request older than this asks the loop for a new one
+SNAPSHOT_WAIT_S = 0.5  # how long a status request waits for the loop (then: the last one)
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The machine the daemon drives, and what to tell the operator about it."""
+
+    machine: Machine
+    kind: str  # "live", or "sim:<scenario>"
+    access_source: str  # page_idle | damon | simulated
+    access_source_reason: str  # one sentence: why this source
+    close: Callable[[], None] = _noop
+    # Simulated machines keep virtual time: told how long the daemon really slept.
+    after_sleep: Callable[[int], None] | None = None
+
+
+class StepAbandoned(Exception):
+    """Raised into the engine by _StopGuard when a stop is requested mid-step."""
+
+
+class _StopGuard:
+    """The Machine as the engine sees it in the daemon: each range read or move batch
+    first checks for a stop request (see the module docstring)."""
+
+    def __init__(self, machine: Machine, stopping: Callable[[], bool]) -> None:
+        self._machine = machine
+        self._stopping = stopping
+        self.clock: Clock = machine.clock
+
+    def _check(self) -> None:
+        if self._stopping():
+            raise StepAbandoned
+
+    def topology(self) -> Topology:
+        return self._machine.topology()
+
+    def processes(self) -> list[ProcessId]:
+        return self._machine.processes()
+
+    def is_alive(self, proc: ProcessId) -> bool:
+        return self._machine.is_alive(proc)
+
+    def vmas(self, proc: ProcessId) -> list[Vma]:
+        self._check()
+        return self._machine.vmas(proc)
+
+    def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
+        self._check()
+        return self._machine.read_range(proc, start, end)
+
+    def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
+        self._check()
+        return self._machine.read_pages(proc, vaddrs)
+
+    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
+        return self._machine.test_and_clear_young(proc, pages)
+
+    def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
+        self._check()
+        return self._machine.move_pages(proc, vaddrs, nid)
+
+
+def block_daemon_signals() -> None:
+    """Block SIGTERM/SIGINT/SIGHUP in the calling thread (they belong to the main thread)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_SIGNALS)
+
+
+def apply_tunable_changes(base: Tunables, changes: Any) -> Tunables:
+    """base with {name: value} applied, validated exactly like the config's [tunables]."""
+    if not isinstance(changes, dict) or not changes:
+        raise ConfigError('set: expected "tunables": {NAME: VALUE, ...} with at least one name')
+    coerced = {name: coerce_tunable(str(name), value, "") for name, value in changes.items()}
+    return base.replace(**coerced)
+
+
+def tunables_diff(old: Tunables, new: Tunables) -> str:
+    """'name old -> new, ...' for the fields that differ ('' when none)."""
+    a, b = old.as_dict(), new.as_dict()
+    return ", ".join(f"{k} {a[k]} -> {b[k]}" for k in a if a[k] != b[k])
+
+
+def tunables_table() -> list[dict[str, Any]]:
+    """Name, unit, range and description of every tunable (for `kscand tune`)."""
+    return [
+        {
+            "name": f.name,
+            "unit": f.metadata["unit"],
+            "min": f.metadata["min"],
+            "max": f.metadata["max"],
+            "doc": f.metadata["doc"],
+        }
+        for f in tunable_fields()
+    ]
+
+
+@dataclass
+class _DaemonCounters:
+    """The daemon's own counters (the engine's are in engine.stats)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    step_ns_last: int = 0
+    step_ns_max: int = 0
+    consecutive_failures: int = 0
+
+
+class Daemon:
+    """One kscand daemon: engine, loop, control socket and state file."""
+
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        *,
+        config_path: Path | None = None,
+        allowed_uids: frozenset[int] | None = None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.config_path = config_path
+        self.engine = Kscand(_StopGuard(backend.machine, self.stopping), config.tunables)
+        self.counters = _DaemonCounters()
+        self.exit_status = EXIT_OK
+        self._allowed_uids = allowed_uids
+        self._server: ControlServer | None = None
+        self._owns_state = False
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._snapshot_cond = threading.Condition(self._lock)
+        # Guarded by _lock:
+        self._stop_reason: str | None = None
+        self._reload_requested = False
+        self._desired_tunables = config.tunables
+        self._snapshot_wanted = False
+        self._snapshot: dict[str, Any] = {}
+        self._snapshot_ns = 0
+        self._state = "starting"
+        self._started_mono_ns = time.monotonic_ns()
+        self._started_wall = time.time()
+        self._state_written_ns = 0
+
+    # -- requests from other threads (signal handlers, the control socket) ---
+
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current range read or move batch."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Ask the loop to re-read the config file (SIGHUP)."""
+        self._reload_requested = True
+        self._wake.set()
+
+    @property
+    def tunables(self) -> Tunables:
+        """The tunables the next step uses."""
+        with self._lock:
+            return self._desired_tunables
+
+    def set_tunables(self, changes: Any) -> Tunables:
+        """Validate {name: value} and queue it for the next step; returns the result."""
+        with self._lock:
+            new = apply_tunable_changes(self._desired_tunables, changes)
+            self._desired_tunables = new
+        self._wake.set()
+        return new
+
+    def status(self) -> dict[str, Any]:
+        """The latest status snapshot, refreshed by the loop when it can within 0.5 s."""
+        with self._lock:
+            if time.monotonic_ns() - self._snapshot_ns > SNAPSHOT_FRESH_NS:
+                old_ns = self._snapshot_ns
+                self._snapshot_wanted = True
+                self._wake.set()
+                self._snapshot_cond.wait_for(
+                    lambda: self._snapshot_ns != old_ns, timeout=SNAPSHOT_WAIT_S
+                )
+            snapshot = dict(self._snapshot)
+            snapshot_ns = self._snapshot_ns
+        now = time.monotonic_ns()
+        snapshot["snapshot_age_s"] = round((now - snapshot_ns) / 1e9, 3)
+        snapshot["uptime_s"] = round((now - self._started_mono_ns) / 1e9, 3)
+        return snapshot
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The control-socket commands (runs in the control thread)."""
+        cmd = request["cmd"]
+        if cmd == "ping":
+            return {"pid": os.getpid(), "version": __version__}
+        if cmd == "status":
+            return {"status": self.status()}
+        if cmd == "get":
+            return {"tunables": self.tunables.as_dict(), "fields": tunables_table()}
+        if cmd == "set":
+            new = self.set_tunables(request.get("tunables"))
+            return {"tunables": new.as_dict(), "applies": "from the next step"}
+        raise ConfigError(f"unknown command {cmd!r} (known: get, ping, set, status)")
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare the state directory, start the control socket, say what runs."""
+        state_dir = prepare_state_dir(self.config.daemon.state_dir)
+        self._server = ControlServer(
+            socket_path(state_dir),
+            self.handle_request,
+            allowed_uids=self._allowed_uids,
+            thread_setup=block_daemon_signals,
+        )
+        self._server.start()
+        self._owns_state = True
+        self._log_start()
+        self._publish("running")
+        self._write_state_file()
+
+    def close(self) -> None:
+        """Stop the control socket, remove the socket and state file, release the machine."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._owns_state:  # never remove the socket of another daemon that refused us
+            remove_state(self.config.daemon.state_dir)
+            self._owns_state = False
+        self.backend.close()
+
+    def _log_start(self) -> None:
+        scan = self.config.scan
+        selection = [f"pids {list(scan.pids)}"] if scan.pids else []
+        selection += [f"cgroups {list(scan.cgroups)}"] if scan.cgroups else []
+        selection += [f"commands {list(scan.comm_patterns)}"] if scan.comm_patterns else []
+        log.info(
+            "kscand %s starting (pid %d) on the %s machine; scanning %s",
+            __version__,
+            os.getpid(),
+            self.backend.kind,
+            "; ".join(selection) or "every user process",
+        )
+        log.info(
+            "access source: %s (%s)", self.backend.access_source, self.backend.access_source_reason
+        )
+        log.info("control socket %s", socket_path(self.config.daemon.state_dir))
+        log.info(
+            "tunables: %s",
+            " ".join(f"{k}={v}" for k, v in self.engine.tunables.as_dict().items()),
+        )
+
+    # -- the loop (its own thread) -----------------------------------------
+
+    def run_loop(self) -> int:
+        """Step and sleep until a stop request; returns the exit status."""
+        block_daemon_signals()
+        try:
+            while not self.stopping():
+                self._apply_requests()
+                self._step()
+                if self.stopping():
+                    break
+                self._publish_if_due()
+                self._sleep()
+        except Exception:  # a bug in the engine or a backend: say so and let systemd restart
+            log.exception("kscand loop failed")
+            self.exit_status = EXIT_FAILURE
+        log.info(
+            "stopping (%s) after %d steps", self._stop_reason or "error",
+            self.counters.counts["steps"],
+        )
+        self._publish("stopped")
+        return self.exit_status
+
+    def _step(self) -> None:
+        start_ns = time.monotonic_ns()
+        try:
+            self.engine.step()
+        except StepAbandoned:
+            self.counters.counts["abandoned_steps"] += 1
+            return
+        except KscandError as err:
+            self._step_failed(err)
+            return
+        self.counters.consecutive_failures = 0
+        elapsed_ns = time.monotonic_ns() - start_ns
+        self.counters.counts["steps"] += 1
+        self.counters.step_ns_last = elapsed_ns
+        self.counters.step_ns_max = max(self.counters.step_ns_max, elapsed_ns)
+        if elapsed_ns > LONG_STEP_NS:
+            self.counters.counts["long_steps"] += 1
+            log.warning(
+                "a step took %.1f s: lower mms_to_scan, scan_size_bytes or migrate_queue_max "
+                "to keep steps short",
+                elapsed_ns / 1e9,
+            )
+
+    def _step_failed(self, err: KscandError) -> None:
+        self.counters.counts["step_errors"] += 1
+        self.counters.consecutive_failures += 1
+        log.error("step failed: %s", err)
+        if self.counters.consecutive_failures >= MAX_FAILED_STEPS:
+            log.error("%d steps in a row failed; giving up", MAX_FAILED_STEPS)
+            self.exit_status = EXIT_FAILURE
+            self.request_stop("repeated step failures")
+
+    def _sleep(self) -> None:
+        """Sleep scan_sleep_ms, waking for requests; the deadline follows tunable changes."""
+        start_ns = time.monotonic_ns()
+        while not self.stopping():
+            now_ns = time.monotonic_ns()
+            remaining_ns = start_ns + self.engine.tunables.scan_sleep_ms * 1_000_000 - now_ns
+            if remaining_ns <= 0:
+                break
+            state_due_ns = (
+                self._state_written_ns + self.config.daemon.status_interval_ms * 1_000_000 - now_ns
+            )
+            self._wake.wait(max(0, min(remaining_ns, state_due_ns)) / 1e9)
+            self._wake.clear()
+            self._apply_requests()
+            self._publish_if_due()
+        if self.backend.after_sleep is not None:
+            self.backend.after_sleep(time.monotonic_ns() - start_ns)
+
+    def _apply_requests(self) -> None:
+        """Apply a pending reload and pending tunables (loop thread only)."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+        with self._lock:
+            desired = self._desired_tunables
+        if desired != self.engine.tunables:
+            self._apply_tunables(desired, "control socket")
+
+    def _apply_tunables(self, new: Tunables, source: str) -> None:
+        diff = tunables_diff(self.engine.tunables, new)
+        self.engine.set_tunables(new)
+        self.config = dataclasses.replace(self.config, tunables=new)
+        self.counters.counts["tunable_changes"] += 1
+        log.info("tunables from %s: %s", source, diff or "unchanged")
+        self._snapshot_wanted = True
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config file; a bad one is logged and the running one kept."""
+        if self.config_path is None:
+            log.warning("SIGHUP: started without --config, nothing to reload")
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            self.counters.counts["reload_errors"] += 1
+            log.error("reload failed, keeping the running config: %s", err)
+            return
+        self.counters.counts["reloads"] += 1
+        needs_restart = [
+            name
+            for name, old_value, new_value in (
+                ("[scan]", self.config.scan, new.scan),
+                ("[topology]", self.config.topology, new.topology),
+                ("daemon.trace", self.config.daemon.trace, new.daemon.trace),
+            )
+            if old_value != new_value
+        ]
+        if needs_restart:
+            log.warning(
+                "reload: %s changed; that takes effect after a restart", ", ".join(needs_restart)
+            )
+        daemon = dataclasses.replace(
+            self.config.daemon,
+            log_level=new.daemon.log_level,
+            status_interval_ms=new.daemon.status_interval_ms,
+        )
+        self.config = dataclasses.replace(self.config, daemon=daemon)
+        logging.getLogger("kscand").setLevel(new.daemon.log_level.upper())
+        with self._lock:
+            self._desired_tunables = new.tunables
+        if new.tunables != self.engine.tunables:
+            self._apply_tunables(new.tunables, str(self.config_path))
+        else:
+            log.info("reloaded %s: tunables unchanged", self.config_path)
+
+    # -- status ----------------------------------------------------------------
+
+    def _publish_if_due(self) -> None:
+        now_ns = time.monotonic_ns()
+        state_due = now_ns - self._state_written_ns >= self.config.daemon.status_interval_ms * 1e6
+        if self._snapshot_wanted or state_due:
+            self._publish("running")
+        if state_due:
+            self._write_state_file()
+
+    def _publish(self, state: str) -> None:
+        snapshot = self._build_snapshot(state)
+        with self._lock:
+            self._snapshot = snapshot
+            self._snapshot_ns = time.monotonic_ns()
+            self._snapshot_wanted = False
+            self._snapshot_cond.notify_all()
+
+    def _write_state_file(self) -> None:
+        with self._lock:
+            snapshot = dict(self._snapshot)
+        try:
+            write_state_file(self.config.daemon.state_dir, snapshot)
+        except OSError as err:
+            log.warning("cannot write the state file: %s", err)
+        self._state_written_ns = time.monotonic_ns()
+
+    def _build_snapshot(self, state: str) -> dict[str, Any]:
+        """Everything `kscand status` shows, as plain JSON data (loop thread only)."""
+        engine = self.engine
+        counters = self.counters
+        processes = [
+            {
+                "pid": slot.proc.pid,
+                "start_time": slot.proc.start_time,
+                "resume_vaddr": slot.resume_vaddr,
+                "full_scans": slot.full_scans,
+                "queued_folios": engine.migrator.queued(slot.proc),
+                "counters": dict(sorted(engine.stats.of(slot.proc).items())),
+            }
+            for slot in engine.mm_list
+        ]
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": state,
+            "machine": self.backend.kind,
+            "access_source": self.backend.access_source,
+            "access_source_reason": self.backend.access_source_reason,
+            "config_path": str(self.config_path) if self.config_path else None,
+            "started_at": self._started_wall,
+            "written_at": time.time(),
+            "uptime_s": round((time.monotonic_ns() - self._started_mono_ns) / 1e9, 3),
+            "daemon": {
+                **{k: counters.counts[k] for k in _DAEMON_COUNTER_NAMES},
+                "step_ms_last": round(counters.step_ns_last / 1e6, 3),
+                "step_ms_max": round(counters.step_ns_max / 1e6, 3),
+                "control_refused": self._server.nr_refused if self._server else 0,
+            },
+            "queue": {
+                "queued_folios": engine.migrator.nr_queued,
+                "migrate_queue_max": engine.tunables.migrate_queue_max,
+            },
+            "tunables": engine.tunables.as_dict(),
+            "totals": engine.stats.snapshot(),
+            "processes": processes,
+        }
+
+
+_DAEMON_COUNTER_NAMES = (
+    "steps",
+    "long_steps",
+    "abandoned_steps",
+    "step_errors",
+    "reloads",
+    "reload_errors",
+    "tunable_changes",
+)
+
+
+def run_foreground(daemon: Daemon) -> int:
+    """Run the daemon until SIGTERM/SIGINT (main thread only); returns the exit status.
+
+    The handlers only set flags and wake the loop; SIGHUP asks for a reload.
+    """
+    names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        daemon.request_stop(names.get(signal.Signals(signum), str(signum)))
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        daemon.request_reload()
+
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.close()
+        raise
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
+    }
+    status: list[int] = []
+    loop = threading.Thread(
+        target=lambda: status.append(daemon.run_loop()), name="kscand", daemon=True
+    )
+    try:
+        loop.start()
+        while loop.is_alive() and not daemon.stopping():
+            loop.join(timeout=0.25)
+        loop.join(timeout=STOP_GRACE_S)
+        if loop.is_alive():
+            log.warning("the loop did not stop within %.1f s; exiting anyway", STOP_GRACE_S)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        daemon.close()
+    return status[0] if status else EXIT_FAILURE

@@ -1,0 +1,145 @@
+"""A tiny two-node Machine and daemon helpers for the daemon and control-socket tests.
+
+Node 0 is the top tier, node 1 the slow tier; every process has one anon VMA
+whose pages all start on node 1 and are accessed on every scan, so with the
+default hot_history_depth of 2 the second step promotes them all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kscand.config import Config
+from kscand.daemon import Backend, Daemon
+from kscand.machine import (
+    PAGE_SIZE,
+    BoolArray,
+    I32Array,
+    NodeInfo,
+    PageBatch,
+    PageFlag,
+    ProcessId,
+    Topology,
+    U64Array,
+    Vma,
+    VmFlag,
+)
+
+VMA_START = 0x7F00_0000_0000
+
+
+class RealClock:
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def sleep_ns(self, duration_ns: int) -> None:
+        time.sleep(duration_ns / 1e9)
+
+
+class FakeMachine:
+    """Processes with nr_pages anon pages each, all on slow node 1, all accessed."""
+
+    def __init__(self, nr_procs: int = 2, nr_pages: int = 64, move_delay_s: float = 0.0) -> None:
+        self.clock = RealClock()
+        self.nr_pages = nr_pages
+        self.move_delay_s = move_delay_s
+        self.nid = {
+            ProcessId(100 + i, 1000 + i): np.ones(nr_pages, np.int32) for i in range(nr_procs)
+        }
+        self.move_calls = 0
+        self.moves_in_flight = 0
+        self.closed = False
+
+    def topology(self) -> Topology:
+        nodes = []
+        for nid, top in ((0, True), (1, False)):
+            used = sum(int(np.count_nonzero(a == nid)) for a in self.nid.values())
+            nodes.append(NodeInfo(nid, 1 << 20, (1 << 20) - used, top, 4 if top else 67, top))
+        return Topology(tuple(nodes))
+
+    def processes(self) -> list[ProcessId]:
+        return sorted(self.nid)
+
+    def is_alive(self, proc: ProcessId) -> bool:
+        return proc in self.nid
+
+    def vmas(self, proc: ProcessId) -> list[Vma]:
+        end = VMA_START + self.nr_pages * PAGE_SIZE
+        return [Vma(VMA_START, end, VmFlag.READ | VmFlag.WRITE)]
+
+    def _batch(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
+        idx = ((vaddrs - np.uint64(VMA_START)) // np.uint64(PAGE_SIZE)).astype(np.intp)
+        nid = self.nid[proc][idx]
+        pfn = (np.uint64(proc.pid) << np.uint64(20)) + idx.astype(np.uint64) + np.uint64(1)
+        flags = np.full(idx.shape, PageFlag.PRESENT | PageFlag.LRU | PageFlag.ANON, np.uint32)
+        return PageBatch(vaddrs.astype(np.uint64), pfn, nid.astype(np.int32), flags)
+
+    def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
+        return self._batch(proc, np.arange(start, end, PAGE_SIZE, dtype=np.uint64))
+
+    def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
+        return self._batch(proc, vaddrs)
+
+    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
+        return np.ones(len(pages), dtype=np.bool_)
+
+    def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
+        self.moves_in_flight += 1
+        self.move_calls += 1
+        time.sleep(self.move_delay_s)
+        idx = ((vaddrs - np.uint64(VMA_START)) // np.uint64(PAGE_SIZE)).astype(np.intp)
+        self.nid[proc][idx] = nid
+        self.moves_in_flight -= 1
+        return np.full(idx.shape, nid, dtype=np.int32)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_backend(machine: FakeMachine) -> Backend:
+    return Backend(
+        machine=machine,
+        kind="fake",
+        access_source="fake",
+        access_source_reason="every page is always accessed",
+        close=machine.close,
+    )
+
+
+class DaemonThread:
+    """A started daemon whose loop runs in a background thread."""
+
+    def __init__(self, config: Config, machine: FakeMachine, **kwargs: Any) -> None:
+        self.machine = machine
+        self.daemon = Daemon(config, fake_backend(machine), **kwargs)
+        self.daemon.start()
+        self.status: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.status.append(self.daemon.run_loop()))
+        self.thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> float:
+        """Request a stop; returns the seconds the loop took to end."""
+        start = time.monotonic()
+        self.daemon.request_stop("test")
+        self.thread.join(timeout_s)
+        elapsed = time.monotonic() - start
+        self.daemon.close()
+        return elapsed
+
+    def wait_for(self, predicate: Any, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not reached in time")
+            time.sleep(0.01)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o644)
+    return path

@@ -1,0 +1,270 @@
+"""The daemon loop on a small fake machine: promotion, stop latency, reload, runtime tunables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_fakes import DaemonThread, FakeMachine, fake_backend, write_config
+
+from kscand.config import Config, config_from_text
+from kscand.daemon import Daemon, apply_tunable_changes, run_foreground, tunables_diff
+from kscand.errors import ConfigError, KscandError
+from kscand.machine import ProcessId
+from kscand.statedir import socket_path, state_file_path
+from kscand.tunables import Tunables
+
+
+def make_config(state_dir: Path, tunables: str = "scan_sleep_ms = 10") -> Config:
+    return config_from_text(f"[tunables]\n{tunables}\n").with_state_dir(state_dir)
+
+
+def promoted(machine: FakeMachine) -> int:
+    return sum(int(np.count_nonzero(nid == 0)) for nid in machine.nid.values())
+
+
+def test_daemon_promotes_every_hot_page_then_stops_cleanly(tmp_path: Path) -> None:
+    machine = FakeMachine(nr_procs=2, nr_pages=64)
+    run = DaemonThread(make_config(tmp_path / "state"), machine)
+    run.wait_for(lambda: promoted(machine) == 128)
+    run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 128)
+    assert socket_path(tmp_path / "state").exists()
+    assert state_file_path(tmp_path / "state").exists()
+    elapsed = run.stop()
+    assert elapsed < 1.0
+    assert run.status == [0]
+    assert machine.closed
+    # A clean stop leaves no stale state behind.
+    assert not socket_path(tmp_path / "state").exists()
+    assert not state_file_path(tmp_path / "state").exists()
+
+
+def test_stop_interrupts_a_long_sleep(tmp_path: Path) -> None:
+    machine = FakeMachine()
+    run = DaemonThread(make_config(tmp_path / "s", "scan_sleep_ms = 60000"), machine)
+    run.wait_for(lambda: run.daemon.counters.counts["steps"] >= 1)
+    time.sleep(0.1)  # now in the 60 s sleep
+    assert run.stop() < 1.0
+    assert run.daemon.counters.counts["steps"] == 1
+
+
+def test_stop_mid_migration_finishes_the_batch_in_flight_and_abandons_the_rest(
+    tmp_path: Path,
+) -> None:
+    # 2 processes x 64 pages in batches of 8 folios at 0.3 s each: 4.8 s of moves.
+    machine = FakeMachine(nr_procs=2, nr_pages=64, move_delay_s=0.3)
+    tunables = "scan_sleep_ms = 0\nmigrate_batch_folios = 8"
+    run = DaemonThread(make_config(tmp_path / "s", tunables), machine)
+    run.wait_for(lambda: machine.moves_in_flight == 1)
+    assert run.stop() < 1.0
+    assert machine.moves_in_flight == 0
+    assert 1 <= machine.move_calls <= 3
+    for nid in machine.nid.values():
+        assert int(np.count_nonzero(nid == 0)) % 8 == 0  # whole batches only
+    assert run.daemon.counters.counts["abandoned_steps"] == 1
+    assert run.status == [0]
+
+
+def test_set_tunables_takes_effect_from_the_next_step(tmp_path: Path) -> None:
+    machine = FakeMachine()
+    run = DaemonThread(make_config(tmp_path / "s", "scan_sleep_ms = 60000"), machine)
+    try:
+        run.wait_for(lambda: run.daemon.counters.counts["steps"] >= 1)
+        new = run.daemon.set_tunables({"scan_sleep_ms": 5, "scan_size_bytes": "64MiB"})
+        assert new.scan_sleep_ms == 5
+        # The sleep deadline follows the new value: steps resume at once.
+        run.wait_for(lambda: run.daemon.counters.counts["steps"] >= 5, timeout_s=2.0)
+        assert run.daemon.engine.tunables.scan_size_bytes == 64 << 20
+        assert run.daemon.status()["tunables"]["scan_sleep_ms"] == 5
+    finally:
+        run.stop()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scan_sleep_ms": -1}, "scan_sleep_ms: -1 is out of range"),
+        ({"scan_sleep_ms": "fast"}, "scan_sleep_ms: expected a number"),
+        ({"bogus": 1}, "bogus: unknown tunable"),
+        ({"scan_size_bytes": 4097 * 1024}, "scan_size_bytes: must be a multiple"),
+        ({}, "set: expected"),
+        ("scan_sleep_ms=5", "set: expected"),
+    ],
+)
+def test_bad_tunable_change_is_one_line_and_changes_nothing(
+    changes: object, message: str
+) -> None:
+    base = Tunables()
+    with pytest.raises(ConfigError) as info:
+        apply_tunable_changes(base, changes)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_tunables_diff_names_each_change() -> None:
+    old = Tunables()
+    assert tunables_diff(old, old) == ""
+    assert tunables_diff(old, old.replace(scan_sleep_ms=50)) == "scan_sleep_ms 20 -> 50"
+
+
+def test_reload_applies_new_tunables_and_keeps_old_ones_on_a_bad_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kscand")
+    path = write_config(tmp_path / "kscand.toml", "[tunables]\nscan_sleep_ms = 30\n")
+    config = config_from_text(path.read_text()).with_state_dir(tmp_path / "s")
+    run = DaemonThread(config, FakeMachine(), config_path=path)
+    try:
+        write_config(path, "[tunables]\nscan_sleep_ms = 40\nmms_to_scan = 7\n")
+        run.daemon.request_reload()
+        run.wait_for(lambda: run.daemon.engine.tunables.scan_sleep_ms == 40)
+        assert run.daemon.engine.tunables.mms_to_scan == 7
+        assert "scan_sleep_ms 30 -> 40" in caplog.text
+
+        write_config(path, "[tunables]\nscan_sleep_ms = 99999999\n")
+        run.daemon.request_reload()
+        run.wait_for(lambda: run.daemon.counters.counts["reload_errors"] == 1)
+        assert run.daemon.engine.tunables.scan_sleep_ms == 40
+        assert "reload failed, keeping the running config" in caplog.text
+        assert "tunables.scan_sleep_ms: 99999999 is out of range" in caplog.text
+        assert run.daemon.counters.counts["reloads"] == 1
+    finally:
+        run.stop()
+
+
+def test_reload_says_which_sections_need_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_config(tmp_path / "kscand.toml", "")
+    run = DaemonThread(make_config(tmp_path / "s"), FakeMachine(), config_path=path)
+    try:
+        write_config(path, "[scan]\npids = [1]\n")
+        run.daemon.request_reload()
+        run.wait_for(lambda: run.daemon.counters.counts["reloads"] == 1)
+        assert "[scan] changed; that takes effect after a restart" in caplog.text
+        assert run.daemon.config.scan.pids == ()
+    finally:
+        run.stop()
+
+
+class FailingMachine(FakeMachine):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def processes(self) -> list[ProcessId]:
+        raise self.error
+
+
+def test_repeated_step_failures_stop_the_daemon_with_status_1(tmp_path: Path) -> None:
+    run = DaemonThread(make_config(tmp_path / "s", "scan_sleep_ms = 1"),
+                       FailingMachine(KscandError("cannot list processes")))
+    run.thread.join(5.0)
+    assert run.status == [1]
+    assert run.daemon.counters.counts["step_errors"] == 10
+    run.stop()
+
+
+def test_a_bug_in_a_step_is_logged_and_exits_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = DaemonThread(make_config(tmp_path / "s"), FailingMachine(ValueError("boom")))
+    run.thread.join(5.0)
+    assert run.status == [1]
+    assert "kscand loop failed" in caplog.text
+    run.stop()
+
+
+def test_status_snapshot_has_totals_processes_and_tunables(tmp_path: Path) -> None:
+    machine = FakeMachine(nr_procs=3, nr_pages=16)
+    run = DaemonThread(make_config(tmp_path / "s"), machine)
+    try:
+        run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 48)
+        status = run.daemon.status()
+        assert status["pid"] == os.getpid()
+        assert status["machine"] == "fake"
+        assert status["access_source"] == "fake"
+        assert status["totals"]["nr_kscand_migrated"] == 48
+        assert sorted(p["pid"] for p in status["processes"]) == [100, 101, 102]
+        assert all(p["counters"]["nr_kscand_migrated"] == 16 for p in status["processes"])
+        assert status["tunables"]["scan_sleep_ms"] == 10
+        assert status["daemon"]["steps"] >= 2
+        assert status["snapshot_age_s"] < 1.0
+    finally:
+        run.stop()
+
+
+def test_two_daemons_cannot_share_a_state_dir(tmp_path: Path) -> None:
+    run = DaemonThread(make_config(tmp_path / "s"), FakeMachine())
+    try:
+        second = Daemon(make_config(tmp_path / "s"), fake_backend(FakeMachine()))
+        with pytest.raises(KscandError, match="another kscand daemon is running"):
+            second.start()
+        second.close()
+        # The refused daemon did not remove the running one's socket.
+        assert socket_path(tmp_path / "s").exists()
+    finally:
+        run.stop()
+
+
+def _signal_main_thread_when(
+    condition: object, signum: int, done: threading.Event, timeout_s: float = 5.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.01)
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
+    done.set()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_run_foreground_within_1s(tmp_path: Path, signum: int) -> None:
+    machine = FakeMachine()
+    daemon = Daemon(make_config(tmp_path / "s", "scan_sleep_ms = 60000"), fake_backend(machine))
+    sent = threading.Event()
+    sent_at: list[float] = []
+
+    def when_running() -> bool:
+        if daemon.counters.counts["steps"] >= 1:
+            sent_at.append(time.monotonic())
+            return True
+        return False
+
+    previous = signal.getsignal(signum)
+    threading.Thread(target=_signal_main_thread_when, args=(when_running, signum, sent)).start()
+    status = run_foreground(daemon)
+    assert sent.wait(1.0)
+    assert time.monotonic() - sent_at[0] < 1.0
+    assert status == 0
+    assert signal.getsignal(signum) == previous  # handlers restored
+    assert not socket_path(tmp_path / "s").exists()
+
+
+def test_sighup_reloads_in_run_foreground(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "kscand.toml", "[tunables]\nscan_sleep_ms = 60000\n")
+    config = config_from_text(path.read_text()).with_state_dir(tmp_path / "s")
+    daemon = Daemon(config, fake_backend(FakeMachine()), config_path=path)
+    done = threading.Event()
+
+    def drive() -> None:
+        deadline = time.monotonic() + 5.0
+        while daemon.counters.counts["steps"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        write_config(path, "[tunables]\nscan_sleep_ms = 25\n")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGHUP)
+        while daemon.engine.tunables.scan_sleep_ms != 25 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+        done.set()
+
+    threading.Thread(target=drive).start()
+    assert run_foreground(daemon) == 0
+    assert done.wait(1.0)
+    assert daemon.engine.tunables.scan_sleep_ms == 25
+    assert daemon.counters.counts["reloads"] == 1
