@@ -189,7 +189,10 @@ class Machine(Protocol):
     vaddr) are page-aligned and strictly ascending: no duplicates.
     """
 
-    clock: Clock
+    @property
+    def clock(self) -> Clock:
+        """The machine's clock (virtual time in the simulator)."""
+        ...
 
     def topology(self) -> Topology:
         """Nodes, tiers, capacity and free pages, now."""

@@ -9,6 +9,9 @@ Accessed bits, update the access history, and queue hot slow-tier folios.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
@@ -26,7 +29,7 @@ from kscand.machine import (
 )
 from kscand.migrator import Migrator
 from kscand.mmlist import HISTORY_CHUNK_BYTES, MmSlot
-from kscand.stats import PageSkip, Stats
+from kscand.stats import PageSkip, Stats, VmaSkip
 from kscand.tunables import Tunables
 
 
@@ -68,6 +71,51 @@ def push_history(
     return ((history << np.uint8(1)) | young.astype(np.uint8)).astype(np.uint8)
 
 
+@dataclass(frozen=True, slots=True)
+class ScanPlan:
+    """Where one scan of a process goes: the ranges to walk, in order, and where to resume."""
+
+    ranges: tuple[tuple[int, int], ...]  # [start, end) runs, each inside one VMA and chunk
+    skipped: tuple[VmaSkip, ...]  # the filtered VMAs passed on the way
+    nr_vmas: int  # VMAs walked (wholly or in part)
+    resume_vaddr: int  # where the next scan starts (0: from the beginning)
+    wrapped: bool  # this scan reaches the end of the address space
+
+
+def plan_scan(vmas: Sequence[Vma], resume_vaddr: int, budget_bytes: int) -> ScanPlan:
+    """The ranges one scan covers: from resume_vaddr, VMA by VMA, until budget_bytes.
+
+    Filtered VMAs cost no budget (there is no work in them). A scan that
+    spends its budget exactly at the end of the last VMA wraps at once, so
+    the next scan does not start with an empty pass. Pure arithmetic.
+    """
+    ranges: list[tuple[int, int]] = []
+    skipped: list[VmaSkip] = []
+    nr_vmas = 0
+    budget = budget_bytes
+    vaddr = resume_vaddr
+    for vma in vmas:
+        if vma.end <= vaddr:
+            continue
+        if budget <= 0:
+            return ScanPlan(tuple(ranges), tuple(skipped), nr_vmas, vaddr, False)
+        reason = vma_skip_reason(vma)
+        if reason is not None:
+            skipped.append(reason)
+            continue
+        nr_vmas += 1
+        start = max(vaddr, vma.start)
+        while start < vma.end and budget > 0:
+            stop = next_stop(start, vma.end, budget)
+            ranges.append((start, stop))
+            budget -= stop - start
+            start = stop
+        vaddr = start
+        if vaddr < vma.end:  # budget spent inside this VMA
+            return ScanPlan(tuple(ranges), tuple(skipped), nr_vmas, vaddr, False)
+    return ScanPlan(tuple(ranges), tuple(skipped), nr_vmas, 0, True)
+
+
 class Scanner:
     """Walks one process's address space per call, within the scan budget."""
 
@@ -82,45 +130,18 @@ class Scanner:
         self.stats.add(proc, "nr_kscand_mm_scans")
         slot.begin_scan()
         try:
-            vmas = self.machine.vmas(proc)
-            return self._scan_vmas(slot, vmas, tunables, topology)
+            plan = plan_scan(self.machine.vmas(proc), slot.resume_vaddr, tunables.scan_size_bytes)
+            for reason in plan.skipped:
+                self.stats.add(proc, reason.value)
+            self.stats.add(proc, "nr_kscand_vma_scans", plan.nr_vmas)
+            toptier = topology.toptier_table()
+            for start, end in plan.ranges:
+                self.scan_range(slot, start, end, tunables, toptier)
         except ProcessGone:
             return ScanEnd.GONE
-
-    def _scan_vmas(
-        self, slot: MmSlot, vmas: list[Vma], tunables: Tunables, topology: Topology
-    ) -> ScanEnd:
-        budget = tunables.scan_size_bytes
-        vaddr = slot.resume_vaddr
-        toptier = topology.toptier_table()
-        for vma in vmas:
-            if vma.end <= vaddr:
-                continue
-            reason = vma_skip_reason(vma)
-            if reason is not None:
-                self.stats.add(slot.proc, reason.value)
-                continue
-            self.stats.add(slot.proc, "nr_kscand_vma_scans")
-            start = max(vaddr, vma.start)
-            while start < vma.end and budget > 0:
-                stop = next_stop(start, vma.end, budget)
-                self.scan_range(slot, start, stop, tunables, toptier)
-                budget -= stop - start
-                start = stop
-            vaddr = start
-            if budget <= 0:
-                return self._stop_at(slot, vaddr, vmas)
-        slot.resume_vaddr = 0
-        slot.full_scans += 1
-        return ScanEnd.WRAPPED
-
-    @staticmethod
-    def _stop_at(slot: MmSlot, vaddr: int, vmas: list[Vma]) -> ScanEnd:
-        """Budget spent at vaddr: resume there, or wrap if nothing is left beyond it."""
-        if any(vma.end > vaddr for vma in vmas):
-            slot.resume_vaddr = vaddr
+        slot.resume_vaddr = plan.resume_vaddr
+        if not plan.wrapped:
             return ScanEnd.BUDGET
-        slot.resume_vaddr = 0
         slot.full_scans += 1
         return ScanEnd.WRAPPED
 

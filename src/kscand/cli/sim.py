@@ -87,8 +87,7 @@ def _timeline_table(report: SimReport) -> Table:
                 "promoted"):
         table.add_column(col, justify="right")
     samples = report.samples
-    marks = sorted({0, len(samples) - 1, *range(0, len(samples), max(1, len(samples) // 8))})
-    for i in marks:
+    for i in timeline_marks([s.t_s for s in samples]):
         s = samples[i]
         of_oracle = s.top_share / s.oracle_share if s.oracle_share else 0.0
         table.add_row(
@@ -100,16 +99,38 @@ def _timeline_table(report: SimReport) -> Table:
     return table
 
 
+def timeline_marks(times_s: list[float], nr_rows: int = 10) -> list[int]:
+    """Sample indices to show: dense early (where promotion happens), then spread out.
+
+    Times double from the first interval up to the end: 0, dt, 2dt, 4dt, ...
+    topped up with evenly spaced rows and always the last sample.
+    """
+    if not times_s:
+        return []
+    last = len(times_s) - 1
+    marks = {0, last}
+    step = 1
+    while step < last and len(marks) < nr_rows // 2 + 1:
+        marks.add(step)
+        step *= 2
+    spread = max(1, last // max(1, nr_rows - len(marks)))
+    for i in range(0, last, spread):
+        if len(marks) >= nr_rows:
+            break
+        marks.add(i)
+    return sorted(marks)
+
+
 def _process_table(report: SimReport) -> Table:
     table = Table(title="Processes")
-    for col in ("process", "pid", "size", "hot", "top tier", "oracle", "hot on top", "t90",
+    for col in ("process", "size", "hot", "top tier", "oracle", "hot on top", "t90",
                 "promoted", "PTEs scanned", "move failures"):
         table.add_column(col, justify="right")
     for p in report.procs:
         failures = ", ".join(f"{k.removeprefix('move_fail_')}={v}"
                              for k, v in p.move_failures.items()) or "-"
         table.add_row(
-            p.label + (" (exited)" if p.exited else ""), str(p.pid),
+            f"{p.label}[{p.pid}]" + (" exited" if p.exited else ""),
             format_bytes(p.nr_pages * PAGE_SIZE), format_bytes(p.nr_hot * PAGE_SIZE),
             _pct(p.top_share), _pct(p.oracle_share), _pct(p.hot_on_top), _secs(p.t90_s),
             format_bytes(p.promoted_pages * PAGE_SIZE), f"{p.ptes_scanned:,}", failures,

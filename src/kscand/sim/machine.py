@@ -156,7 +156,7 @@ class SimMachine:
         self.params = scenario.sim
         # SFC64: the fastest of numpy's generators; one draw per page tested.
         self.rng = np.random.Generator(np.random.SFC64(scenario.seed if seed is None else seed))
-        self.clock = SimClock()
+        self._clock = SimClock()
         nodes = sorted(scenario.nodes, key=lambda n: n.nid)
         self.nids = np.array([n.nid for n in nodes], dtype=np.int32)
         size = int(self.nids.max()) + 1
@@ -187,6 +187,10 @@ class SimMachine:
         self.move_log: list[tuple[ProcessId, U64Array]] = []
         self.nr_exits = 0
         self._advance()
+
+    @property
+    def clock(self) -> SimClock:
+        return self._clock
 
     # --- time and lifetimes ----------------------------------------------------------
 
@@ -385,7 +389,7 @@ class SimMachine:
             return np.full(page_idx.shape[0], -errno.EFAULT, dtype=np.int32)
         folio_pages = HPAGE_PMD_NR if vma.thp else 1
         heads = page_idx - page_idx % folio_pages
-        heads, first, inverse = np.unique(heads, return_index=True, return_inverse=True)
+        heads, inverse = np.unique(heads, return_inverse=True)
         cur = vma.nid[heads].astype(np.int32)
         status = cur.copy()
         status[cur < 0] = -errno.ENOENT

@@ -24,7 +24,7 @@ class ProcSample:
 
     top_share: float  # share of its accesses served by the top tier
     oracle_share: float  # the same under the oracle placement
-    nr_hot: int  # pages its workload calls hot
+    nr_hot: int  # pages its workload calls hot, in VMAs kscand may move
     nr_hot_top: int  # of those, pages on the top tier
     latency_ns: float  # mean access latency from the node latencies
 
@@ -62,10 +62,11 @@ def _proc_rates(machine: SimMachine, sim_proc: SimProcess, t_s: float) -> _ProcR
     """Rate sums of one process, per node then folded; no gather over all pages."""
     total = top = latency_sum = fixed_top_rate = 0.0
     nr_hot = nr_hot_top = fixed_top_pages = 0
-    movable: list[F32Array] = []
+    movable_rates: list[F32Array] = []
     for vma in sim_proc.vmas:
         rates = vma.workload.rates(t_s)
-        hot = vma.workload.hot(t_s)
+        movable = vma.kind_name in MOVABLE_KINDS
+        hot = vma.workload.hot(t_s) if movable else np.zeros(vma.nr_pages, dtype=np.bool_)
         vma_top = 0.0
         for nid in machine.nids.tolist():
             on_node = vma.nid == nid
@@ -75,15 +76,17 @@ def _proc_rates(machine: SimMachine, sim_proc: SimProcess, t_s: float) -> _ProcR
             if machine.toptier[nid + 1]:
                 vma_top += node_rate
                 nr_hot_top += int(np.count_nonzero(hot & on_node))
-                if vma.kind_name not in MOVABLE_KINDS:
+                if not movable:
                     fixed_top_pages += int(np.count_nonzero(on_node))
         top += vma_top
         nr_hot += int(np.count_nonzero(hot & (vma.nid >= 0)))
-        if vma.kind_name in MOVABLE_KINDS:
-            movable.append(rates[vma.nid >= 0])
+        if movable:
+            movable_rates.append(rates[vma.nid >= 0])
         else:
             fixed_top_rate += vma_top
-    rates_movable = np.concatenate(movable) if movable else np.zeros(0, dtype=np.float32)
+    rates_movable = (
+        np.concatenate(movable_rates) if movable_rates else np.zeros(0, dtype=np.float32)
+    )
     return _ProcRates(total, top, latency_sum, nr_hot, nr_hot_top, rates_movable,
                       fixed_top_rate, fixed_top_pages)
 

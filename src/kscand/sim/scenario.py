@@ -128,7 +128,8 @@ def _table(raw: dict[str, Any], where: str, allowed: set[str]) -> dict[str, Any]
         raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(allowed))})")
+        known = ", ".join(sorted(allowed))
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {known})")
     return raw
 
 
@@ -201,7 +202,7 @@ def _node(raw: Any, where: str) -> NodeSpec:
 
 
 def _workload(raw: Any, where: str, base: WorkloadSpec) -> WorkloadSpec:
-    raw = _table(raw, where, set(WorkloadSpec.__slots__))  # type: ignore[attr-defined]
+    raw = _table(raw, where, set(WorkloadSpec.__slots__))
     d = base
     return WorkloadSpec(
         kind=_str(raw, "kind", where, d.kind, WORKLOAD_KINDS),
@@ -310,7 +311,7 @@ def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenar
 
 
 def _sim(raw: Any) -> SimParams:
-    raw = _table(raw, "sim", set(SimParams.__slots__))  # type: ignore[attr-defined]
+    raw = _table(raw, "sim", set(SimParams.__slots__))
     d = SimParams()
     return SimParams(
         scan_cost_ns_per_pte=_num(raw, "scan_cost_ns_per_pte", "sim", d.scan_cost_ns_per_pte,

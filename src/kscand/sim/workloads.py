@@ -33,7 +33,8 @@ CERTAIN = 1e3
 class Workload(Protocol):
     """Per-page access rates of one VMA over virtual time."""
 
-    nr_pages: int
+    @property
+    def nr_pages(self) -> int: ...
 
     def epoch(self, t_s: float) -> int:
         """An id that changes whenever rates change (0 for a static workload)."""
@@ -84,7 +85,11 @@ def uniform(nr_pages: int, rate_per_s: float) -> StaticRates:
 
 
 def hotset(
-    nr_pages: int, rate_per_s: float, hot_fraction: float, hot_share: float, rng: np.random.Generator
+    nr_pages: int,
+    rate_per_s: float,
+    hot_fraction: float,
+    hot_share: float,
+    rng: np.random.Generator,
 ) -> StaticRates:
     """A random hot_fraction of the pages takes hot_share of the accesses."""
     nr_hot = round(nr_pages * hot_fraction)
