@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,11 +18,14 @@ import pytest
 from daemon_fakes import DaemonThread, FakeMachine, fake_backend, write_config
 
 from kscand.config import Config, config_from_text
+from kscand.control import request
 from kscand.daemon import Daemon, apply_tunable_changes, run_foreground, tunables_diff
 from kscand.errors import ConfigError, KscandError
 from kscand.machine import ProcessId
 from kscand.statedir import socket_path, state_file_path
 from kscand.tunables import Tunables
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(state_dir: Path, tunables: str = "scan_sleep_ms = 10") -> Config:
@@ -268,3 +275,120 @@ def test_sighup_reloads_in_run_foreground(tmp_path: Path) -> None:
     assert done.wait(1.0)
     assert daemon.engine.tunables.scan_sleep_ms == 25
     assert daemon.counters.counts["reloads"] == 1
+
+
+# -- end to end: `python -m kscand run` as a subprocess ---------------------------------
+
+SMALL_SCENARIO = """
+name = "daemon-e2e"
+description = "64 MiB, 10 % hot, starting on the slow node"
+seed = 1
+duration_s = 600
+sample_interval_s = 1
+
+[[nodes]]
+nid = 0
+capacity = "256MiB"
+cpus = true
+tier = 4
+latency_ns = 80
+
+[[nodes]]
+nid = 1
+capacity = "256MiB"
+cpus = false
+tier = 67
+latency_ns = 300
+
+[[processes]]
+name = "app"
+placement = "slow"
+workload = { kind = "hotset", hot_fraction = 0.10, hot_share = 0.95, rate_per_s = 2e6 }
+vmas = [{ kind = "anon", size = "64MiB" }]
+"""
+
+
+def _kscand(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "kscand", *argv]
+
+
+def _wait_for_path(path: Path, proc: subprocess.Popen[str], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"kscand run exited with {proc.returncode}: {proc.stderr}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+def test_run_on_this_host_refuses_with_the_probe_reason(tmp_path: Path) -> None:
+    from kscand.live import probe
+
+    reason = probe().blocking_reason()
+    if reason is None:
+        pytest.skip("this host can run the live daemon; the refusal path does not apply")
+    proc = subprocess.run(
+        _kscand("run", "--config", str(REPO / "contrib" / "kscand.toml"),
+                "--state-dir", str(tmp_path / "s")),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == f"kscand run: {reason}\n"
+    assert not (tmp_path / "s").exists()  # refused before touching the state dir
+
+
+def test_run_sim_end_to_end_status_tune_reload_and_sigterm(tmp_path: Path) -> None:
+    scenario = tmp_path / "small.toml"
+    scenario.write_text(SMALL_SCENARIO)
+    config = write_config(tmp_path / "kscand.toml", "[tunables]\nscan_sleep_ms = 20\n")
+    state_dir = tmp_path / "s"
+    proc = subprocess.Popen(
+        _kscand("run", "--sim", str(scenario), "--config", str(config),
+                "--state-dir", str(state_dir)),
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for_path(socket_path(state_dir), proc)
+        assert stat.S_IMODE(os.lstat(socket_path(state_dir)).st_mode) == 0o600
+        path = socket_path(state_dir)
+        deadline = time.monotonic() + 20
+        while request(path, {"cmd": "status"})["status"]["totals"]["nr_kscand_migrated"] == 0:
+            assert time.monotonic() < deadline, "nothing promoted"
+            time.sleep(0.1)
+        status = subprocess.run(
+            _kscand("status", "--json", "--state-dir", str(state_dir)),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["access_source"] == "simulated"
+
+        tune = subprocess.run(
+            _kscand("tune", "--state-dir", str(state_dir), "mms_to_scan=5"),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert tune.stdout == "mms_to_scan = 5 (was 4096)\n"
+
+        write_config(config, "[tunables]\nscan_sleep_ms = 30\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while request(path, {"cmd": "get"})["tunables"]["scan_sleep_ms"] != 30:
+            assert time.monotonic() < deadline, "SIGHUP did not reload"
+            time.sleep(0.05)
+        # The reload re-read the file, so the value set with `kscand tune` is gone.
+        assert request(path, {"cmd": "get"})["tunables"]["mms_to_scan"] == 4096
+
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - sent < 1.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "access source: simulated" in stderr
+    assert "tunables from control socket: mms_to_scan 4096 -> 5" in stderr
+    assert "stopping (SIGTERM)" in stderr
+    assert "Traceback" not in stderr
+    assert sorted(os.listdir(state_dir)) == []

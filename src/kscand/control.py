@@ -138,6 +138,9 @@ class ControlServer:
     def close(self) -> None:
         """Stop the thread, close and unlink the socket."""
         self._closing.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # wakes a blocked accept() at once
+                self._sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=CLIENT_TIMEOUT_S + 1.0)
         if self._sock is not None:

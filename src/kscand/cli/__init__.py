@@ -19,6 +19,9 @@ from kscand.errors import ConfigError, KscandError
 # does not pay for the live backend and vice versa).
 COMMANDS: dict[str, str] = {
     "sim": "kscand.cli.sim",
+    "run": "kscand.cli.run",
+    "status": "kscand.cli.status",
+    "tune": "kscand.cli.tune",
 }
 
 EXIT_OK = 0

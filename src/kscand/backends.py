@@ -1,0 +1,73 @@
+"""Machine factories for the daemon: this Linux host (after the feature probe) or a simulation.
+
+Each returns a kscand.daemon.Backend: the machine plus what the daemon tells
+the operator at start (which access source and why). Imports of the live
+and simulated backends are local, so neither pays for the other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kscand.config import Config
+from kscand.daemon import Backend
+from kscand.errors import Unsupported
+
+
+def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys") -> Backend:
+    """The LinuxMachine for config; Unsupported/AccessDenied with the probe's one-line reason."""
+    from kscand import live
+
+    topology = config.topology
+    features = live.probe(
+        procfs, sysfs, top_tier_nodes=topology.top_tier_nodes, slow_nodes=topology.slow_nodes
+    )
+    reason = features.blocking_reason()
+    if reason is not None:
+        raise Unsupported(reason)
+    selection = live.ProcessSelection(
+        pids=config.scan.pids,
+        cgroups=config.scan.cgroups,
+        comm_patterns=config.scan.comm_patterns,
+    )
+    machine = live.LinuxMachine(
+        procfs,
+        sysfs,
+        selection=selection,
+        access_source=config.scan.access_source,
+        top_tier_nodes=topology.top_tier_nodes,
+        slow_nodes=topology.slow_nodes,
+        self_pid=os.getpid(),
+    )
+    if machine.access_source_name == "none":  # nothing can tell hot from cold here
+        machine.close()
+        raise Unsupported(machine.access_source_reason)
+    return Backend(
+        machine=machine,
+        kind="live",
+        access_source=machine.access_source_name,
+        access_source_reason=machine.access_source_reason,
+        close=machine.close,
+    )
+
+
+def open_sim_backend(scenario_path: Path) -> Backend:
+    """A simulated machine running the scenario; its virtual clock follows the daemon's sleeps.
+
+    The daemon sleeps in real time and then advances the simulated clock by
+    the time it slept, so the simulated processes run at roughly real speed.
+    """
+    try:
+        from kscand.sim.machine import SimMachine
+        from kscand.sim.scenario import load_scenario
+    except ImportError as err:
+        raise Unsupported(f"the simulator is not available: {err}") from err
+    machine = SimMachine(load_scenario(scenario_path))
+    return Backend(
+        machine=machine,
+        kind=f"sim:{scenario_path.name}",
+        access_source="simulated",
+        access_source_reason=f"Accessed bits of the simulated processes of {scenario_path}",
+        after_sleep=machine.clock.sleep_ns,
+    )

@@ -1,0 +1,109 @@
+"""`kscand run`: the daemon in the foreground (systemd Type=simple), logging to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from kscand.config import LOG_LEVELS, Config, load_config
+
+# Under systemd, stderr is a journal stream: journald adds the time and parses
+# the "<N>" syslog priority prefix (sd-daemon(3)), so the line carries only
+# the level and the message.
+_SYSLOG_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """'<6>message': the sd-daemon priority prefix, no timestamp."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is connected to the journal (JOURNAL_STREAM names its device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, sep, ino = stream.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def setup_logging(level: str, journal: bool) -> None:
+    """Log records of the 'kscand' logger to stderr, in a systemd-friendly format."""
+    handler = logging.StreamHandler(sys.stderr)
+    if journal:
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s kscand[%(process)d] %(levelname)s: %(message)s")
+        )
+    logger = logging.getLogger("kscand")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the kscand daemon in the foreground",
+        description=(
+            "Scan every selected process's Accessed bits and promote hot pages from "
+            "slow-tier nodes to the top tier, until SIGTERM or SIGINT. SIGHUP re-reads "
+            "the config file. Needs root."
+        ),
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="directory for the control socket and status.json (default: daemon.state_dir, "
+        "/run/kscand)",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="override daemon.log_level")
+    parser.add_argument(
+        "--sim",
+        type=Path,
+        metavar="SCENARIO",
+        help="drive a simulated machine from a scenario file, in real time, instead of "
+        "this host (no root needed; for trying kscand out and for tests)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from kscand.daemon import Daemon, run_foreground
+
+    config = load_config(args.config) if args.config is not None else Config()
+    if args.state_dir is not None:
+        if not args.state_dir.is_absolute():
+            args.state_dir = Path.cwd() / args.state_dir
+        config = config.with_state_dir(args.state_dir)
+    setup_logging(args.log_level or config.daemon.log_level, stderr_is_journal())
+    if args.sim is not None:
+        from kscand.backends import open_sim_backend
+
+        backend = open_sim_backend(args.sim)
+    else:
+        from kscand.backends import open_live_backend
+
+        backend = open_live_backend(config)
+    daemon = Daemon(config, backend, config_path=args.config)
+    return run_foreground(daemon)

@@ -1,0 +1,202 @@
+"""`kscand status`: the running daemon's counters, per-process state and tunables.
+
+Asks the daemon over its control socket; when the socket does not answer
+(busy, or gone while the daemon still runs) it reads state_dir/status.json,
+which the daemon rewrites every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kscand.config import DEFAULT_STATE_DIR
+from kscand.control import DaemonNotRunning, request
+from kscand.errors import AccessDenied, KscandError
+from kscand.statedir import read_state_file, socket_path, state_file_path
+from kscand.stats import SERIES_COUNTERS
+
+EXIT_NOT_RUNNING = 1
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show the running daemon's counters and per-process state",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+        help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--top", type=int, default=20, metavar="N",
+        help="processes to show, most promoted first (0 = all; default 20)",
+    )
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this pid exists (the state file's writer)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fetch_status(state_dir: Path) -> tuple[dict[str, Any], str]:
+    """(status, where it came from): the socket, else a state file whose writer still runs."""
+    try:
+        reply = request(socket_path(state_dir), {"cmd": "status"})
+        return dict(reply["status"]), "socket"
+    except AccessDenied:
+        raise
+    except KscandError as err:
+        socket_error = err
+    try:
+        state = read_state_file(state_dir)
+    except KscandError:
+        raise socket_error from None
+    if not pid_alive(state.get("pid")):
+        raise DaemonNotRunning(
+            f"no kscand daemon is running (stale {state_file_path(state_dir)} "
+            f"of pid {state.get('pid')})"
+        )
+    return state, f"state file ({socket_error})"
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.top < 0:
+        sys.stderr.write("kscand status: --top must not be negative\n")
+        return 2
+    try:
+        status, source = fetch_status(args.state_dir)
+    except DaemonNotRunning as err:
+        sys.stderr.write(f"kscand status: {err}\n")
+        return EXIT_NOT_RUNNING
+    if args.json:
+        sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
+        return 0
+    render(Console(), status, source, args.top)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    parts += [f"{hours}h"] if hours or days else []
+    parts += [f"{minutes}m", f"{secs}s"] if not days else [f"{minutes}m"]
+    return "".join(parts)
+
+
+def render(console: Console, status: dict[str, Any], source: str, top: int) -> None:
+    """Print the status as a header and four tables."""
+    console.print(
+        f"kscand {status.get('version', '?')} pid {status.get('pid')} "
+        f"[bold]{status.get('state', '?')}[/bold], up {_duration(status.get('uptime_s', 0))}, "
+        f"{status.get('machine', '?')} machine",
+        highlight=False,
+    )
+    console.print(
+        f"access source: {status.get('access_source')} ({status.get('access_source_reason')})",
+        highlight=False,
+    )
+    if source != "socket":
+        age = time.time() - float(status.get("written_at", time.time()))
+        console.print(f"[yellow]from the {source}, written {age:.0f} s ago[/yellow]")
+    console.print(counters_table(status.get("totals", {})))
+    console.print(daemon_table(status))
+    console.print(processes_table(status.get("processes", []), top))
+    console.print(tunables_table(status.get("tunables", {})))
+
+
+def counters_table(totals: dict[str, int]) -> Table:
+    """The series' nr_kscand_* counters first, then every other non-zero counter."""
+    table = Table(title="Counters (base pages)", title_justify="left")
+    table.add_column("counter", no_wrap=True)
+    table.add_column("total", justify="right")
+    names = [n for n in SERIES_COUNTERS if n in totals]
+    names += sorted(n for n in totals if n not in SERIES_COUNTERS and totals[n])
+    for name in names:
+        table.add_row(name, f"{totals[name]:,}")
+    return table
+
+
+def daemon_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Daemon", title_justify="left")
+    table.add_column("item", no_wrap=True)
+    table.add_column("value", justify="right")
+    for name, value in status.get("daemon", {}).items():
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    queue = status.get("queue", {})
+    queued, cap = queue.get("queued_folios", 0), queue.get("migrate_queue_max", 0)
+    table.add_row("queued folios", f"{queued:,} of {cap:,}")
+    return table
+
+
+_PROC_COLUMNS = (
+    ("scans", "nr_kscand_mm_scans"),
+    ("slow tier", "nr_kscand_slowtier"),
+    ("top tier", "nr_kscand_toptier"),
+    ("hot", "nr_kscand_hotpage"),
+    ("candidates", "nr_kscand_migadded"),
+    ("promoted", "nr_kscand_migrated"),
+    ("failed", "nr_kscand_migrate_failed"),
+)
+
+
+def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
+    """One row per scanned process, most promoted pages first."""
+    def key(p: dict[str, Any]) -> tuple[int, int, int]:
+        counters = p.get("counters", {})
+        return (
+            -counters.get("nr_kscand_migrated", 0),
+            -counters.get("nr_kscand_hotpage", 0),
+            p.get("pid", 0),
+        )
+
+    ordered = sorted(processes, key=key)
+    shown = ordered if top == 0 else ordered[:top]
+    title = f"Processes ({len(shown)} of {len(processes)})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("pid", justify="right", no_wrap=True)
+    for header, _name in _PROC_COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("in queue", justify="right")
+    table.add_column("full scans", justify="right")
+    table.add_column("resume at")
+    for p in shown:
+        counters = p.get("counters", {})
+        table.add_row(
+            str(p.get("pid")),
+            *(f"{counters.get(name, 0):,}" for _header, name in _PROC_COLUMNS),
+            f"{p.get('queued_folios', 0):,}",
+            str(p.get("full_scans", 0)),
+            f"{p.get('resume_vaddr', 0):#x}",
+        )
+    return table
+
+
+def tunables_table(tunables: dict[str, Any]) -> Table:
+    table = Table(title="Tunables", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("value", justify="right")
+    for name, value in tunables.items():
+        table.add_row(name, str(value))
+    return table
