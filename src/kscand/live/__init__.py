@@ -1,0 +1,22 @@
+"""The live Linux machine: the only code of kscand that touches /proc, /sys and syscalls."""
+
+from __future__ import annotations
+
+from kscand.live.clock import LiveClock
+from kscand.live.linux import AccessSource, LinuxMachine, NoAccessSource
+from kscand.live.move import PageMover
+from kscand.live.probe import Features, Finding, Topic, probe
+from kscand.live.processes import ProcessSelection
+
+__all__ = [
+    "AccessSource",
+    "Features",
+    "Finding",
+    "LinuxMachine",
+    "LiveClock",
+    "NoAccessSource",
+    "PageMover",
+    "ProcessSelection",
+    "Topic",
+    "probe",
+]

@@ -1,0 +1,246 @@
+"""Probe the kernel's features once at start-up and say in one sentence what is missing.
+
+Nothing here writes anywhere: DAMON's vaddr support is read from an existing
+kdamond context or the kernel config when either is available, else left
+unknown (the DAMON source checks it when it starts).
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kscand.errors import ConfigError, Unsupported
+from kscand.live.damon import DAMON_KDAMONDS
+from kscand.live.move import SYS_MOVE_PAGES
+from kscand.live.nodes import SysfsNodes
+from kscand.live.page_idle import PAGE_IDLE_BITMAP
+
+ACCESS_SOURCES = ("auto", "page_idle", "damon")
+
+
+class Topic(enum.Enum):
+    """What a probe finding is about (the scan command only needs some of them)."""
+
+    PRIVILEGE = "privilege"
+    PAGE_FLAGS = "page_flags"
+    ACCESS = "access"
+    NUMA = "numa"
+    TIERS = "tiers"
+    MOVE = "move"
+    NOTE = "note"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One sentence about a missing piece; blocking means kscand cannot promote at all."""
+
+    topic: Topic
+    sentence: str
+    blocking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What the kernel offers kscand (psutil's HAS_* flags, damo's feature table)."""
+
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+    is_root: bool = True
+    has_pagemap: bool = True
+    has_kpageflags: bool = True
+    has_page_idle: bool = True
+    has_damon_sysfs: bool = False
+    damon_vaddr: bool | None = None  # None: unknown until a kdamond context exists
+    damon_ops: tuple[str, ...] = ()
+    damon_kdamonds_in_use: int = 0  # kdamonds configured by someone else
+    has_move_pages: bool = True
+    numa_balancing: int | None = None
+    online_nodes: tuple[int, ...] = (0,)
+    tiers: dict[int, int] = field(default_factory=dict)  # nid -> memory tier id
+    top_tier_nodes: tuple[int, ...] = (0,)
+    slow_tier_nodes: tuple[int, ...] = ()
+    top_tier_how: str = ""
+
+    @property
+    def page_idle_path(self) -> str:
+        return os.path.join(self.sysfs, PAGE_IDLE_BITMAP)
+
+    @property
+    def damon_path(self) -> str:
+        return os.path.join(self.sysfs, DAMON_KDAMONDS)
+
+    def damon_unusable_reason(self) -> str | None:
+        """Why the DAMON access source cannot be used, or None if it can (or may)."""
+        if not self.has_damon_sysfs:
+            return f"no {self.damon_path} (CONFIG_DAMON_SYSFS)"
+        if self.damon_vaddr is False:
+            ops = " ".join(self.damon_ops) or "none"
+            return f"DAMON has no vaddr operations (CONFIG_DAMON_VADDR; available: {ops})"
+        if self.damon_kdamonds_in_use:
+            return (
+                f"DAMON sysfs is in use ({self.damon_kdamonds_in_use} kdamond(s) set up by "
+                "another tool)"
+            )
+        return None
+
+    def choose_access_source(self, requested: str = "auto") -> tuple[str, str]:
+        """(source name, why) for the requested source: page_idle, damon or none.
+
+        Raises ConfigError for an unknown name, Unsupported when an explicitly
+        requested source is missing.
+        """
+        if requested not in ACCESS_SOURCES:
+            raise ConfigError(
+                f"access_source: {requested!r} is not one of {', '.join(ACCESS_SOURCES)}"
+            )
+        idle_missing = (
+            f"this kernel has no {self.page_idle_path} (CONFIG_IDLE_PAGE_TRACKING)"
+        )
+        damon_why = self.damon_unusable_reason()
+        if requested == "page_idle":
+            if not self.has_page_idle:
+                raise Unsupported(f"access_source page_idle: {idle_missing}")
+            return "page_idle", "page_idle requested in the config"
+        if requested == "damon":
+            if damon_why is not None:
+                raise Unsupported(f"access_source damon: {damon_why}")
+            return "damon", "DAMON requested in the config"
+        if self.has_page_idle:
+            return "page_idle", f"the kernel has {self.page_idle_path}: per-page Accessed bits"
+        if damon_why is None:
+            return "damon", f"{idle_missing}; using DAMON"
+        return "none", f"{idle_missing}; no DAMON either: {damon_why}"
+
+    def findings(self) -> list[Finding]:
+        """Every missing piece, in the order a reader should fix them."""
+        out: list[Finding] = []
+        if not self.is_root:
+            out.append(Finding(Topic.PRIVILEGE, (
+                "not running as root: /proc/PID/pagemap hides PFNs and /proc/kpageflags is "
+                "unreadable without CAP_SYS_ADMIN; run kscand as root"), True))
+        if not self.has_pagemap or not self.has_kpageflags:
+            out.append(Finding(Topic.PAGE_FLAGS, (
+                f"this kernel has no {os.path.join(self.procfs, 'kpageflags')} or pagemap "
+                "(CONFIG_PROC_PAGE_MONITOR): kscand cannot read page flags"), True))
+        name, why = self.choose_access_source("auto")
+        if name != "page_idle":
+            out.append(Finding(Topic.ACCESS, why, name == "none"))
+        if not self.has_move_pages:
+            out.append(Finding(Topic.MOVE, (
+                f"move_pages(2) has no known syscall number on {platform.machine()}"), True))
+        out += self._numa_findings()
+        return out
+
+    def _numa_findings(self) -> list[Finding]:
+        out: list[Finding] = []
+        if self.numa_balancing:
+            out.append(Finding(Topic.NOTE, (
+                f"NUMA balancing is on (kernel.numa_balancing={self.numa_balancing}): its "
+                "hinting faults also clear Accessed bits and it promotes pages itself; set it "
+                "to 0 for kscand alone"), False))
+        if len(self.online_nodes) < 2:
+            nodes = ",".join(map(str, self.online_nodes))
+            out.append(Finding(Topic.NUMA, (
+                f"only one NUMA node (node {nodes}): nothing to promote"), True))
+            return out
+        if not self.slow_tier_nodes:
+            out.append(Finding(Topic.TIERS, (
+                f"no slow-tier node: every online node ({self.online_nodes}) is top tier "
+                f"({self.top_tier_how}); set slow_nodes in the config if a node is slower "
+                "memory"), True))
+        return out
+
+    def sentences(self) -> list[str]:
+        return [f.sentence for f in self.findings()]
+
+    def blocking_reason(self) -> str | None:
+        """The first reason kscand cannot promote anything here, or None if it can run."""
+        return next((f.sentence for f in self.findings() if f.blocking), None)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _damon_ops(kdamonds: str) -> tuple[str, ...] | None:
+    """avail_operations of any existing kdamond context, None if there is none."""
+    try:
+        names = os.listdir(kdamonds)
+    except OSError:
+        return None
+    for name in sorted(n for n in names if n.isdigit()):
+        path = os.path.join(kdamonds, name, "contexts", "0", "avail_operations")
+        try:
+            with open(path, encoding="ascii") as f:
+                return tuple(f.read().split())
+        except OSError:
+            continue
+    return None
+
+
+def _kernel_config_has(option: str, procfs: str) -> bool | None:
+    """Whether the running kernel's config sets option=y/m; None if no config is readable."""
+    candidates = [os.path.join(procfs, "config.gz"), f"/boot/config-{platform.release()}"]
+    for path in candidates:
+        try:
+            if path.endswith(".gz"):
+                with gzip.open(path, "rt", encoding="ascii", errors="replace") as f:
+                    text = f.read()
+            else:
+                with open(path, encoding="ascii", errors="replace") as f:
+                    text = f.read()
+        except OSError:
+            continue
+        return f"\n{option}=y" in text or f"\n{option}=m" in text
+    return None
+
+
+def probe(
+    procfs: str = "/proc",
+    sysfs: str = "/sys",
+    *,
+    top_tier_nodes: Sequence[int] | None = None,
+    slow_nodes: Sequence[int] | None = None,
+    is_root: bool | None = None,
+) -> Features:
+    """Read what the kernel offers; never writes. is_root defaults to euid == 0."""
+    kdamonds = os.path.join(sysfs, DAMON_KDAMONDS)
+    has_damon = os.path.exists(os.path.join(kdamonds, "nr_kdamonds"))
+    ops = _damon_ops(kdamonds) if has_damon else None
+    if ops is not None:
+        vaddr: bool | None = "vaddr" in ops
+    else:
+        vaddr = _kernel_config_has("CONFIG_DAMON_VADDR", procfs) if has_damon else False
+    nodes = SysfsNodes(sysfs, procfs, top_tier_nodes=top_tier_nodes, slow_nodes=slow_nodes)
+    layout = nodes.layout
+    return Features(
+        procfs=procfs,
+        sysfs=sysfs,
+        is_root=os.geteuid() == 0 if is_root is None else is_root,
+        has_pagemap=os.path.exists(os.path.join(procfs, "self", "pagemap")),
+        has_kpageflags=os.path.exists(os.path.join(procfs, "kpageflags"))
+        and os.path.exists(os.path.join(procfs, "kpagecount")),
+        has_page_idle=os.path.exists(os.path.join(sysfs, PAGE_IDLE_BITMAP)),
+        has_damon_sysfs=has_damon,
+        damon_vaddr=vaddr,
+        damon_ops=ops or (),
+        damon_kdamonds_in_use=(_read_int(os.path.join(kdamonds, "nr_kdamonds")) or 0)
+        if has_damon
+        else 0,
+        has_move_pages=platform.machine() in SYS_MOVE_PAGES,
+        numa_balancing=_read_int(os.path.join(procfs, "sys", "kernel", "numa_balancing")),
+        online_nodes=layout.nids,
+        tiers={nid: tier for nid, tier in layout.tier_of.items() if tier >= 0},
+        top_tier_nodes=tuple(sorted(layout.top_tier)),
+        slow_tier_nodes=layout.slow_nids,
+        top_tier_how=layout.top_tier_how,
+    )
