@@ -188,8 +188,13 @@ def _damon_ops(kdamonds: str) -> tuple[str, ...] | None:
 
 
 def _kernel_config_has(option: str, procfs: str) -> bool | None:
-    """Whether the running kernel's config sets option=y/m; None if no config is readable."""
-    candidates = [os.path.join(procfs, "config.gz"), f"/boot/config-{platform.release()}"]
+    """Whether the running kernel's config sets option=y/m; None if no config is readable.
+
+    /boot is only consulted for the real /proc (a fake tree describes another kernel).
+    """
+    candidates = [os.path.join(procfs, "config.gz")]
+    if os.path.realpath(procfs) == "/proc":
+        candidates.append(f"/boot/config-{platform.release()}")
     for path in candidates:
         try:
             if path.endswith(".gz"):
