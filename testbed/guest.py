@@ -138,6 +138,14 @@ class GuestResult:
     def ok(self) -> bool:
         return not self.timed_out and all(step.ok for step in self.steps)
 
+    def path(self, name: str) -> Path:
+        """A file the guest commands wrote into rwdir (relative name)."""
+        return self.rwdir / name
+
+    def read_text(self, name: str) -> str:
+        """Text of a file the guest commands wrote into rwdir; "" when absent."""
+        return _read_text(self.path(name))
+
     def console(self) -> str:
         """The console log with carriage returns and terminal escapes removed."""
         if not self.console_path.exists():
