@@ -114,9 +114,10 @@ def fake_backend(machine: FakeMachine) -> Backend:
 class DaemonThread:
     """A started daemon whose loop runs in a background thread."""
 
-    def __init__(self, config: Config, machine: FakeMachine, **kwargs: Any) -> None:
+    def __init__(self, config: Config, machine: FakeMachine | Backend, **kwargs: Any) -> None:
+        backend = machine if isinstance(machine, Backend) else fake_backend(machine)
         self.machine = machine
-        self.daemon = Daemon(config, fake_backend(machine), **kwargs)
+        self.daemon = Daemon(config, backend, **kwargs)
         self.daemon.start()
         self.status: list[int] = []
         self.thread = threading.Thread(target=lambda: self.status.append(self.daemon.run_loop()))

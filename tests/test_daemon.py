@@ -392,3 +392,45 @@ def test_run_sim_end_to_end_status_tune_reload_and_sigterm(tmp_path: Path) -> No
     assert "stopping (SIGTERM)" in stderr
     assert "Traceback" not in stderr
     assert sorted(os.listdir(state_dir)) == []
+
+
+# -- logging -------------------------------------------------------------------------------
+
+
+def test_journal_format_has_priority_prefix_and_no_timestamp() -> None:
+    from kscand.cli.run import JournalFormatter
+
+    formatter = JournalFormatter("%(message)s")
+    record = logging.LogRecord("kscand", logging.WARNING, __file__, 1, "a step took %d s",
+                               (3,), None)
+    assert formatter.format(record) == "<4>a step took 3 s"
+    record = logging.LogRecord("kscand", logging.INFO, __file__, 1, "two\nlines", None, None)
+    assert formatter.format(record) == "<6>two\n<6>lines"
+
+
+def test_stderr_is_journal_only_when_journal_stream_names_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kscand.cli.run import stderr_is_journal
+
+    with open(tmp_path / "stderr", "w") as fake_stderr:
+        monkeypatch.setattr(sys, "stderr", fake_stderr)
+        st = os.fstat(fake_stderr.fileno())
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        assert not stderr_is_journal()
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert stderr_is_journal()
+        # Inherited by a child whose stderr went elsewhere: not the journal.
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        assert not stderr_is_journal()
+        monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+        assert not stderr_is_journal()
+
+
+def test_trace_setting_is_reported_as_not_implemented(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_from_text('[daemon]\ntrace = "stderr"\n').with_state_dir(tmp_path / "s")
+    run = DaemonThread(config, FakeMachine())
+    run.stop()
+    assert "trace events are not implemented yet" in caplog.text

@@ -70,7 +70,6 @@ DAEMON_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 LONG_STEP_NS = 1_000_000_000
 STOP_GRACE_S = 0.9  # how long run_foreground waits for the loop after a stop request
 MAX_FAILED_STEPS = 10  # consecutive steps failing with a KscandError before giving up
-SNAPSHOT_FRESH_NS = 250_000_000  # a status request older than this asks the loop for a new one
 SNAPSHOT_WAIT_S = 0.5  # how long a status request waits for the loop (then: the last one)
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -192,6 +191,7 @@ class Daemon:
         *,
         config_path: Path | None = None,
         allowed_uids: frozenset[int] | None = None,
+        log_level_override: str | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -200,6 +200,7 @@ class Daemon:
         self.counters = _DaemonCounters()
         self.exit_status = EXIT_OK
         self._allowed_uids = allowed_uids
+        self._log_level_override = log_level_override  # `kscand run --log-level` beats reloads
         self._server: ControlServer | None = None
         self._owns_state = False
         self._wake = threading.Event()
@@ -212,6 +213,8 @@ class Daemon:
         self._snapshot_wanted = False
         self._snapshot: dict[str, Any] = {}
         self._snapshot_ns = 0
+        self._snapshot_steps = 0  # _steps_done when the snapshot was built
+        self._steps_done = 0  # steps ended (completed, abandoned or failed)
         self._state = "starting"
         self._started_mono_ns = time.monotonic_ns()
         self._started_wall = time.time()
@@ -248,9 +251,13 @@ class Daemon:
         return new
 
     def status(self) -> dict[str, Any]:
-        """The latest status snapshot, refreshed by the loop when it can within 0.5 s."""
+        """The latest status snapshot, rebuilt first by the loop if a step ended since.
+
+        Waits at most SNAPSHOT_WAIT_S (a long step may be running), then
+        answers with the last snapshot and its age.
+        """
         with self._lock:
-            if time.monotonic_ns() - self._snapshot_ns > SNAPSHOT_FRESH_NS:
+            if self._snapshot_steps != self._steps_done:
                 old_ns = self._snapshot_ns
                 self._snapshot_wanted = True
                 self._wake.set()
@@ -325,6 +332,9 @@ class Daemon:
             "tunables: %s",
             " ".join(f"{k}={v}" for k, v in self.engine.tunables.as_dict().items()),
         )
+        if self.config.daemon.trace:
+            log.warning("daemon.trace = %r: trace events are not implemented yet; ignored",
+                        self.config.daemon.trace)
 
     # -- the loop (its own thread) -----------------------------------------
 
@@ -350,6 +360,12 @@ class Daemon:
         return self.exit_status
 
     def _step(self) -> None:
+        try:
+            self._run_step()
+        finally:
+            self._steps_done += 1
+
+    def _run_step(self) -> None:
         start_ns = time.monotonic_ns()
         try:
             self.engine.step()
@@ -448,7 +464,9 @@ class Daemon:
             status_interval_ms=new.daemon.status_interval_ms,
         )
         self.config = dataclasses.replace(self.config, daemon=daemon)
-        logging.getLogger("kscand").setLevel(new.daemon.log_level.upper())
+        logging.getLogger("kscand").setLevel(
+            (self._log_level_override or new.daemon.log_level).upper()
+        )
         with self._lock:
             self._desired_tunables = new.tunables
         if new.tunables != self.engine.tunables:
@@ -471,6 +489,7 @@ class Daemon:
         with self._lock:
             self._snapshot = snapshot
             self._snapshot_ns = time.monotonic_ns()
+            self._snapshot_steps = self._steps_done
             self._snapshot_wanted = False
             self._snapshot_cond.notify_all()
 

@@ -105,5 +105,7 @@ def main(args: argparse.Namespace) -> int:
         from kscand.backends import open_live_backend
 
         backend = open_live_backend(config)
-    daemon = Daemon(config, backend, config_path=args.config)
+    daemon = Daemon(
+        config, backend, config_path=args.config, log_level_override=args.log_level
+    )
     return run_foreground(daemon)
