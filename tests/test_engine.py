@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from simkit import COLD, HOT, machine_and_engine, moved_vaddrs, run_steps, scenario
 
 from kscand.machine import PAGE_SIZE, ProcessId
 from kscand.sim import workloads as wl
 from kscand.sim.run import run_scenario
 from kscand.sim.scenario import VMA_KINDS
-
-from simkit import COLD, HOT, machine_and_engine, moved_vaddrs, run_steps, scenario
 
 MiB = 1 << 20
 
@@ -116,7 +115,7 @@ def test_candidate_list_is_capped_and_overflow_counted() -> None:
     sc = scenario([{"name": "hot", "placement": "slow", "workload": HOT,
                     "vmas": [{"kind": "anon", "size": "64MiB"}]}],
                   tunables={"migrate_queue_max": 100, "hot_history_depth": 1})
-    machine, engine = machine_and_engine(sc)
+    _machine, engine = machine_and_engine(sc)
     peak = 0
     original_add = engine.migrator.add
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from simkit import HOT, machine_and_engine, scenario
 
 from kscand.errors import ProcessGone
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageBatch, ProcessId, Vma, VmFlag
 from kscand.mmlist import HISTORY_CHUNK_BYTES
 from kscand.scanner import ScanEnd, hot_mask, next_stop, plan_scan, push_history
 from kscand.sim.machine import SimMachine
-
-from simkit import HOT, machine_and_engine, scenario
 
 GiB = 1 << 30
 RW = VmFlag.READ | VmFlag.WRITE
@@ -66,7 +67,7 @@ def test_a_round_of_plans_covers_every_scanned_page_once(layout, budget_bytes) -
         nr_scans += 1
         assert nr_scans <= total // budget_bytes + 2
     covered.sort()
-    for (_, e1), (s2, _) in zip(covered, covered[1:], strict=False):
+    for (_, e1), (s2, _) in itertools.pairwise(covered):
         assert e1 <= s2  # no page twice
     assert sum(e - s for s, e in covered) == total  # every page once
 

@@ -64,6 +64,20 @@ def hot_mask(history: npt.NDArray[np.uint8], depth: int) -> BoolArray:
     return (history & need) == need
 
 
+def is_toptier(nid: npt.NDArray[np.int32], toptier: BoolArray) -> BoolArray:
+    """Whether each page's node is top tier. nid int32 (n,), toptier by nid + 1 -> bool (n,).
+
+    Machines have few top-tier nodes: a comparison per node beats a gather.
+    """
+    top_nids = np.flatnonzero(toptier) - 1
+    if top_nids.size > 4:
+        return toptier[nid + 1]
+    out = np.zeros(nid.shape[0], dtype=np.bool_)
+    for top_nid in top_nids.tolist():
+        out |= nid == top_nid
+    return out
+
+
 def push_history(
     history: npt.NDArray[np.uint8], young: BoolArray
 ) -> npt.NDArray[np.uint8]:
@@ -159,10 +173,7 @@ class Scanner:
         self.stats.add(proc, "nr_kscand_ptes_scanned", len(batch))
 
         codes = page_skip_codes(batch.flags)
-        counts = np.bincount(codes, minlength=NR_PAGE_SKIP)
-        for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP):
-            self.stats.add(proc, PageSkip(code).counter, int(counts[code]))
-        nr_base, nr_thp = int(counts[PageSkip.ELIGIBLE]), int(counts[PageSkip.ELIGIBLE_THP])
+        nr_base, nr_thp = self._count_skips(proc, codes)
         if not nr_base + nr_thp:
             return
 
@@ -185,7 +196,7 @@ class Scanner:
         pushed = push_history(history[offsets], young)
         history[offsets] = pushed
         hot = young & hot_mask(pushed, tunables.hot_history_depth)
-        on_top = toptier[folios.nid + 1]
+        on_top = is_toptier(folios.nid, toptier)
         nr_pages = folio_nr_pages(codes) if nr_thp else None
         self._count_folios(proc, nr_pages, young, hot, on_top)
 
@@ -199,6 +210,16 @@ class Scanner:
             slot.note_accessed(folios.nid[young], None)
         else:
             slot.note_accessed(folios.nid[young], nr_pages[young])
+
+    def _count_skips(self, proc: ProcessId, codes: npt.NDArray[np.uint8]) -> tuple[int, int]:
+        """Count the skip reasons; returns (eligible base pages, eligible THP heads)."""
+        nr_base = int(np.count_nonzero(codes == PageSkip.ELIGIBLE))
+        if nr_base == codes.shape[0]:
+            return nr_base, 0  # the common case: nothing skipped, no histogram needed
+        counts = np.bincount(codes, minlength=NR_PAGE_SKIP)
+        for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP):
+            self.stats.add(proc, PageSkip(code).counter, int(counts[code]))
+        return nr_base, int(counts[PageSkip.ELIGIBLE_THP])
 
     def _count_folios(
         self,

@@ -349,8 +349,8 @@ class SimMachine:
             np.full(n, NID_NONE, dtype=np.int32),
             np.zeros(n, dtype=np.uint32),
         )
-        for vma_idx, where, page_idx in _group_by_vma(sim_proc, vaddrs):
-            part = _batch_of(sim_proc.vmas[vma_idx], page_idx, vaddrs[where])
+        for vma_idx, where, at in _group_by_vma(sim_proc, vaddrs):
+            part = _batch_of(sim_proc.vmas[vma_idx], at, vaddrs[where])
             out.pfn[where], out.nid[where], out.flags[where] = part.pfn, part.nid, part.flags
         return out
 
@@ -358,16 +358,16 @@ class SimMachine:
         sim_proc = self._get(proc)
         now_s = self.clock.now_s
         young = np.zeros(len(pages), dtype=np.bool_)
-        for vma_idx, where, page_idx in _group_by_vma(sim_proc, pages.vaddr):
+        for vma_idx, where, at in _group_by_vma(sim_proc, pages.vaddr):
             vma = sim_proc.vmas[vma_idx]
-            present = vma.nid[page_idx] >= 0
+            present = vma.nid[at] >= 0
             if not present.all():
-                page_idx, where = page_idx[present], where[present]
-            pages_at = _as_slice(page_idx)
-            expected = _expected_accesses(vma, pages_at, now_s)
+                keep = np.flatnonzero(present)
+                at, where = _index_array(at)[keep], _index_array(where)[keep]
+            expected = _expected_accesses(vma, at, now_s)
             draw = self.rng.random(expected.shape[0], dtype=np.float32)
             young[where] = draw < wl.accessed_probability(expected)
-            vma.last_clear_s[pages_at] = now_s
+            vma.last_clear_s[at] = now_s
         return young
 
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
@@ -377,8 +377,8 @@ class SimMachine:
         if nid not in self._node_specs:
             status[:] = -errno.ENODEV
             return status
-        for vma_idx, where, page_idx in _group_by_vma(sim_proc, vaddrs):
-            status[where] = self._move_in_vma(sim_proc.vmas[vma_idx], page_idx, nid)
+        for vma_idx, where, at in _group_by_vma(sim_proc, vaddrs):
+            status[where] = self._move_in_vma(sim_proc.vmas[vma_idx], _index_array(at), nid)
         if self.record_moves:
             self.move_log.append((proc, vaddrs[status == nid].copy()))
         return status
@@ -448,18 +448,26 @@ def _batch_of(vma: SimVma, at: wl.PageIndex, vaddrs: U64Array) -> PageBatch:
 
 def _group_by_vma(
     sim_proc: SimProcess, vaddrs: U64Array
-) -> list[tuple[int, IdxArray, IdxArray]]:
-    """(vma index, positions in vaddrs, page index in the VMA) per VMA hit."""
-    if not vaddrs.size:
+) -> list[tuple[int, wl.PageIndex, wl.PageIndex]]:
+    """(vma index, positions in vaddrs, pages of the VMA) per VMA hit.
+
+    Addresses are strictly ascending (the Machine contract). A run of
+    consecutive pages inside one VMA, what the scanner passes, comes back as
+    slices: no index arrays, no gathers.
+    """
+    n = vaddrs.shape[0]
+    if not n:
         return []
     first, last = sim_proc.vma_index(int(vaddrs[0])), sim_proc.vma_index(int(vaddrs[-1]))
     if first >= 0 and first == last:
-        # Ascending addresses (the Machine contract) inside one VMA: one group.
         vma = sim_proc.vmas[first]
+        first_page = (int(vaddrs[0]) - vma.start) >> PAGE_SHIFT
+        if int(vaddrs[-1]) - int(vaddrs[0]) == (n - 1) * PAGE_SIZE:
+            return [(first, slice(0, n), slice(first_page, first_page + n))]
         page_idx = ((vaddrs - np.uint64(vma.start)) >> np.uint64(PAGE_SHIFT)).astype(np.intp)
-        return [(first, np.arange(vaddrs.shape[0]), page_idx)]
+        return [(first, slice(0, n), page_idx)]
     vma_idx = sim_proc.vma_of(vaddrs)
-    groups = []
+    groups: list[tuple[int, wl.PageIndex, wl.PageIndex]] = []
     for v in np.unique(vma_idx):
         if v < 0:
             continue
@@ -472,12 +480,8 @@ def _group_by_vma(
     return groups
 
 
-def _as_slice(page_idx: IdxArray) -> wl.PageIndex:
-    """A slice when page_idx (strictly ascending) is a run of consecutive pages."""
-    n = page_idx.shape[0]
-    if n and int(page_idx[-1]) - int(page_idx[0]) == n - 1:
-        return slice(int(page_idx[0]), int(page_idx[-1]) + 1)
-    return page_idx
+def _index_array(at: wl.PageIndex) -> IdxArray:
+    return np.arange(at.start, at.stop, dtype=np.intp) if isinstance(at, slice) else at
 
 
 def _expected_accesses(vma: SimVma, pages_at: wl.PageIndex, now_s: float) -> wl.F32Array:
@@ -485,10 +489,7 @@ def _expected_accesses(vma: SimVma, pages_at: wl.PageIndex, now_s: float) -> wl.
     t0 = vma.last_clear_s[pages_at]
     if not vma.thp:
         return vma.workload.integral(pages_at, t0, now_s)
-    page_idx = (
-        np.arange(pages_at.start, pages_at.stop, dtype=np.intp)
-        if isinstance(pages_at, slice) else pages_at
-    )
+    page_idx = _index_array(pages_at)
     heads = page_idx - page_idx % HPAGE_PMD_NR
     sub = (heads[:, None] + np.arange(HPAGE_PMD_NR)).ravel()
     per_page = vma.workload.integral(sub, np.repeat(t0, HPAGE_PMD_NR), now_s)

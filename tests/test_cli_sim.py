@@ -1,0 +1,111 @@
+"""`kscand sim` on the command line: output, JSON, and one-line errors for bad scenarios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kscand.cli import main
+
+SMALL = """
+name = "small"
+description = "a small hot set"
+seed = 5
+duration_s = 3
+sample_interval_s = 0.5
+
+[[nodes]]
+nid = 0
+capacity = "256MiB"
+cpus = true
+tier = 4
+
+[[nodes]]
+nid = 1
+capacity = "1GiB"
+cpus = false
+tier = 67
+
+[[processes]]
+name = "app"
+placement = "slow"
+workload = { kind = "hotset", hot_fraction = 0.1, hot_share = 0.95, rate_per_s = 1e6 }
+vmas = [{ kind = "anon", size = "128MiB" }]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def test_sim_prints_summary_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    assert main(["sim", str(write(tmp_path, SMALL)), "--json", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "time to 90% of the oracle" in text and "nr_kscand_migrated" in text
+    report = json.loads(out.read_text())
+    assert report["seed"] == 5 and report["timeline"] and report["processes"][0]["label"] == "app"
+    assert report["counters"]["nr_kscand_migrated"] > 0
+
+
+def test_seed_option_overrides(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    path = str(write(tmp_path, SMALL))
+    assert main(["sim", path, "--seed", "9", "--json", str(a), "--quiet"]) == 0
+    assert main(["sim", path, "--seed", "9", "--json", str(b), "--quiet"]) == 0
+    ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+    for j in (ja, jb):
+        j.pop("wall_s"), j.pop("peak_rss_mib")
+    assert ja == jb and ja["seed"] == 9
+
+
+BAD = [
+    (SMALL.replace('seed = 5', 'seed = 5\ncolour = "red"'), "scenario.colour: unknown key"),
+    (SMALL.replace('capacity = "256MiB"', 'capacity = "lots"'), "nodes[0].capacity: cannot parse"),
+    (SMALL.replace('size = "128MiB"', 'size = 12'), "processes[0].vmas[0].size: must be a positive"),
+    (SMALL.replace('size = "128MiB"', 'size = "8GiB"'), "do not fit"),
+    (SMALL.replace('kind = "anon"', 'kind = "anon-huge"'), "processes[0].vmas[0].kind:"),
+    (SMALL.replace('hot_fraction = 0.1', 'hot_fraction = "x"'),
+     "processes[0].workload.hot_fraction: expected a number"),
+    (SMALL.replace('duration_s = 3', 'duration_s = -1'), "scenario.duration_s:"),
+    (SMALL + '\n[tunables]\nscan_sleep_ms = "soon"\n', "tunables.scan_sleep_ms: expected"),
+    (SMALL + '\n[tunables]\nscan_speed = 3\n', "tunables.scan_speed: unknown key"),
+    (SMALL.replace('[[nodes]]\nnid = 0', '[[nodes]]\nnid = 1', 1), "nodes: duplicate nid"),
+    ("this is = not toml [", "not valid TOML"),
+    (SMALL.replace('placement = "slow"', 'placement = "node:7"'), "processes[0].placement"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_scenario_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    assert main(["sim", str(write(tmp_path, text)), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_missing_file_and_bad_args(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", str(tmp_path / "nope.toml")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["sim", "--seed", "x", "a.toml"])
+    assert exc.value.code == 2
+    assert main(["sim", str(write(tmp_path, SMALL)), "--seed", "-3"]) == 2
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kscand", "sim", str(write(tmp_path, SMALL)), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Processes" in proc.stdout

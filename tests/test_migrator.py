@@ -1,0 +1,41 @@
+"""Migrator pure functions: room, fit, target choice, errno names."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from kscand.machine import NodeInfo, Topology
+from kscand.migrator import default_target, fit_in_room, move_fail_counter, room_pages
+from kscand.tunables import Tunables
+
+
+def node(nid: int, top: bool, free: int = 50, cap: int = 100) -> NodeInfo:
+    return NodeInfo(nid, cap, free, has_cpu=top, tier=4 if top else 67, top_tier=top)
+
+
+def test_room_keeps_the_watermark() -> None:
+    assert room_pages(node(0, True, free=50, cap=100), 2.0) == 48
+    assert room_pages(node(0, True, free=1, cap=100), 2.0) == 0
+
+
+def test_fit_in_room_takes_whole_folios_in_order() -> None:
+    sizes = np.array([1, 512, 1, 1], dtype=np.int64)
+    assert fit_in_room(sizes, 514).tolist() == [True, True, True, False]
+    assert fit_in_room(sizes, 100).tolist() == [True, False, False, False]
+
+
+def test_default_target() -> None:
+    topo = Topology((node(0, True), node(1, False), node(2, True)))
+    assert default_target(topo, Tunables()) == 0
+    assert default_target(topo, Tunables(target_node=2)) == 2
+    assert default_target(topo, Tunables(target_node=1)) is None  # slow tier: refused
+    assert default_target(topo, Tunables(target_node=7)) is None  # absent
+    assert default_target(Topology((node(1, False),)), Tunables()) is None
+
+
+def test_move_fail_counter_names() -> None:
+    assert move_fail_counter(-errno.ENOMEM) == "move_fail_enomem"
+    assert move_fail_counter(-errno.EBUSY) == "move_fail_ebusy"
+    assert move_fail_counter(-9999) == "move_fail_unknown"

@@ -1,0 +1,47 @@
+"""The mm list and its cursor."""
+
+from __future__ import annotations
+
+from kscand.machine import ProcessId
+from kscand.mmlist import MmList
+
+
+def pids(n: int) -> list[ProcessId]:
+    return [ProcessId(100 + i, 1) for i in range(n)]
+
+
+def test_cursor_rotates_and_skips_exited_slots() -> None:
+    mm = MmList()
+    a, b, c = pids(3)
+    mm.sync([a, b, c])
+    assert mm.cursor().proc == a
+    mm.advance()
+    assert mm.cursor().proc == b
+    mm.exit(b)  # exits while under the cursor: marked dead, unlinked
+    assert b not in mm and mm.get(b) is None
+    assert mm.cursor().proc == c  # the dead slot is dropped when reached, never returned
+    mm.advance()
+    assert mm.cursor().proc == a
+
+
+def test_sync_enters_and_exits() -> None:
+    mm = MmList()
+    a, b, c = pids(3)
+    assert mm.sync([a, b]) == ([a, b], [])
+    assert mm.sync([b, c]) == ([c], [a])
+    assert len(mm) == 2
+    reused = ProcessId(b.pid, b.start_time + 5)  # pid reuse: a different process
+    entered, exited = mm.sync([reused, c])
+    assert entered == [reused] and exited == [b]
+
+
+def test_ring_stays_bounded_under_churn() -> None:
+    mm = MmList()
+    keep = ProcessId(1, 1)
+    mm.enter(keep)
+    for i in range(10_000):
+        proc = ProcessId(1000 + i, i)
+        mm.enter(proc)
+        mm.exit(proc)
+    assert len(mm._ring) <= len(mm) + 65 + 1
+    assert mm.cursor().proc == keep
