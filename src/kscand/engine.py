@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kscand.machine import Machine, ProcessId
 from kscand.migrator import Migrator
 from kscand.mmlist import MmList
-from kscand.scanner import Scanner, ScanEnd
+from kscand.scanner import ScanEnd, Scanner
 from kscand.stats import MigrateDrop, Stats
 from kscand.tunables import Tunables
 
