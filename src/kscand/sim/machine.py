@@ -70,6 +70,16 @@ class SimClock:
         self._now_ns += max(0, round(cost_ns))
 
 
+@dataclass(slots=True)
+class NodeStats:
+    """Per-node sums over one VMA's present pages, for one workload epoch."""
+
+    epoch: int
+    rate: npt.NDArray[np.float64]  # accesses/s by nid
+    hot: npt.NDArray[np.int64]  # hot pages by nid
+    pages: npt.NDArray[np.int64]  # present pages by nid
+
+
 @dataclass(eq=False)
 class SimVma:
     """One simulated VMA and the state of its pages."""
@@ -81,6 +91,43 @@ class SimVma:
     page_id_base: int  # global id of its first page (for pfn synthesis)
     nid: npt.NDArray[np.int8]  # (n,) node of each page, -1 = not present
     last_clear_s: npt.NDArray[np.float32]  # (n,) when its Accessed bit was last cleared
+    # Per-node sums for the metrics, kept current as pages move (recomputed
+    # when the workload's rates change epoch): see node_stats().
+    _stats: NodeStats | None = None
+
+    def node_stats(self, t_s: float, nr_nids: int) -> NodeStats:
+        """Access rate, hot pages and pages per node (index nid) at t_s."""
+        epoch = self.workload.epoch(t_s)
+        if self._stats is not None and self._stats.epoch == epoch:
+            return self._stats
+        rates, hot = self.workload.rates(t_s), self.workload.hot(t_s)
+        stats = NodeStats(epoch, np.zeros(nr_nids), np.zeros(nr_nids, np.int64),
+                          np.zeros(nr_nids, np.int64))
+        for nid in np.unique(self.nid[self.nid >= 0]).tolist():
+            on_node = self.nid == nid
+            stats.rate[nid] = float(rates[on_node].sum(dtype=np.float64))
+            stats.hot[nid] = int(np.count_nonzero(hot & on_node))
+            stats.pages[nid] = int(np.count_nonzero(on_node))
+        self._stats = stats
+        return stats
+
+    def note_moved(self, pages: IdxArray, old_nids: IdxArray, new_nid: int, t_s: float) -> None:
+        """Keep node_stats() current after pages moved from old_nids to new_nid."""
+        stats = self._stats
+        if stats is None:
+            return
+        if stats.epoch != self.workload.epoch(t_s):
+            self._stats = None
+            return
+        size = stats.rate.shape[0]
+        rates = self.workload.rates_of(pages, t_s).astype(np.float64)
+        hot = self.workload.hot_of(pages, t_s)
+        stats.rate -= np.bincount(old_nids, weights=rates, minlength=size)
+        stats.rate[new_nid] += float(rates.sum())
+        stats.hot -= np.bincount(old_nids[hot], minlength=size)
+        stats.hot[new_nid] += int(np.count_nonzero(hot))
+        stats.pages -= np.bincount(old_nids, minlength=size)
+        stats.pages[new_nid] += pages.shape[0]
 
     @property
     def nr_pages(self) -> int:
@@ -410,6 +457,7 @@ class SimMachine:
             self.used_pages -= np.bincount(old, minlength=self.used_pages.size)
             self.used_pages[nid] += sub.size
             vma.nid[sub] = nid
+            vma.note_moved(sub, old, nid, self.clock.now_s)
             status[todo & fits] = nid
             self.clock.charge_ns(sub.size * self.params.move_cost_ns_per_page)
         return status[inverse]

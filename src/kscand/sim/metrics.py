@@ -53,42 +53,41 @@ class _ProcRates:
     latency_sum: float
     nr_hot: int
     nr_hot_top: int
-    movable: F32Array  # rates of present movable pages
     fixed_top_rate: float  # rate of immovable pages already on the top tier
     fixed_top_pages: int
 
 
 def _proc_rates(machine: SimMachine, sim_proc: SimProcess, t_s: float) -> _ProcRates:
-    """Rate sums of one process, per node then folded; no gather over all pages."""
-    total = top = latency_sum = fixed_top_rate = 0.0
+    """Rate sums of one process from its VMAs' per-node sums (kept current as pages move)."""
+    size = machine.capacity_pages.shape[0]
+    top = machine.toptier[1 : size + 1]
+    latency = machine.latency_ns[:size]
+    total = top_rate = latency_sum = fixed_top_rate = 0.0
     nr_hot = nr_hot_top = fixed_top_pages = 0
-    movable_rates: list[F32Array] = []
     for vma in sim_proc.vmas:
-        rates = vma.workload.rates(t_s)
-        movable = vma.kind_name in MOVABLE_KINDS
-        hot = vma.workload.hot(t_s) if movable else np.zeros(vma.nr_pages, dtype=np.bool_)
-        vma_top = 0.0
-        for nid in machine.nids.tolist():
-            on_node = vma.nid == nid
-            node_rate = float(rates[on_node].sum(dtype=np.float64))
-            total += node_rate
-            latency_sum += node_rate * float(machine.latency_ns[nid])
-            if machine.toptier[nid + 1]:
-                vma_top += node_rate
-                nr_hot_top += int(np.count_nonzero(hot & on_node))
-                if not movable:
-                    fixed_top_pages += int(np.count_nonzero(on_node))
-        top += vma_top
-        nr_hot += int(np.count_nonzero(hot & (vma.nid >= 0)))
-        if movable:
-            movable_rates.append(rates[vma.nid >= 0])
+        stats = vma.node_stats(t_s, size)
+        vma_top = float(stats.rate[top].sum())
+        total += float(stats.rate.sum())
+        top_rate += vma_top
+        latency_sum += float(stats.rate @ latency)
+        if vma.kind_name in MOVABLE_KINDS:
+            nr_hot += int(stats.hot.sum())
+            nr_hot_top += int(stats.hot[top].sum())
         else:
             fixed_top_rate += vma_top
-    rates_movable = (
-        np.concatenate(movable_rates) if movable_rates else np.zeros(0, dtype=np.float32)
-    )
-    return _ProcRates(total, top, latency_sum, nr_hot, nr_hot_top, rates_movable,
-                      fixed_top_rate, fixed_top_pages)
+            fixed_top_pages += int(stats.pages[top].sum())
+    return _ProcRates(total, top_rate, latency_sum, nr_hot, nr_hot_top, fixed_top_rate,
+                      fixed_top_pages)
+
+
+def movable_rates(sim_proc: SimProcess, t_s: float) -> F32Array:
+    """Access rates of the process's present pages that kscand may move."""
+    parts = [
+        vma.workload.rates(t_s)[vma.nid >= 0]
+        for vma in sim_proc.vmas
+        if vma.kind_name in MOVABLE_KINDS
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 def oracle_top_rates(
@@ -166,8 +165,9 @@ class Sampler:
         top_capacity = int(sum(machine.capacity_pages[nid] for nid in machine.top_nids))
         fixed_pages = sum(r.fixed_top_pages for r in per.values())
         keys = list(per)
+        by_proc = {p.proc: p for p in procs}
         rates = oracle_top_rates(
-            [per[k].movable for k in keys],
+            [movable_rates(by_proc[k], t_s) for k in keys],
             [per[k].fixed_top_rate for k in keys],
             top_capacity - fixed_pages,
         )

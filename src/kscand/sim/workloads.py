@@ -52,6 +52,14 @@ class Workload(Protocol):
         """The pages this workload calls hot at t_s (the target of promotion). bool (nr_pages,)."""
         ...
 
+    def rates_of(self, idx: IdxArray, t_s: float) -> F32Array:
+        """rates(t_s)[idx], without computing every page's rate. float32 (len(idx),)."""
+        ...
+
+    def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
+        """hot(t_s)[idx], without computing every page's. bool (len(idx),)."""
+        ...
+
 
 @dataclass
 class StaticRates:
@@ -77,6 +85,12 @@ class StaticRates:
     def hot(self, t_s: float) -> npt.NDArray[np.bool_]:
         return self.hot_pages
 
+    def rates_of(self, idx: IdxArray, t_s: float) -> F32Array:
+        return self.base[idx]
+
+    def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
+        return self.hot_pages[idx]
+
 
 def uniform(nr_pages: int, rate_per_s: float) -> StaticRates:
     """Every page equally likely: the series' flat random microbenchmark."""
@@ -94,7 +108,13 @@ def hotset(
     """A random hot_fraction of the pages takes hot_share of the accesses."""
     nr_hot = round(nr_pages * hot_fraction)
     hot_pages = np.zeros(nr_pages, dtype=np.bool_)
-    hot_pages[rng.permutation(nr_pages)[:nr_hot]] = True
+    if 0 < nr_hot < nr_pages:
+        # The nr_hot pages with the smallest random keys: a uniform random
+        # subset, without permuting every page.
+        keys = rng.random(nr_pages, dtype=np.float32)
+        hot_pages[np.argpartition(keys, nr_hot)[:nr_hot]] = True
+    elif nr_hot:
+        hot_pages[:] = True
     base = np.zeros(nr_pages, dtype=np.float32)
     if nr_hot:
         base[hot_pages] = rate_per_s * hot_share / nr_hot
@@ -152,6 +172,13 @@ class MovingHotset:
     def hot(self, t_s: float) -> npt.NDArray[np.bool_]:
         return self._hot_in(self.rank, self.epoch(t_s))
 
+    def rates_of(self, idx: IdxArray, t_s: float) -> F32Array:
+        hot = self._hot_in(self.rank[idx], self.epoch(t_s))
+        return np.where(hot, self.hot_rate, self.cold_rate).astype(np.float32)
+
+    def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
+        return self._hot_in(self.rank[idx], self.epoch(t_s))
+
     def integral(self, idx: PageIndex, t0_s: F32Array, t1_s: float) -> F32Array:
         rank = self.rank[idx]
         t0 = t0_s.astype(np.float64)
@@ -202,6 +229,12 @@ class Sequential:
         # Each page is touched once per sweep: with a sweep slower than the
         # scan period nothing is reused soon enough to be worth promoting.
         return np.zeros(self.nr_pages, dtype=np.bool_)
+
+    def rates_of(self, idx: IdxArray, t_s: float) -> F32Array:
+        return np.full(idx.shape[0], self.pages_per_s / max(self.nr_pages, 1), dtype=np.float32)
+
+    def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
+        return np.zeros(idx.shape[0], dtype=np.bool_)
 
     def integral(self, idx: PageIndex, t0_s: F32Array, t1_s: float) -> F32Array:
         if isinstance(idx, slice):
