@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from simkit import machine_and_engine, run_steps, scenario
 
 from kscand.sim.metrics import Sampler, oracle_top_rates
-
-from simkit import machine_and_engine, run_steps, scenario
 
 
 @pytest.mark.parametrize(
