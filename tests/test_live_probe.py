@@ -1,4 +1,4 @@
-"""kscand.live.probe: feature detection and the one-sentence findings; clock; selection."""
+"""kscand.live.features: feature detection and the one-sentence findings; clock; selection."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fake_linux import FakeLinux
 
 from kscand.errors import ConfigError, Unsupported
 from kscand.live import LiveClock, probe
-from kscand.live.probe import Features, Topic
+from kscand.live.features import Features, Topic
 from kscand.live.processes import cgroup_v2_path, in_cgroup, normalize_cgroup
 
 

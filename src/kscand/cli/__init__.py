@@ -19,6 +19,8 @@ from kscand.errors import ConfigError, KscandError
 # does not pay for the live backend and vice versa).
 COMMANDS: dict[str, str] = {
     "sim": "kscand.cli.sim",
+    "topology": "kscand.cli.topology",
+    "scan": "kscand.cli.scan",
     "run": "kscand.cli.run",
     "status": "kscand.cli.status",
     "tune": "kscand.cli.tune",
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kscand {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name, module_name in COMMANDS.items():
+    for module_name in COMMANDS.values():
         module = importlib.import_module(module_name)
         module.add_parser(sub)
     return parser

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kscand.live.clock import LiveClock
+from kscand.live.features import Features, Finding, Topic, probe
 from kscand.live.linux import AccessSource, LinuxMachine, NoAccessSource
 from kscand.live.move import PageMover
-from kscand.live.probe import Features, Finding, Topic, probe
 from kscand.live.processes import ProcessSelection
 
 __all__ = [

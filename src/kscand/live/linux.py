@@ -21,10 +21,10 @@ import numpy as np
 from kscand.errors import AccessDenied, ProcessGone, Unsupported
 from kscand.live.clock import LiveClock
 from kscand.live.damon import DamonSource
+from kscand.live.features import Features, probe
 from kscand.live.move import PageMover
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
-from kscand.live.probe import Features, probe
 from kscand.live.processes import ProcessSelection, ProcTable, proc_error
 from kscand.live.procfs import (
     KPF_NOPAGE,

@@ -56,6 +56,21 @@ def parse_id_list(text: str, what: str) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def format_id_list(ids: Sequence[int]) -> str:
+    """Ids in the kernel's list format: (0, 1, 2, 5) -> "0-2,5"."""
+    parts: list[str] = []
+    ordered = sorted(set(ids))
+    start = prev = None
+    for value in [*ordered, None]:
+        if value is not None and prev is not None and value == prev + 1:
+            prev = value
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = value
+    return ",".join(parts)
+
+
 def parse_node_meminfo(text: str, what: str) -> tuple[int, int]:
     """(MemTotal, MemFree) in kB from nodeN/meminfo text."""
     values: dict[str, int] = {}

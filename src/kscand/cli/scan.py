@@ -1,0 +1,200 @@
+"""`kscand scan --pid PID`: a read-only scan of one process; shows what kscand would promote."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kscand.errors import ConfigError, ProcessGone, Unsupported
+from kscand.machine import PAGE_SHIFT, PAGE_SIZE
+from kscand.units import format_bytes
+
+if TYPE_CHECKING:
+    from kscand.live.oneshot import Candidates, ScanReport
+
+MAX_PASSES = 100
+CANDIDATE_ROWS = 20  # candidate address ranges listed; the rest are summed up
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "scan",
+        help="scan one process a few times and show what would be promoted (moves nothing)",
+        description="Run kscand's scanner over one process for a few passes, without moving "
+        "anything: pages per node, accessed/hot/cold per node, and the candidates that would "
+        "be promoted.",
+    )
+    parser.add_argument("--pid", type=int, required=True, help="process to scan")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="scan passes (hot = accessed in 2 consecutive passes; default 3)")
+    parser.add_argument("--interval-ms", type=int, default=1000,
+                        help="pause between passes in milliseconds (default 1000)")
+    parser.add_argument("--heatmap", type=Path, default=None, metavar="FILE.png",
+                        help="also draw accessed pages per pass (needs matplotlib: kscand[plot])")
+    parser.add_argument("--access-source", choices=("auto", "page_idle", "damon"),
+                        default="auto", help="where Accessed bits come from (default auto)")
+    parser.add_argument("--procfs", default="/proc", help="procfs root (default /proc)")
+    parser.add_argument("--sysfs", default="/sys", help="sysfs root (default /sys)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not 1 <= args.passes <= MAX_PASSES:
+        raise ConfigError(f"--passes: must be 1..{MAX_PASSES}, got {args.passes}")
+    if args.interval_ms < 0:
+        raise ConfigError(f"--interval-ms: must not be negative, got {args.interval_ms}")
+    if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--heatmap needs matplotlib: pip install 'kscand[plot]'")
+
+    from kscand.live import LinuxMachine, ProcessSelection, Topic, probe
+    from kscand.live.oneshot import scan_process
+
+    features = probe(args.procfs, args.sysfs)
+    for finding in features.findings():
+        if finding.blocking and finding.topic in (Topic.PRIVILEGE, Topic.PAGE_FLAGS):
+            raise Unsupported(finding.sentence)
+    with LinuxMachine(
+        args.procfs, args.sysfs,
+        selection=ProcessSelection(pids=(args.pid,)),
+        access_source=args.access_source,
+        self_pid=-1,
+    ) as machine:
+        try:
+            stat = machine.procs.stat(args.pid)
+        except ProcessGone:
+            raise ProcessGone(f"no process with pid {args.pid}") from None
+        if stat.is_kernel_thread:
+            raise ConfigError(f"pid {args.pid} ({stat.comm}) is a kernel thread: no user pages")
+        proc = machine.process_id(args.pid)
+        try:
+            report = scan_process(machine, proc, passes=args.passes,
+                                  interval_ns=args.interval_ms * 1_000_000)
+        except ProcessGone:
+            raise ProcessGone(f"pid {args.pid} ({stat.comm}) exited during the scan") from None
+    console = Console()
+    print_report(console, report, stat.comm, args.passes, args.interval_ms)
+    if args.heatmap is not None:
+        draw_heatmap(report, args.heatmap, f"pid {args.pid} ({stat.comm})")
+        console.print(f"heatmap written to {args.heatmap}")
+    return 0
+
+
+def _pages(nr_pages: int) -> str:
+    return f"{nr_pages:,} ({format_bytes(nr_pages * PAGE_SIZE)})" if nr_pages else "0"
+
+
+def print_report(
+    console: Console, report: ScanReport, comm: str, passes: int, interval_ms: int
+) -> None:
+    """The per-node table, the candidates and the scan's skip counters."""
+    done = len(report.passes)
+    console.print(
+        f"[bold]pid {report.proc.pid}[/] ({comm}): {done} pass(es)"
+        + (f", {interval_ms} ms apart" if done > 1 else "")
+        + f"; access source [bold]{report.access_source}[/]"
+    )
+    if not report.access_available:
+        console.print(f"[yellow]no Accessed bits:[/] {report.access_reason}; "
+                      "showing residency only")
+    last = report.last
+    table = Table(title=f"base pages ({format_bytes(PAGE_SIZE)}) per node in the scanned VMAs, "
+                  "last pass", title_justify="left")
+    columns = ["node", "tier", "present", "eligible"]
+    if report.access_available:
+        columns += ["accessed", "hot", "cold", "idle"]
+    for name in columns:
+        table.add_column(name, justify="left" if name == "tier" else "right")
+    for node in report.topology.nodes:
+        nid = node.nid
+        row = [str(nid), "top" if node.top_tier else "slow",
+               f"{last.resident_by_nid[nid]:,}", f"{last.eligible_by_nid[nid]:,}"]
+        if report.access_available:
+            accessed, hot = last.accessed_by_nid[nid], last.hot_by_nid[nid]
+            row += [f"{n:,}" for n in (accessed, hot, accessed - hot,
+                                      last.eligible_by_nid[nid] - accessed)]
+        table.add_row(*row)
+    console.print(table)
+    if report.access_available:
+        _print_candidates(console, report)
+    skips = ", ".join(f"{name}={count:,}" for name, count in report.skips.items())
+    if skips:
+        console.print(f"skipped (last pass): {skips}")
+
+
+def candidate_ranges(cands: Candidates) -> list[tuple[int, int, int, int]]:
+    """Contiguous candidate folios on one node as (start, end, nid, base pages)."""
+    if not cands.vaddr.size:
+        return []
+    import numpy as np
+
+    ends = cands.vaddr + (cands.nr_pages.astype(np.uint64) << np.uint64(PAGE_SHIFT))
+    breaks = np.flatnonzero((cands.vaddr[1:] != ends[:-1]) | (cands.nid[1:] != cands.nid[:-1]))
+    starts = np.concatenate(([0], breaks + 1))
+    stops = np.concatenate((breaks, [cands.vaddr.size - 1]))
+    pages = np.add.reduceat(cands.nr_pages, starts)
+    return [(int(cands.vaddr[a]), int(ends[b]), int(cands.nid[a]), int(n))
+            for a, b, n in zip(starts.tolist(), stops.tolist(), pages.tolist(), strict=True)]
+
+
+def _print_candidates(console: Console, report: ScanReport) -> None:
+    cands = report.candidates
+    target = "none (no top-tier node)" if report.target_nid is None else f"node {report.target_nid}"
+    if not cands.vaddr.size:
+        console.print(f"no promotion candidates (hot pages on slow-tier nodes); target {target}")
+        return
+    ranges = candidate_ranges(cands)
+    console.print(f"[bold]{_pages(cands.nr_base_pages)}[/] would be promoted to {target} "
+                  f"({len(cands.vaddr):,} folio(s) in {len(ranges):,} range(s))")
+    table = Table(title="promotion candidates", title_justify="left")
+    for name in ("start", "end", "node", "pages"):
+        table.add_column(name, justify="right")
+    for start, end, nid, nr_pages in ranges[:CANDIDATE_ROWS]:
+        table.add_row(f"{start:#x}", f"{end:#x}", str(nid), f"{nr_pages:,}")
+    if len(ranges) > CANDIDATE_ROWS:
+        rest = sum(r[3] for r in ranges[CANDIDATE_ROWS:])
+        table.add_row("...", f"{len(ranges) - CANDIDATE_ROWS:,} more", "", f"{rest:,}")
+    console.print(table)
+
+
+def draw_heatmap(report: ScanReport, path: Path, title: str) -> None:
+    """Accessed fraction per pass over the scanned pages in address order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    scanned = [np.concatenate(p.eligible_vaddr) if p.eligible_vaddr else np.zeros(0, np.uint64)
+               for p in report.passes]
+    order = np.unique(np.concatenate(scanned)) if scanned else np.zeros(0, np.uint64)
+    nr_bins = max(1, min(512, order.size))
+    grid = np.zeros((len(report.passes), nr_bins))
+    for row, (record, seen) in enumerate(zip(report.passes, scanned, strict=True)):
+        if not order.size or not record.accessed_vaddr:
+            continue
+        accessed = np.concatenate(record.accessed_vaddr)
+        bins_seen = np.searchsorted(order, seen) * nr_bins // order.size
+        bins_hit = np.searchsorted(order, accessed) * nr_bins // order.size
+        seen_per_bin = np.bincount(bins_seen, minlength=nr_bins)
+        hit_per_bin = np.bincount(bins_hit, minlength=nr_bins)
+        grid[row] = np.divide(hit_per_bin, seen_per_bin, out=np.zeros(nr_bins),
+                              where=seen_per_bin > 0)
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.4 * len(report.passes)))
+    image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="inferno", vmin=0,
+                      vmax=1)
+    ax.set_xlabel(f"scanned folios in address order ({order.size:,}, {nr_bins} bins)")
+    ax.set_ylabel("pass")
+    ax.set_yticks(range(len(report.passes)), [str(i + 1) for i in range(len(report.passes))])
+    ax.set_title(f"{title}: accessed fraction per pass ({report.access_source})")
+    fig.colorbar(image, ax=ax, label="accessed")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        raise ConfigError(f"--heatmap: cannot write {path}: {err.strerror}") from err
+    finally:
+        plt.close(fig)
