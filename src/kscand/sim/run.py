@@ -6,13 +6,15 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kscand.engine import Kscand
 from kscand.machine import ProcessId
 from kscand.sim.machine import SimMachine, SimProcess
 from kscand.sim.metrics import ProcSample, Sample, Sampler
 from kscand.sim.scenario import Scenario
+from kscand.stats import Stats
+from kscand.tunables import Tunables
 
 # Fraction of the oracle's top-tier share that counts as "converged".
 CONVERGED_FRACTION = 0.9
@@ -107,16 +109,56 @@ def time_to_fraction(series: list[tuple[float, float, float]], fraction: float) 
     return None
 
 
+class Policy(Protocol):
+    """A promotion policy driven by the simulator: kscand, or a baseline to compare with.
+
+    step() does one wake-up's work on the machine; sleep_ns() is how long the
+    policy sleeps before its next wake-up; stats holds its counters
+    (nr_kscand_migrated is read as "pages promoted" for every policy).
+    """
+
+    stats: Stats
+
+    def step(self) -> object: ...
+
+    def sleep_ns(self) -> int: ...
+
+
+class KscandPolicy:
+    """The kscand engine as a Policy."""
+
+    def __init__(self, machine: SimMachine, tunables: Tunables) -> None:
+        self.engine = Kscand(machine, tunables)
+        self.stats = self.engine.stats
+
+    def step(self) -> object:
+        return self.engine.step()
+
+    def sleep_ns(self) -> int:
+        return self.engine.tunables.scan_sleep_ms * 1_000_000
+
+
+PolicyFactory = Callable[[SimMachine, Scenario], Policy]
+
+
+def kscand_policy(machine: SimMachine, scenario: Scenario) -> Policy:
+    return KscandPolicy(machine, scenario.tunables)
+
+
 def run_scenario(
     scenario: Scenario,
     seed: int | None = None,
     progress: Callable[[float], None] | None = None,
     machine: SimMachine | None = None,
+    policy: PolicyFactory = kscand_policy,
 ) -> SimReport:
-    """Run scenario to its end; same scenario and seed give the same numbers."""
+    """Run scenario to its end under a policy (kscand by default).
+
+    The same scenario and seed give the same numbers.
+    """
     wall_start = time.perf_counter()
     machine = machine if machine is not None else SimMachine(scenario, seed)
-    engine = Kscand(machine, scenario.tunables)
+    engine = policy(machine, scenario)
     sampler = Sampler(machine)
     report = SimReport(
         scenario.name, scenario.seed if seed is None else seed, scenario.duration_s, 0.0, 0.0
@@ -141,7 +183,7 @@ def run_scenario(
             break
         before = clock.now_ns()
         engine.step()
-        clock.sleep_ns(engine.tunables.scan_sleep_ms * 1_000_000)
+        clock.sleep_ns(engine.sleep_ns())
         if clock.now_ns() - before < MIN_STEP_NS:
             clock.sleep_ns(MIN_STEP_NS - (clock.now_ns() - before))
         if progress is not None:
