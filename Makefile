@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean testbed
+.PHONY: demo test lint bench bench-pagemap clean testbed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py
+
+# The live page reader against a minimal C program on this host (root; 8 GiB buffer,
+# SIZE_GIB=2 for less).
+bench-pagemap: $(STAMP)
+	$(PY) bench/bench_pagemap.py --size-gib $(or $(SIZE_GIB),8)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ import pytest
 from fake_linux import (
     ANON_LRU,
     PM_EXCLUSIVE,
+    PM_FILE,
     PM_PRESENT,
     FakeLinux,
     kpf,
@@ -189,6 +190,23 @@ def test_read_range_decodes_pages(fake: FakeLinux) -> None:
                      PageSkip.ZONE_DEVICE] + [PageSkip.NOT_PRESENT] * 3
 
 
+def test_kpagecount_is_read_only_where_it_decides(fake: FakeLinux) -> None:
+    """SHARED for file pages comes from kpagecount; exclusive pages never need it."""
+    fake.set_pagemap(PID, {
+        VMA: PM_PRESENT | PM_FILE | 300,  # file page, not exclusive, mapped once
+        VMA + PAGE_SIZE: PM_PRESENT | PM_FILE | 301,  # file page mapped by two processes
+        VMA + 2 * PAGE_SIZE: PM_PRESENT | PM_FILE | PM_EXCLUSIVE | 302,  # single mapper
+    })
+    fake.set_kpage(300, kpf("LRU", "MMAP"), count=1)
+    fake.set_kpage(301, kpf("LRU", "MMAP"), count=2)
+    # An exclusive page cannot have another mapper: its kpagecount is not consulted.
+    fake.set_kpage(302, kpf("LRU", "MMAP"), count=7)
+    with machine_on(fake) as m:
+        batch = m.read_range(m.process_id(PID), VMA, VMA + 3 * PAGE_SIZE)
+    assert page_skip_codes(batch.flags).tolist() == [PageSkip.ELIGIBLE, PageSkip.SHARED,
+                                                     PageSkip.ELIGIBLE]
+
+
 def test_truncated_pagemap_means_not_present(fake: FakeLinux) -> None:
     fake.set_pagemap(PID, {VMA: anon_page(100)})  # the file ends after the first entry
     fake.set_kpage(100, ANON_LRU)
@@ -295,6 +313,19 @@ def test_page_idle_past_max_pfn_is_not_written(fake: FakeLinux) -> None:
     assert bitmap.stat().st_size == size  # nothing written past the end
 
 
+class StepClock:
+    """A clock the test advances; the engine's per-process scan periods follow it."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def now_ns(self) -> int:
+        return self.ns
+
+    def sleep_ns(self, duration_ns: int) -> None:
+        self.ns += max(duration_ns, 0)
+
+
 def test_engine_promotes_hot_slow_pages_through_the_live_backend(fake: FakeLinux) -> None:
     """Two scans with the real engine: pages touched in both are moved to node 0."""
     from kscand.engine import Kscand
@@ -305,9 +336,20 @@ def test_engine_promotes_hot_slow_pages_through_the_live_backend(fake: FakeLinux
     fake.set_pagemap(PID, {VMA + i * PAGE_SIZE: anon_page(p) for i, p in enumerate(pfns)})
     fake.set_kpages(pfns, ANON_LRU)
     hot = set(range(0, nr, 4))  # a quarter of the pages stay hot
-    with machine_on(fake, selection=ProcessSelection(pids=(PID,))) as m:
+    clock = StepClock()
+    with machine_on(fake, selection=ProcessSelection(pids=(PID,)), clock=clock) as m:
         engine = Kscand(m, Tunables())
-        engine.step()  # first scan: never-marked pages read as accessed, then marked idle
+
+        def step_until_scanned() -> None:
+            before = engine.stats.total["nr_kscand_mm_scans"]
+            for _ in range(200):  # the engine scans a process when its period has passed
+                clock.sleep_ns(100_000_000)
+                engine.step()
+                if engine.stats.total["nr_kscand_mm_scans"] > before:
+                    return
+            raise AssertionError("the engine never scanned the process")
+
+        step_until_scanned()  # first scan: never-marked pages read as accessed, marked idle
         assert m.mover.calls == []  # type: ignore[attr-defined]
         # The "hardware" sets Accessed bits: the kernel would report those pages non-idle.
         words: dict[int, int] = {}
@@ -316,8 +358,9 @@ def test_engine_promotes_hot_slow_pages_through_the_live_backend(fake: FakeLinux
                 words[pfn // 64] = words.get(pfn // 64, 0) | (1 << (pfn % 64))
         bitmap = Path(fake.sysfs) / "kernel/mm/page_idle/bitmap"
         write_u64s(bitmap, {w: words.get(w, 0) for w in {p // 64 for p in pfns}})
-        engine.step()
-        moved = [v for _, vaddrs, nid in m.mover.calls for v in vaddrs if nid == 0]  # type: ignore[attr-defined]
+        step_until_scanned()
+        calls = m.mover.calls  # type: ignore[attr-defined]
+    moved = [v for _, vaddrs, nid in calls for v in vaddrs if nid == 0]
     assert moved == [VMA + i * PAGE_SIZE for i in sorted(hot)]
 
 

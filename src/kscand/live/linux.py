@@ -30,6 +30,7 @@ from kscand.live.procfs import (
     KPF_NOPAGE,
     MapsEntry,
     decode_pages,
+    kpagecount_needed,
     pagemap_pfn,
     pagemap_present,
     parse_maps,
@@ -294,10 +295,13 @@ class LinuxMachine:
         if idx.size:
             pfns = pfn[idx]
             flags_file, count_file = self._kpage_files()
-            (kf, kf_ok), (kc, _) = read_u64_at([flags_file.fd, count_file.fd], pfns, KPAGE_MAX_GAP)
+            [(kf, kf_ok)] = read_u64_at([flags_file.fd], pfns, KPAGE_MAX_GAP)
             # A PFN kpageflags cannot describe (past max_pfn) is treated like KPF_NOPAGE.
             kflags[idx] = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
-            kcount[idx] = kc
+            count_idx = np.flatnonzero(kpagecount_needed(entries))
+            if count_idx.size:
+                [(kc, _)] = read_u64_at([count_file.fd], pfn[count_idx], KPAGE_MAX_GAP)
+                kcount[count_idx] = kc
             nid[idx] = self._nid_of(proc, vaddr[idx], pfns)
         flags = decode_pages(entries, kflags, kcount, nid)
         return PageBatch(vaddr, pfn, nid, flags)

@@ -319,12 +319,26 @@ def shared_mask(entries: U64Array, kflags: U64Array, kcount: U64Array) -> npt.ND
     return (anon & ~exclusive) | (kcount > np.uint64(1))
 
 
+def kpagecount_needed(entries: U64Array) -> npt.NDArray[np.bool_]:
+    """Present pages whose kpagecount can change the SHARED verdict. uint64 (n,) -> bool (n,).
+
+    PM_MMAP_EXCLUSIVE is set when the page has a single mapper (page
+    mapcount 1; since 6.15 "not maybe mapped shared", fs/proc/task_mmu.c),
+    so an exclusive page cannot have kpagecount > 1 from another process,
+    and a non-exclusive anon page is shared anyway. Only a non-exclusive
+    file page needs kpagecount: reading it for every page would double the
+    kernel work of a scan for no change in the result.
+    """
+    return pagemap_present(entries) & ((entries & (PM_MMAP_EXCLUSIVE | PM_FILE)) == PM_FILE)
+
+
 def decode_pages(
     entries: U64Array, kflags: U64Array, kcount: U64Array, nid: npt.NDArray[np.int32]
 ) -> U32Array:
     """PageFlag bits of each page from its pagemap entry, kpageflags, kpagecount and nid.
 
-    entries, kflags, kcount: uint64 (n,) (kflags/kcount 0 where not present);
+    entries, kflags, kcount: uint64 (n,) (kflags/kcount 0 where not present or
+    not read, see kpagecount_needed);
     nid: int32 (n,), NID_NONE for a present PFN outside every memory block,
     which counts as ZONE_DEVICE. Returns uint32 (n,).
     """

@@ -7,6 +7,7 @@ rest invalid instead of failing.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kscand.live.procfs import contiguous_runs
 from kscand.machine import BoolArray, U64Array
 
 ENTRY_BYTES = 8
@@ -43,27 +43,12 @@ def read_u64_range(fd: int, first: int, count: int) -> tuple[U64Array, int]:
     return out, pread_u64(fd, first, out)
 
 
-def plan_runs(index: U64Array, max_gap: int) -> tuple[U64Array, npt.NDArray[np.intp], RunPlan]:
-    """Sorted unique indices, the inverse map back to index, and the runs to read them."""
-    if index.size <= 1 or bool(np.all(index[1:] > index[:-1])):
-        uniq = index.astype(np.uint64)
-        inverse = np.arange(index.size, dtype=np.intp)  # already sorted and unique
-    else:
-        uniq, inverse = np.unique(index, return_inverse=True)
-        inverse = inverse.reshape(-1).astype(np.intp)
-    first, length = contiguous_runs(uniq, max_gap)
-    base = np.zeros(first.size, dtype=np.int64)
-    np.cumsum(length[:-1], out=base[1:])
-    run_of = np.searchsorted(first, uniq.astype(np.int64), side="right") - 1
-    within = uniq.astype(np.int64) - first[run_of]
-    return uniq, inverse, RunPlan(first, length, base, run_of, within)
-
-
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """Runs [first, first + length) to read, stored at base in one buffer; int64 (r,).
+    """How to read entries at given indices: runs [first, first + length), int64 (r,).
 
-    run_of and within (int64 (u,)) place each unique index inside the buffer.
+    Runs are stored back to back in one buffer from base; run_of and within
+    (int64 (n,)) place each index inside that buffer.
     """
 
     first: npt.NDArray[np.int64]
@@ -73,20 +58,44 @@ class RunPlan:
     within: npt.NDArray[np.int64]
 
 
+def plan_runs(index: npt.NDArray[np.int64], max_gap: int) -> RunPlan:
+    """Runs over indices in their given order: a run goes on while each index is the
+    same as the previous one or at most max_gap + 1 ahead of it (no sort needed:
+    PFNs of neighbouring pages are often neighbours, and a repeated PFN, like
+    the zero page's, stays in one run)."""
+    step = np.diff(index)
+    breaks = np.flatnonzero((step < 0) | (step > max_gap + 1)) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [index.size])) - 1
+    first = index[starts]
+    length = index[ends] - first + 1
+    base = np.zeros(first.size, dtype=np.int64)
+    np.cumsum(length[:-1], out=base[1:])
+    run_of = np.repeat(np.arange(first.size, dtype=np.int64), ends - starts + 1)
+    return RunPlan(first, length, base, run_of, index - first[run_of])
+
+
 def read_runs(fd: int, plan: RunPlan) -> tuple[U64Array, BoolArray]:
-    """Read every run of plan from fd; (values, valid) per unique index, uint64/bool (u,)."""
-    buf = np.zeros(int(plan.length.sum()), dtype=np.uint64)
-    got = plan.length.copy()
-    view = buf.data.cast("B")
-    preadv = os.preadv
+    """Read every run of plan from fd: (values, valid) per planned index, uint64/bool (n,).
+
+    The preads are issued by map() over the run lists, so the per-run cost is
+    the syscall's, not a Python loop iteration's. A short read (end of file)
+    falls back to reading run by run and marks what is missing invalid.
+    """
+    sizes = (plan.length * ENTRY_BYTES).tolist()
+    offsets = (plan.first * ENTRY_BYTES).tolist()
+    data = b"".join(map(os.pread, itertools.repeat(fd), sizes, offsets))
+    total = int(plan.length.sum())
+    if len(data) == total * ENTRY_BYTES:
+        buf = np.frombuffer(data, dtype=np.uint64)
+        return buf[plan.base[plan.run_of] + plan.within], np.ones(plan.within.size, np.bool_)
+    buf = np.zeros(total, dtype=np.uint64)
+    got = np.zeros(plan.first.size, dtype=np.int64)
     for run, (start, count, pos) in enumerate(
         zip(plan.first.tolist(), plan.length.tolist(), plan.base.tolist(), strict=True)
     ):
-        lo, hi = pos * ENTRY_BYTES, (pos + count) * ENTRY_BYTES
-        if preadv(fd, [view[lo:hi]], start * ENTRY_BYTES) != hi - lo:
-            got[run] = pread_u64(fd, start, buf[pos : pos + count])  # short: finish or stop
-    values = buf[plan.base[plan.run_of] + plan.within]
-    return values, plan.within < got[plan.run_of]
+        got[run] = pread_u64(fd, start, buf[pos : pos + count])
+    return buf[plan.base[plan.run_of] + plan.within], plan.within < got[plan.run_of]
 
 
 def read_u64_at(
@@ -94,18 +103,19 @@ def read_u64_at(
 ) -> list[tuple[U64Array, BoolArray]]:
     """Entries at arbitrary indices (any order, repeats allowed) of each file in fds.
 
-    Indices are sorted and grouped into runs once (gaps up to max_gap read
-    through: one syscall saved costs more than a few wasted entries); each
-    file is read with one pread per run. Returns (values: uint64 (n,),
-    valid: bool (n,)) per file; invalid entries are 0.
+    The indices are grouped into runs once (see plan_runs); each file is read
+    with one pread per run. Returns (values: uint64 (n,), valid: bool (n,))
+    per file; invalid entries are 0.
     """
     if index.size == 0:
         return [(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.bool_)) for _ in fds]
-    _, inverse, plan = plan_runs(index, max_gap)
+    plan = plan_runs(index.astype(np.int64), max_gap)
     out = []
     for fd in fds:
         values, valid = read_runs(fd, plan)
-        out.append((values[inverse], valid[inverse]))
+        if not valid.all():
+            values = np.where(valid, values, np.uint64(0)).astype(np.uint64)
+        out.append((values, valid))
     return out
 
 
