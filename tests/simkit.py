@@ -12,6 +12,9 @@ TWO_TIER_NODES = [
     {"nid": 0, "capacity": "1GiB", "cpus": True, "tier": 4, "latency_ns": 80},
     {"nid": 1, "capacity": "4GiB", "cpus": False, "tier": 67, "latency_ns": 300},
 ]
+# Throttling off: every process is scanned at every step, from the first one.
+UNTHROTTLED = {"scan_delay_ms": 0, "mm_scan_period_ms": 1, "scan_period_min_ms": 1,
+               "scan_period_max_ms": 1, "default_scale": 1}
 HOT = {"kind": "uniform", "rate_per_s": 1e9}  # every page accessed between any two scans
 COLD = {"kind": "idle"}
 
@@ -29,7 +32,7 @@ def scenario(
         "sample_interval_s": 0.5,
         "nodes": nodes or TWO_TIER_NODES,
         "processes": processes,
-        "tunables": tunables or {},
+        "tunables": {**UNTHROTTLED, **(tunables or {})},
         **top,
     }
     return scenario_from_mapping(raw)

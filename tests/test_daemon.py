@@ -28,8 +28,12 @@ from kscand.tunables import Tunables
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Throttling off (no initial delay, a 10 ms period): the fake machine runs in real time.
+FAST = "scan_delay_ms = 0\nmm_scan_period_ms = 10\nscan_period_min_ms = 10\ndefault_scale = 1\n"
+
+
 def make_config(state_dir: Path, tunables: str = "scan_sleep_ms = 10") -> Config:
-    return config_from_text(f"[tunables]\n{tunables}\n").with_state_dir(state_dir)
+    return config_from_text(f"[tunables]\n{FAST}{tunables}\n").with_state_dir(state_dir)
 
 
 def promoted(machine: FakeMachine) -> int:

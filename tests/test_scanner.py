@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from simkit import HOT, machine_and_engine, scenario
+from simkit import HOT, machine_and_engine, run_steps, scenario
 
 from kscand.errors import ProcessGone
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageBatch, ProcessId, Vma, VmFlag
@@ -125,7 +125,8 @@ def three_gib() -> tuple[SimMachine, object]:
             {"nid": 0, "capacity": "1GiB", "cpus": True, "tier": 4},
             {"nid": 1, "capacity": "4GiB", "cpus": False, "tier": 67},
         ],
-        tunables={"scan_size_bytes": "1GiB", "migrate_queue_max": 1},
+        tunables={"scan_size_bytes": "1GiB", "scan_size_min_bytes": "1GiB",
+                  "scan_size_max_bytes": "1GiB", "migrate_queue_max": 1},
     )
     return machine_and_engine(sc)
 
@@ -136,18 +137,18 @@ def test_three_gib_process_is_covered_in_three_passes_of_one_gib() -> None:
     engine.machine = engine.scanner.machine = counting  # type: ignore[assignment]
     proc = machine.processes()[0]
     base = machine.vmas(proc)[0].start
-    engine.step()
+    run_steps(machine, engine, 1)
     slot = engine.mm_list.get(proc)
     assert slot is not None and slot.resume_vaddr == base + GiB and slot.full_scans == 0
-    engine.step()
+    run_steps(machine, engine, 1)
     assert slot.resume_vaddr == base + 2 * GiB
-    engine.step()
+    run_steps(machine, engine, 1)
     assert slot.resume_vaddr == 0 and slot.full_scans == 1
     tested = np.concatenate(counting.tested)
     pages = (tested - np.uint64(base)) // np.uint64(PAGE_SIZE)
     assert np.array_equal(np.bincount(pages.astype(np.int64)), np.ones(3 * GiB // PAGE_SIZE))
     assert engine.stats.total["nr_kscand_ptes_scanned"] == 3 * GiB // PAGE_SIZE
-    engine.step()  # the next round starts over at the beginning
+    run_steps(machine, engine, 1)  # the next round starts over at the beginning
     assert slot.resume_vaddr == base + GiB
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import errno
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from kscand.errors import ProcessGone
 from kscand.machine import (
+    PAGE_SIZE,
+    PMD_SIZE,
     BoolArray,
+    Clock,
     I32Array,
     I64Array,
     Machine,
@@ -74,24 +78,82 @@ def fit_in_room(nr_pages: I64Array, room: int) -> BoolArray:
 
 
 def default_target(topology: Topology, tunables: Tunables) -> int | None:
-    """The target node: the target_node tunable, else the first top-tier node.
-
-    None when the tunable names a node that is absent or not top tier, or
-    there is no top tier: promotion would be wrong, so nothing moves.
+    """The target node without a preference: the target_node tunable, else the first
+    top-tier node. None when the tunable names a node that is absent or not top
+    tier, or there is no top tier: promotion would be wrong, so nothing moves.
     """
-    top = topology.top_tier_nids
+    order = target_order(None, topology, tunables)
+    return order[0] if order else None
+
+
+def target_order(preferred: int | None, topology: Topology, tunables: Tunables) -> list[int]:
+    """Top-tier nodes to try, in order: the preferred node (the target heuristic's
+    choice), then the other top-tier nodes, most free first (the series' fallback).
+    A target_node tunable >= 0 forces that node alone.
+    """
+    top = sorted(topology.top_tier_nids)
     if tunables.target_node >= 0:
-        return tunables.target_node if tunables.target_node in top else None
-    return top[0] if top else None
+        return [tunables.target_node] if tunables.target_node in top else []
+    if not top:
+        return []
+    first = preferred if preferred in top else top[0]
+    others = sorted(
+        (nid for nid in top if nid != first),
+        key=lambda nid: (-topology.node(nid).free_pages, nid),
+    )
+    return [first, *others]
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateResult:
+    """What one process's migration did (the series' scan_mm_migrate trace event)."""
+
+    proc: ProcessId
+    target_nid: int | None  # the first node tried
+    succeeded: int  # base pages promoted
+    failed: int  # base pages whose move failed
+
+
+class RateLimiter:
+    """A token bucket over promoted bytes: rate_mbps sustained, bursts of BURST_S.
+
+    Over any window of W seconds it lets through at most rate x (W + BURST_S)
+    (and at least one whole THP of burst, so a huge page is never stuck).
+    """
+
+    BURST_S = 0.1
+
+    def __init__(self, clock: Clock, rate_mbps: int) -> None:
+        self.clock = clock
+        self.rate_mbps = rate_mbps
+        self.tokens_bytes = self.depth_bytes
+        self._last_ns = clock.now_ns()
+
+    @property
+    def depth_bytes(self) -> float:
+        return max(self.rate_mbps * 1e6 * self.BURST_S, float(PMD_SIZE))
+
+    def allow(self, nr_pages: I64Array) -> BoolArray:
+        """The folios, taken in order, the bucket lets through now; their bytes are spent."""
+        now = self.clock.now_ns()
+        self.tokens_bytes = min(
+            self.depth_bytes, self.tokens_bytes + (now - self._last_ns) * self.rate_mbps * 1e-3
+        )
+        self._last_ns = now
+        nbytes = nr_pages * PAGE_SIZE
+        ok = np.cumsum(nbytes) <= self.tokens_bytes
+        self.tokens_bytes -= float(nbytes[ok].sum())
+        return ok
 
 
 class Migrator:
     """Bounded per-process candidate queues and the batched, revalidated moves."""
 
-    def __init__(self, machine: Machine, stats: Stats, queue_max: int) -> None:
+    def __init__(self, machine: Machine, stats: Stats, queue_max: int, rate_mbps: int) -> None:
         self.machine = machine
         self.stats = stats
         self.queue_max = queue_max
+        self.limiter = RateLimiter(machine.clock, rate_mbps)
         self._queues: dict[ProcessId, deque[Candidates]] = {}
         self.nr_queued = 0  # folios over all queues, <= queue_max
 
@@ -129,38 +191,75 @@ class Migrator:
         self.nr_queued -= sum(len(p) for p in parts)
         return Candidates.concat(list(parts))
 
-    def migrate(self, topology: Topology, tunables: Tunables) -> int:
-        """Drain every queue: revalidate, check room, move. Returns base pages promoted."""
-        promoted = 0
+    def migrate(
+        self,
+        topology: Topology,
+        tunables: Tunables,
+        preferred: Callable[[ProcessId], int | None] = lambda proc: None,
+    ) -> list[MigrateResult]:
+        """Drain every queue: revalidate, pick targets with room, rate-limit, move."""
+        self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
+        results = []
         for proc in list(self._queues):
             cands = self._take(proc)
             if cands is None:
                 continue
-            target = default_target(topology, tunables)
-            if target is None:
+            order = target_order(preferred(proc), topology, tunables)
+            if not order:
                 self.stats.add(proc, MigrateDrop.NO_TARGET.value, int(cands.nr_pages.sum()))
                 continue
-            promoted += self._migrate_proc(proc, cands, target, topology, tunables)
+            results.append(self._migrate_proc(proc, cands, order, topology, tunables))
             topology = self.machine.topology()
-        return promoted
+        return results
 
     def _migrate_proc(
         self,
         proc: ProcessId,
         cands: Candidates,
-        target: int,
+        order: list[int],
         topology: Topology,
         tunables: Tunables,
-    ) -> int:
+    ) -> MigrateResult:
+        succeeded = failed = 0
         try:
             if not self.machine.is_alive(proc):
                 raise ProcessGone(str(proc))
             cands = self._revalidate(proc, cands, topology)
-            cands = self._check_room(proc, cands, topology.node(target), tunables)
-            return self._move(proc, cands, target, tunables.migrate_batch_folios)
+            for nid, part in self._assign_targets(proc, cands, order, topology, tunables):
+                part = part.select(self._rate_limit(proc, part))
+                moved, lost = self._move(proc, part, nid, tunables.migrate_batch_folios)
+                succeeded += moved
+                failed += lost
         except ProcessGone:
             self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
-            return 0
+        return MigrateResult(proc, order[0], succeeded, failed)
+
+    def _assign_targets(
+        self,
+        proc: ProcessId,
+        cands: Candidates,
+        order: list[int],
+        topology: Topology,
+        tunables: Tunables,
+    ) -> list[tuple[int, Candidates]]:
+        """Split the candidates over the target nodes in order, each up to its room."""
+        parts = []
+        rest = cands
+        for nid in order:
+            if not len(rest):
+                break
+            room = room_pages(topology.node(nid), tunables.target_free_min_pct)
+            fits = fit_in_room(rest.nr_pages, room)
+            if fits.any():
+                parts.append((nid, rest.select(fits)))
+            rest = rest.select(~fits)
+        self.stats.add(proc, MigrateDrop.TARGET_FULL.value, int(rest.nr_pages.sum()))
+        return parts
+
+    def _rate_limit(self, proc: ProcessId, cands: Candidates) -> BoolArray:
+        ok = self.limiter.allow(cands.nr_pages)
+        self._count(proc, MigrateDrop.RATE_LIMITED, cands.nr_pages, ~ok)
+        return ok
 
     def _revalidate(self, proc: ProcessId, cands: Candidates, topology: Topology) -> Candidates:
         """Keep candidates still present, with the same pfn, on a slow-tier node."""
@@ -173,15 +272,11 @@ class Migrator:
         self._count(proc, MigrateDrop.ALREADY_TOPTIER, cands.nr_pages, same & ~slow)
         return cands.select(slow)
 
-    def _check_room(
-        self, proc: ProcessId, cands: Candidates, node: NodeInfo, tunables: Tunables
-    ) -> Candidates:
-        fits = fit_in_room(cands.nr_pages, room_pages(node, tunables.target_free_min_pct))
-        self._count(proc, MigrateDrop.TARGET_FULL, cands.nr_pages, ~fits)
-        return cands.select(fits)
-
-    def _move(self, proc: ProcessId, cands: Candidates, target: int, batch_folios: int) -> int:
-        promoted = 0
+    def _move(
+        self, proc: ProcessId, cands: Candidates, target: int, batch_folios: int
+    ) -> tuple[int, int]:
+        """Move in batches; returns (pages promoted, pages failed)."""
+        promoted = failed = 0
         for lo in range(0, len(cands), batch_folios):
             vaddr = cands.vaddr[lo : lo + batch_folios]
             nr_pages = cands.nr_pages[lo : lo + batch_folios]
@@ -191,27 +286,30 @@ class Migrator:
                 self.stats.add(
                     proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages[lo:].sum())
                 )
-                return promoted
-            promoted += self._account_moves(proc, status, nr_pages, target)
-        return promoted
+                return promoted, failed
+            moved, lost = self._account_moves(proc, status, nr_pages, target)
+            promoted += moved
+            failed += lost
+        return promoted, failed
 
     def _account_moves(
         self, proc: ProcessId, status: I32Array, nr_pages: I64Array, target: int
-    ) -> int:
+    ) -> tuple[int, int]:
         moved = status == target
         moved_pages = int(nr_pages[moved].sum())
         self.stats.add(proc, "nr_kscand_migrated", moved_pages)
         self.stats.add(proc, f"promoted_pages_node{target}", moved_pages)
         failed = status < 0
-        if failed.any():
-            self.stats.add(proc, "nr_kscand_migrate_failed", int(nr_pages[failed].sum()))
+        failed_pages = int(nr_pages[failed].sum())
+        if failed_pages:
+            self.stats.add(proc, "nr_kscand_migrate_failed", failed_pages)
             codes, inverse = np.unique(status[failed], return_inverse=True)
             pages_per_code = np.bincount(inverse, weights=nr_pages[failed])
             for code, pages in zip(codes, pages_per_code, strict=True):
                 self.stats.add(proc, move_fail_counter(int(code)), int(pages))
         # A status >= 0 other than target: the kernel left the page on another node.
         self.stats.add(proc, "move_fail_stayed", int(nr_pages[~moved & ~failed].sum()))
-        return moved_pages
+        return moved_pages, failed_pages
 
     def _count(
         self, proc: ProcessId, reason: MigrateDrop, nr_pages: I64Array, mask: BoolArray

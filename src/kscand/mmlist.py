@@ -9,7 +9,7 @@ time the cursor reaches it, so a slot is never freed under the scanner.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,19 @@ class MmSlot:
     resume_vaddr: int = 0
     dead: bool = False
     full_scans: int = 0  # complete walks of the address space
+    # Throttling (kscand.throttle): this process's own period and size, when
+    # it is next due, and the useful slow-tier pages of its last two scans.
+    scan_period_ms: float = 0.0
+    scan_size_bytes: int = 0
+    next_scan_ns: int = 0
+    prev_useful: int = 0  # X: the previous scan's smoothed count
+    useful: int = 0  # Y: smoothed, Y_old / 16 + this scan's
+    useful_this_scan: int = 0  # accessed slow-tier pages found by the current visit
+    scale: int = 8  # the prctl analog, 0..10; 0 = never scan
+    # Migration-failure feedback, decayed every FAILURE_DECAY_EVERY migrations.
+    migrate_succeeded: int = 0
+    migrate_failed: int = 0
+    target_nid: int | None = None  # the target-node heuristic's choice
     # Shift registers of Accessed bits, newest in bit 0: uint8 per base page,
     # one array per HISTORY_CHUNK_BYTES-aligned chunk that had eligible pages.
     history: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
@@ -43,6 +56,7 @@ class MmSlot:
     def begin_scan(self) -> None:
         """Start a scan visit: forget the previous visit's per-node accessed counts."""
         self.accessed_by_nid = np.zeros(0, dtype=np.int64)
+        self.useful_this_scan = 0
 
     def note_accessed(
         self, nids: npt.NDArray[np.int32], nr_pages: npt.NDArray[np.int64] | None
@@ -110,15 +124,22 @@ class MmList:
             self._nr_dead_in_ring = 0
         return slot
 
-    def sync(self, procs: Iterable[ProcessId]) -> tuple[list[ProcessId], list[ProcessId]]:
-        """Enter new processes and exit vanished ones; returns (entered, exited)."""
+    def sync(
+        self, procs: Iterable[ProcessId], new_slot: Callable[[ProcessId], MmSlot] | None = None
+    ) -> tuple[list[ProcessId], list[ProcessId]]:
+        """Enter new processes and exit vanished ones; returns (entered, exited).
+
+        new_slot, when given, builds the slot of a new process (initial state).
+        """
         alive = set(procs)
         exited = [proc for proc in self._by_proc if proc not in alive]
         for proc in exited:
             self.exit(proc)
         entered = [proc for proc in sorted(alive) if proc not in self._by_proc]
         for proc in entered:
-            self.enter(proc)
+            slot = new_slot(proc) if new_slot is not None else MmSlot(proc)
+            self._by_proc[proc] = slot
+            self._ring.append(slot)
         return entered, exited
 
     def cursor(self) -> MmSlot | None:

@@ -144,7 +144,8 @@ class Scanner:
         self.stats.add(proc, "nr_kscand_mm_scans")
         slot.begin_scan()
         try:
-            plan = plan_scan(self.machine.vmas(proc), slot.resume_vaddr, tunables.scan_size_bytes)
+            budget = slot.scan_size_bytes or tunables.scan_size_bytes
+            plan = plan_scan(self.machine.vmas(proc), slot.resume_vaddr, budget)
             for reason in plan.skipped:
                 self.stats.add(proc, reason.value)
             self.stats.add(proc, "nr_kscand_vma_scans", plan.nr_vmas)
@@ -206,9 +207,12 @@ class Scanner:
                 candidates.size, dtype=np.int64
             )
             self.migrator.add(proc, folios.take(candidates), sizes)
+        accessed_slow = young & ~on_top
         if nr_pages is None:
+            slot.useful_this_scan += int(np.count_nonzero(accessed_slow))
             slot.note_accessed(folios.nid[young], None)
         else:
+            slot.useful_this_scan += int(nr_pages[accessed_slow].sum())
             slot.note_accessed(folios.nid[young], nr_pages[young])
 
     def _count_skips(self, proc: ProcessId, codes: npt.NDArray[np.uint8]) -> tuple[int, int]:

@@ -69,7 +69,8 @@ class MigrateDrop(enum.StrEnum):
     PAGE_GONE = "drop_page_gone"  # no longer present
     PAGE_CHANGED = "drop_page_changed"  # a different page (pfn) is mapped there now
     ALREADY_TOPTIER = "drop_already_toptier"  # moved to the top tier meanwhile
-    TARGET_FULL = "drop_target_full"  # room check: target would pass its watermark
+    TARGET_FULL = "drop_target_full"  # room check: every target would pass its watermark
+    RATE_LIMITED = "drop_rate_limited"  # promote_rate_limit_mbps spent
     NO_TARGET = "drop_no_target"  # no valid top-tier target node
 
 

@@ -38,6 +38,24 @@ class Tunables:
         "bytes",
         "VMA bytes scanned per process per pass before moving to the next one (series: 1 GiB)",
     )
+    scan_size_min_bytes: int = _knob(
+        256 * MiB, 2 * MiB, 1 << 40, "bytes", "lower clamp of a process's adaptive scan size"
+    )
+    scan_size_max_bytes: int = _knob(
+        4 * GiB, 2 * MiB, 1 << 40, "bytes", "upper clamp of a process's adaptive scan size"
+    )
+    mm_scan_period_ms: int = _knob(
+        2000, 1, 600_000, "ms", "a new process's scan period (series default 2000)"
+    )
+    scan_period_min_ms: int = _knob(
+        600, 1, 600_000, "ms", "lower clamp of a process's adaptive scan period"
+    )
+    scan_period_max_ms: int = _knob(
+        5000, 1, 600_000, "ms", "upper clamp of a process's adaptive scan period"
+    )
+    scan_delay_ms: int = _knob(
+        2000, 0, 600_000, "ms", "a new process is first scanned this long after it appears"
+    )
     mms_to_scan: int = _knob(4096, 1, 1_000_000, "processes", "processes visited per pass")
     hot_history_depth: int = _knob(
         2,
@@ -63,15 +81,34 @@ class Tunables:
     migrate_batch_folios: int = _knob(
         512, 1, 65_536, "folios", "folios per move_pages(2) call"
     )
+    promote_rate_limit_mbps: int = _knob(
+        65_536, 1, 1 << 30, "MB/s", "promotion rate limit (numa_balancing's default is 65536)"
+    )
+    default_scale: int = _knob(
+        8, 0, 10, "scale", "per-process scale when no rule sets one: period x (1 + (scale-1)/9); "
+        "0 = never scan"
+    )
+    demote_watermark_pct: float = _knob(
+        0.0, 0.0, 50.0, "%", "demote cold top-tier pages while the top tier's free memory is "
+        "under this percent of its capacity; 0 = never demote"
+    )
+    demote_idle_scans: int = _knob(
+        4, 1, 8, "scans", "consecutive scans a top-tier page must be idle in to be demoted"
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_range(f, getattr(self, f.name), f.name)
-        if self.scan_size_bytes % PAGE_SIZE:
-            raise ConfigError(
-                f"scan_size_bytes: must be a multiple of the page size ({PAGE_SIZE}), "
-                f"got {self.scan_size_bytes}"
-            )
+        for name in ("scan_size_bytes", "scan_size_min_bytes", "scan_size_max_bytes"):
+            if getattr(self, name) % PAGE_SIZE:
+                raise ConfigError(
+                    f"{name}: must be a multiple of the page size ({PAGE_SIZE}), "
+                    f"got {getattr(self, name)}"
+                )
+        if self.scan_size_min_bytes > self.scan_size_max_bytes:
+            raise ConfigError("scan_size_min_bytes: must not exceed scan_size_max_bytes")
+        if self.scan_period_min_ms > self.scan_period_max_ms:
+            raise ConfigError("scan_period_min_ms: must not exceed scan_period_max_ms")
 
     def replace(self, **changes: Any) -> Tunables:
         """A copy with changes applied and validated."""

@@ -130,7 +130,7 @@ class RecordingMigrator(Migrator):
     """A Migrator whose additions are recorded per pass; scan never drains it."""
 
     def __init__(self, machine: ObservingMachine, stats: Stats) -> None:
-        super().__init__(machine, stats, queue_max=1 << 24)
+        super().__init__(machine, stats, queue_max=1 << 24, rate_mbps=1 << 30)
         self.observer = machine
 
     def add(self, proc: ProcessId, folios: PageBatch, nr_pages: I64Array) -> int:
