@@ -21,7 +21,7 @@ from kscand import throttle
 from kscand.machine import Machine, ProcessId, Topology
 from kscand.migrator import MigrateResult, Migrator
 from kscand.mmlist import MmList, MmSlot
-from kscand.scanner import Scanner, ScanEnd
+from kscand.scanner import ScanEnd, Scanner
 from kscand.stats import MigrateDrop, Stats
 from kscand.tunables import Tunables
 
