@@ -33,14 +33,14 @@ class FakeDamonKernel(DamonSysfs):
     ops: str = "vaddr fvaddr paddr"
     live_pids: set[int] = field(default_factory=set)
     regions: dict[int, list[FakeRegion]] = field(default_factory=dict)  # pid -> regions
-    lag_requests: int = 0  # update requests answered with nothing first (the kernel's delay)
+    fill_lag_reads: int = 0  # reads of tried_regions before a requested fill appears
     writes: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(str(self.base))
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "nr_kdamonds").write_text("0\n")
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, int] = {}  # kdamond -> reads left before its fill appears
 
     def _p(self, rel: str) -> Path:
         return self.base / rel
@@ -132,9 +132,22 @@ class FakeDamonKernel(DamonSysfs):
         for child in tried.iterdir():
             if child.is_dir():
                 shutil.rmtree(child)
-        if self._pending.get(kdamond, 0) < self.lag_requests:
-            self._pending[kdamond] = self._pending.get(kdamond, 0) + 1
+        if self.fill_lag_reads:
+            self._pending[kdamond] = self.fill_lag_reads
             return
+        self._fill_now(kdamond)
+
+    def listdir(self, rel: str) -> list[str]:
+        kdamond = rel.split("/")[0]
+        if rel.endswith("tried_regions") and kdamond in self._pending:
+            self._pending[kdamond] -= 1
+            if self._pending[kdamond] < 0:
+                del self._pending[kdamond]
+                self._fill_now(kdamond)
+        return super().listdir(rel)
+
+    def _fill_now(self, kdamond: str) -> None:
+        ctx = f"{kdamond}/contexts/0"
         pid = int(self.read(f"{ctx}/targets/0/pid_target"))
         pattern = {
             name: (int(self.read(f"{ctx}/schemes/0/access_pattern/{name}/min")),

@@ -119,12 +119,29 @@ def test_young_from_regions_reported_once_per_snapshot(kernel: FakeDamonKernel) 
 
 
 def test_snapshot_that_arrives_late(kernel: FakeDamonKernel) -> None:
-    kernel.lag_requests = 1  # the kernel fills tried_regions only at the next aggregation
+    """The kernel fills tried_regions after the state write returned: read again, no re-request."""
+    kernel.fill_lag_reads = 1
     clock = FakeClock()
     src = source(kernel, clock)
-    assert not src.test_and_clear_young(P2, pages(0, 8)).any()
-    clock.advance_ms(1000)
+    assert not src.test_and_clear_young(P2, pages(0, 8)).any()  # requested, still empty
+    clock.advance_ms(10)
+    assert src.test_and_clear_young(P2, pages(0, 8)).all()  # appeared meanwhile
+    requests = [w for w in kernel.writes if w[1] == "update_schemes_tried_regions"]
+    assert len(requests) == 1
+
+
+def test_pending_request_is_retried_after_a_while(kernel: FakeDamonKernel) -> None:
+    kernel.fill_lag_reads = 1000  # the kernel never answers this request
+    clock = FakeClock()
+    src = source(kernel, clock)
+    for _ in range(3):
+        src.test_and_clear_young(P2, pages(0, 8))
+        clock.advance_ms(1000)
+    assert [w[1] for w in kernel.writes].count("update_schemes_tried_regions") == 1
+    clock.advance_ms(5000)
+    kernel.fill_lag_reads = 0
     assert src.test_and_clear_young(P2, pages(0, 8)).all()
+    assert [w[1] for w in kernel.writes].count("update_schemes_tried_regions") == 2
 
 
 def test_pool_full_then_slot_reused(kernel: FakeDamonKernel) -> None:

@@ -31,6 +31,7 @@ from kscand.machine import PAGE_SIZE, BoolArray, PageBatch, ProcessId, U64Array
 DAMON_KDAMONDS = "kernel/mm/damon/admin/kdamonds"
 ULONG_MAX_SAFE = (1 << 63) - 1  # "large max" for sz
 UINT_MAX = (1 << 32) - 1  # nr_accesses and age are unsigned int in the kernel
+PENDING_RETRY = 5  # refresh periods to wait for a pending tried_regions before asking again
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class KdamondSlot:
     proc: ProcessId | None = None
     regions: Regions | None = None
     snapshot_ns: int = 0  # when the last snapshot was requested
+    pending_since_ns: int | None = None  # a request whose regions have not appeared yet
     consumed: ConsumedRanges = field(default_factory=ConsumedRanges)
 
     @property
@@ -255,6 +257,7 @@ class DamonSource:
         slot.proc = proc
         slot.regions = None
         slot.snapshot_ns = 0
+        slot.pending_since_ns = None
         slot.consumed.clear()
         self._by_proc[proc] = slot
         return True
@@ -269,6 +272,7 @@ class DamonSource:
             pass
         slot.proc = None
         slot.regions = None
+        slot.pending_since_ns = None
         slot.consumed.clear()
 
     def _state(self, slot: KdamondSlot) -> str:
@@ -280,20 +284,41 @@ class DamonSource:
     # --- snapshots ----------------------------------------------------------------------------
 
     def _refresh(self, slot: KdamondSlot) -> None:
-        """Request a new snapshot if the last is older than refresh_ms; never waits for it."""
+        """Take a new snapshot when the last is refresh_ms old; never waits for the kernel.
+
+        Current kernels fill tried_regions before the state write returns; if
+        they are still empty right after it, the request stays pending and
+        later calls only re-read the directory (a new request would clear it
+        again) until the regions appear or the request is PENDING_RETRY times
+        refresh_ms old.
+        """
         now = self._now_ns()
-        if slot.snapshot_ns and now - slot.snapshot_ns < self.settings.refresh_ms * 1_000_000:
+        refresh_ns = self.settings.refresh_ms * 1_000_000
+        if slot.pending_since_ns is not None:
+            if self._adopt(slot, self._read_tried_regions(slot)):
+                return
+            if now - slot.pending_since_ns < PENDING_RETRY * refresh_ns:
+                return
+        elif slot.snapshot_ns and now - slot.snapshot_ns < refresh_ns:
             return
         slot.snapshot_ns = now
+        slot.pending_since_ns = None
         try:
             self._write(f"{slot.base}/state", "update_schemes_tried_regions")
         except (OSError, Unsupported):
-            return  # busy or stopped: keep the last snapshot
-        regions = self._read_tried_regions(slot)
-        if len(regions):
-            slot.regions = regions
-            slot.consumed.clear()
-            self.nr_snapshots += 1
+            return  # busy (another request) or stopped: keep the last snapshot
+        if not self._adopt(slot, self._read_tried_regions(slot)):
+            slot.pending_since_ns = now
+
+    def _adopt(self, slot: KdamondSlot, regions: Regions) -> bool:
+        """Make regions the slot's snapshot if there are any; a fresh snapshot clears nothing."""
+        if not len(regions):
+            return False
+        slot.regions = regions
+        slot.pending_since_ns = None
+        slot.consumed.clear()
+        self.nr_snapshots += 1
+        return True
 
     def _read_tried_regions(self, slot: KdamondSlot) -> Regions:
         rel = f"{slot.base}/contexts/0/schemes/0/tried_regions"
