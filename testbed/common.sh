@@ -3,7 +3,9 @@
 # touching the machine's own apt sources or lists.
 # shellcheck shell=bash
 
-KSCAND_CACHE=${KSCAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kscand}
+# HOME may be unset in a CI environment; fall back to the passwd entry.
+KSCAND_HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+KSCAND_CACHE=${KSCAND_CACHE:-${XDG_CACHE_HOME:-$KSCAND_HOME/.cache}/kscand}
 KERNELS_DIR=$KSCAND_CACHE/kernels
 APT_DIR=$KSCAND_CACHE/apt
 # Debian suite that carries 6.12 for bookworm; trixie also works.
