@@ -41,7 +41,7 @@ def scenario(
 def machine_and_engine(sc: Scenario) -> tuple[SimMachine, Kscand]:
     machine = SimMachine(sc)
     machine.record_moves = True
-    return machine, Kscand(machine, sc.tunables)
+    return machine, Kscand(machine, sc.tunables, scale_policy=machine.scale_of)
 
 
 def run_steps(machine: SimMachine, engine: Kscand, nr_steps: int) -> None:

@@ -15,7 +15,7 @@ SMALL = """
 name = "small"
 description = "a small hot set"
 seed = 5
-duration_s = 3
+duration_s = 8
 sample_interval_s = 0.5
 
 [[nodes]]
@@ -73,7 +73,7 @@ BAD = [
     (SMALL.replace('kind = "anon"', 'kind = "anon-huge"'), "processes[0].vmas[0].kind:"),
     (SMALL.replace('hot_fraction = 0.1', 'hot_fraction = "x"'),
      "processes[0].workload.hot_fraction: expected a number"),
-    (SMALL.replace('duration_s = 3', 'duration_s = -1'), "scenario.duration_s:"),
+    (SMALL.replace('duration_s = 8', 'duration_s = -1'), "scenario.duration_s:"),
     (SMALL + '\n[tunables]\nscan_sleep_ms = "soon"\n', "tunables.scan_sleep_ms: expected"),
     (SMALL + '\n[tunables]\nscan_speed = 3\n', "tunables.scan_speed: unknown key"),
     (SMALL.replace('[[nodes]]\nnid = 0', '[[nodes]]\nnid = 1', 1), "nodes: duplicate nid"),

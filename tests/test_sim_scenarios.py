@@ -22,12 +22,12 @@ def test_shipped_scenarios_load(path: Path) -> None:
 
 def test_default_hotset_scenario_promotes_the_hot_set() -> None:
     scenario = load_scenario(SCENARIOS / "hotset.toml")
-    report = run_scenario(dataclasses.replace(scenario, duration_s=6.0))
+    report = run_scenario(dataclasses.replace(scenario, duration_s=12.0))
     final = report.final
     assert final.nr_hot > 0
     assert final.nr_hot_top / final.nr_hot >= 0.90  # >= 90 % of hot pages on the top tier
     assert final.top_share >= 0.90 * final.oracle_share  # >= 90 % of the oracle's share
-    assert report.t90_s is not None and report.t90_s <= 5.0
+    assert report.t90_s is not None and report.t90_s <= 10.0
     # The hot pages of the excluded VMAs never moved: every promotion came from the anon VMA.
     assert report.counters["nr_kscand_migrated"] > 0
     assert report.counters["page_shared"] > 0 and report.counters["page_unevictable"] > 0

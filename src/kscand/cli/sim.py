@@ -18,7 +18,7 @@ from kscand.sim.scenario import load_scenario
 from kscand.units import format_bytes
 
 # Counters shown in the summary besides the series' nr_kscand_* (all go to --json).
-SHOWN_PREFIXES = ("nr_kscand_", "vma_", "page_", "drop_", "move_fail_", "scan_")
+SHOWN_PREFIXES = ("nr_kscand_", "promoted_pages_", "vma_", "page_", "drop_", "move_fail_", "scan_")
 
 
 def add_parser(sub: Any) -> None:

@@ -158,6 +158,7 @@ class SimProcess:
     name: str
     vmas: list[SimVma]
     exit_s: float | None
+    scale: int | None = None  # the scenario's per-process scale for kscand
     vma_starts: U64Array = field(init=False)
     vma_ends: U64Array = field(init=False)
 
@@ -287,22 +288,25 @@ class SimMachine:
             vaddr += n * PAGE_SIZE + VMA_GAP
         exit_s = spec.exit_s
         sim_proc = SimProcess(ProcessId(pid, start_time), f"{spec.name}.{replica}"
-                              if spec.count > 1 else spec.name, vmas, exit_s)
+                              if spec.count > 1 else spec.name, vmas, exit_s, spec.scale)
         self._place(sim_proc, spec)
         self.procs[pid] = sim_proc
         return sim_proc
 
     def _placement_order(self, spec: ProcessSpec) -> list[int]:
         top, slow = list(self.top_nids), list(self.slow_nids)
-        if spec.placement == "node" and spec.placement_nid is not None:
-            rest = [n for n in top + slow if n != spec.placement_nid]
-            return [spec.placement_nid, *rest]
+        if spec.placement == "node":
+            rest = [n for n in top + slow if n not in spec.placement_nids]
+            return [*spec.placement_nids, *rest]
         if spec.placement in ("fast", "first-touch"):
             return top + slow
         return slow + top
 
     def _place(self, sim_proc: SimProcess, spec: ProcessSpec) -> None:
         """Fault in every page of the process, filling nodes in placement order."""
+        if spec.placement == "interleave":
+            self._interleave(sim_proc, spec.placement_nids)
+            return
         order = self._placement_order(spec)
         for vma in sim_proc.vmas:
             if vma.kind_name in UNPOPULATED_KINDS:
@@ -325,6 +329,22 @@ class SimMachine:
                     f"processes: {sim_proc.name} does not fit in memory at "
                     f"t={self.clock.now_s:.1f}s"
                 )
+
+    def _interleave(self, sim_proc: SimProcess, nids: tuple[int, ...]) -> None:
+        """MPOL_INTERLEAVE: folio i of each VMA on nids[i % len(nids)]."""
+        for vma in sim_proc.vmas:
+            if vma.kind_name in UNPOPULATED_KINDS:
+                continue
+            folio_pages = HPAGE_PMD_NR if vma.thp else 1
+            folio = np.arange(vma.nr_pages) // folio_pages
+            vma.nid[:] = np.array(nids, dtype=np.int8)[folio % len(nids)]
+            per_node = np.bincount(vma.nid.astype(np.intp), minlength=self.used_pages.size)
+            self.used_pages += per_node
+        if np.any(self.used_pages > self.capacity_pages):
+            raise ConfigError(
+                f"processes: {sim_proc.name} does not fit on nodes {nids} at "
+                f"t={self.clock.now_s:.1f}s"
+            )
 
     def _exit(self, pid: int) -> None:
         sim_proc = self.procs.pop(pid)
@@ -466,6 +486,11 @@ class SimMachine:
 
     def alive(self) -> list[SimProcess]:
         return list(self.procs.values())
+
+    def scale_of(self, proc: ProcessId) -> int | None:
+        """The scenario's scale for a process (kscand's scale policy in the simulator)."""
+        sim_proc = self.procs.get(proc.pid)
+        return sim_proc.scale if sim_proc is not None and sim_proc.proc == proc else None
 
 
 def _batch_of(vma: SimVma, at: wl.PageIndex, vaddrs: U64Array) -> PageBatch:

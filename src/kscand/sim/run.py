@@ -128,7 +128,7 @@ class KscandPolicy:
     """The kscand engine as a Policy."""
 
     def __init__(self, machine: SimMachine, tunables: Tunables) -> None:
-        self.engine = Kscand(machine, tunables)
+        self.engine = Kscand(machine, tunables, scale_policy=machine.scale_of)
         self.stats = self.engine.stats
 
     def step(self) -> object:

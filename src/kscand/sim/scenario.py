@@ -86,10 +86,12 @@ class ProcessSpec:
     name: str
     vmas: tuple[VmaSpec, ...]
     placement: str = "slow"
-    placement_nid: int | None = None
+    # placement "node:A,B": fill A, then B, then the rest; "interleave:A,B": page by page
+    placement_nids: tuple[int, ...] = ()
     start_s: float = 0.0
     exit_s: float | None = None
     count: int = 1
+    scale: int | None = None  # kscand's per-process scale (prctl analog); None: default_scale
 
     @property
     def nr_pages(self) -> int:
@@ -233,7 +235,8 @@ def _vma(raw: Any, where: str, default_workload: WorkloadSpec) -> VmaSpec:
 
 def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
     raw = _table(
-        raw, where, {"name", "vmas", "placement", "start_s", "exit_s", "count", "workload"}
+        raw, where,
+        {"name", "vmas", "placement", "start_s", "exit_s", "count", "workload", "scale"},
     )
     default_workload = WorkloadSpec()
     if "workload" in raw:
@@ -242,7 +245,7 @@ def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
         _vma(v, f"{where}.vmas[{i}]", default_workload)
         for i, v in enumerate(_list(raw, "vmas", f"{where}."))
     )
-    placement, placement_nid = _placement(raw, where, nids)
+    placement, placement_nids = _placement(raw, where, nids)
     start_s = _num(raw, "start_s", where, 0.0, lo=0.0)
     exit_s = raw.get("exit_s")
     if exit_s is not None:
@@ -251,28 +254,32 @@ def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
         name=_str(raw, "name", where, "proc"),
         vmas=vmas,
         placement=placement,
-        placement_nid=placement_nid,
+        placement_nids=placement_nids,
+        scale=_int(raw, "scale", where, 8, lo=0, hi=10) if "scale" in raw else None,
         start_s=start_s,
         exit_s=exit_s,
         count=_int(raw, "count", where, 1, lo=1, hi=100_000),
     )
 
 
-def _placement(raw: dict[str, Any], where: str, nids: set[int]) -> tuple[str, int | None]:
+def _placement(raw: dict[str, Any], where: str, nids: set[int]) -> tuple[str, tuple[int, ...]]:
     text = _str(raw, "placement", where, "slow")
-    if text.startswith("node:"):
+    policy, sep, node_list = text.partition(":")
+    if sep and policy in ("node", "interleave"):
         try:
-            nid = int(text[5:])
+            order = tuple(int(part) for part in node_list.split(","))
         except ValueError:
-            raise ConfigError(f"{where}.placement: bad node in {text!r}") from None
-        if nid not in nids:
-            raise ConfigError(f"{where}.placement: node {nid} is not in nodes")
-        return "node", nid
+            raise ConfigError(f"{where}.placement: bad node list in {text!r}") from None
+        for nid in order:
+            if nid not in nids:
+                raise ConfigError(f"{where}.placement: node {nid} is not in nodes")
+        return policy, order
     if text not in PLACEMENTS:
         raise ConfigError(
-            f"{where}.placement: {text!r} is not one of {', '.join(PLACEMENTS)} or node:N"
+            f"{where}.placement: {text!r} is not one of {', '.join(PLACEMENTS)}, "
+            "node:N[,M...] or interleave:N,M[,...]"
         )
-    return text, None
+    return text, ()
 
 
 def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenario:
@@ -335,8 +342,8 @@ def _check_fits(scenario: Scenario) -> None:
             f"{total_pages * PAGE_SIZE >> 20} MiB"
         )
     for i, proc in enumerate(scenario.processes):
-        if proc.placement == "node":
-            node = next(n for n in scenario.nodes if n.nid == proc.placement_nid)
+        if proc.placement == "node" and len(proc.placement_nids) == 1:
+            node = next(n for n in scenario.nodes if n.nid == proc.placement_nids[0])
             if proc.nr_pages > node.capacity_pages:
                 raise ConfigError(
                     f"processes[{i}].placement: {proc.nr_pages * PAGE_SIZE >> 20} MiB do not "
