@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from simkit import COLD, HOT, machine_and_engine, run_steps, scenario
 
 from kscand.engine import Kscand
@@ -175,3 +176,36 @@ def test_trace_events_carry_the_series_fields() -> None:
     machine.kill(machine.processes()[0])
     run_steps(machine, engine, 1)
     assert events[-1][0] == "mm_exit"
+
+
+def demotion_run(watermark_pct: float) -> tuple[SimMachine, Kscand]:
+    sc = scenario(
+        [{"name": "cold", "placement": "fast", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "60MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": HOT,
+          "vmas": [{"kind": "anon", "size": "16MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "64MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={"demote_watermark_pct": watermark_pct, "demote_idle_scans": 2},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_steps(machine, engine, 12)
+    return machine, engine
+
+
+def test_demotion_is_off_by_default_and_the_hot_set_stays_out() -> None:
+    machine, engine = demotion_run(0.0)
+    assert engine.stats.total["nr_kscand_demoted"] == 0
+    assert engine.stats.total["nr_kscand_demote_added"] == 0
+    hot = machine.procs[machine.processes()[1].pid]
+    assert int((hot.vmas[0].nid == 0).sum()) < 4096 // 2
+
+
+def test_demotion_makes_room_for_the_hot_set() -> None:
+    machine, engine = demotion_run(30.0)
+    cold, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert engine.stats.of(cold.proc)["nr_kscand_demoted"] > 0
+    assert engine.stats.of(hot.proc)["nr_kscand_demoted"] == 0  # hot pages are never cold
+    assert bool(np.all(hot.vmas[0].nid == 0))  # the whole hot set made it
+    top = machine.topology().node(0)
+    assert top.free_pages >= 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from kscand import throttle
+from kscand.demoter import Demoter
 from kscand.machine import Machine, ProcessId, Topology
 from kscand.migrator import MigrateResult, Migrator
 from kscand.mmlist import MmList, MmSlot
@@ -76,12 +77,14 @@ class Kscand:
         self.migrator = Migrator(
             machine, self.stats, tunables.migrate_queue_max, tunables.promote_rate_limit_mbps
         )
-        self.scanner = Scanner(machine, self.migrator, self.stats)
+        self.demoter = Demoter(machine, self.stats, tunables.migrate_queue_max)
+        self.scanner = Scanner(machine, self.migrator, self.stats, self.demoter)
 
     def set_tunables(self, tunables: Tunables) -> None:
         """Apply new tunables; they take effect from the next step (the sysfs analog)."""
         self.tunables = tunables
         self.migrator.queue_max = tunables.migrate_queue_max
+        self.demoter.queue.queue_max = tunables.migrate_queue_max
 
     def set_scale(self, proc: ProcessId, scale: int) -> bool:
         """Set a running process's scale (the prctl analog); False if it is not listed."""
@@ -99,6 +102,8 @@ class Kscand:
         if not self.tunables.scan_enabled:
             return StepResult(0, 0, entered, exited)
         nr_scanned = self.scan_pass()
+        if self.demoter.queue.nr_queued:
+            self.demoter.demote(self.machine.topology(), self.tunables)
         results = self.migrator.migrate(self.machine.topology(), self.tunables, self._preferred)
         for result in results:
             self._feedback(result)
@@ -127,6 +132,7 @@ class Kscand:
         entered, exited = self.mm_list.sync(self.machine.processes(), self._new_slot)
         for proc in exited:
             self.migrator.drop(proc, MigrateDrop.PROC_GONE)
+            self.demoter.queue.drop(proc, MigrateDrop.PROC_GONE)
             self.trace("mm_exit", {"mm": str(proc)})
         self.stats.add(None, "nr_kscand_mm_enter", len(entered))
         self.stats.add(None, "nr_kscand_mm_exit", len(exited))
@@ -136,6 +142,7 @@ class Kscand:
         """A process vanished under the scanner: free its slot and drop its queue."""
         self.mm_list.exit(proc)
         self.migrator.drop(proc, MigrateDrop.PROC_GONE)
+        self.demoter.queue.drop(proc, MigrateDrop.PROC_GONE)
         self.stats.add(None, "nr_kscand_mm_exit")
         self.stats.add(proc, "scan_proc_gone")
         self.trace("mm_exit", {"mm": str(proc)})

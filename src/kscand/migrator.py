@@ -146,16 +146,18 @@ class RateLimiter:
         return ok
 
 
-class Migrator:
-    """Bounded per-process candidate queues and the batched, revalidated moves."""
+class CandidateQueue:
+    """Per-process queues of candidate folios under one cap (never an unbounded list)."""
 
-    def __init__(self, machine: Machine, stats: Stats, queue_max: int, rate_mbps: int) -> None:
-        self.machine = machine
+    def __init__(self, stats: Stats, queue_max: int, added_counter: str) -> None:
         self.stats = stats
         self.queue_max = queue_max
-        self.limiter = RateLimiter(machine.clock, rate_mbps)
+        self.added_counter = added_counter
         self._queues: dict[ProcessId, deque[Candidates]] = {}
         self.nr_queued = 0  # folios over all queues, <= queue_max
+
+    def procs(self) -> list[ProcessId]:
+        return list(self._queues)
 
     def queued(self, proc: ProcessId) -> int:
         return sum(len(part) for part in self._queues.get(proc, ()))
@@ -171,7 +173,7 @@ class Migrator:
         part = Candidates(folios.vaddr[:take].copy(), folios.pfn[:take].copy(), nr_pages[:take])
         self._queues.setdefault(proc, deque()).append(part)
         self.nr_queued += take
-        self.stats.add(proc, "nr_kscand_migadded", int(nr_pages[:take].sum()))
+        self.stats.add(proc, self.added_counter, int(nr_pages[:take].sum()))
         return take
 
     def drop(self, proc: ProcessId, reason: MigrateDrop = MigrateDrop.PROC_GONE) -> int:
@@ -184,12 +186,45 @@ class Migrator:
         self.stats.add(proc, reason.value, int(sum(int(p.nr_pages.sum()) for p in parts)))
         return nr_folios
 
-    def _take(self, proc: ProcessId) -> Candidates | None:
+    def take(self, proc: ProcessId) -> Candidates | None:
+        """Remove and return proc's queued folios, sorted by address, de-duplicated."""
         parts = self._queues.pop(proc, None)
         if not parts:
             return None
         self.nr_queued -= sum(len(p) for p in parts)
         return Candidates.concat(list(parts))
+
+
+class Migrator:
+    """Bounded per-process candidate queues and the batched, revalidated moves."""
+
+    def __init__(self, machine: Machine, stats: Stats, queue_max: int, rate_mbps: int) -> None:
+        self.machine = machine
+        self.stats = stats
+        self.limiter = RateLimiter(machine.clock, rate_mbps)
+        self.queue = CandidateQueue(stats, queue_max, "nr_kscand_migadded")
+
+    @property
+    def queue_max(self) -> int:
+        return self.queue.queue_max
+
+    @queue_max.setter
+    def queue_max(self, value: int) -> None:
+        self.queue.queue_max = value
+
+    @property
+    def nr_queued(self) -> int:
+        return self.queue.nr_queued
+
+    def queued(self, proc: ProcessId) -> int:
+        return self.queue.queued(proc)
+
+    def add(self, proc: ProcessId, folios: PageBatch, nr_pages: I64Array) -> int:
+        """Queue promotion candidates (bounded; overflow counted as drop_queue_full)."""
+        return self.queue.add(proc, folios, nr_pages)
+
+    def drop(self, proc: ProcessId, reason: MigrateDrop = MigrateDrop.PROC_GONE) -> int:
+        return self.queue.drop(proc, reason)
 
     def migrate(
         self,
@@ -200,8 +235,8 @@ class Migrator:
         """Drain every queue: revalidate, pick targets with room, rate-limit, move."""
         self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
         results = []
-        for proc in list(self._queues):
-            cands = self._take(proc)
+        for proc in self.queue.procs():
+            cands = self.queue.take(proc)
             if cands is None:
                 continue
             order = target_order(preferred(proc), topology, tunables)

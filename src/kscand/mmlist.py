@@ -53,6 +53,17 @@ class MmSlot:
         default_factory=lambda: np.zeros(0, dtype=np.int64)
     )
 
+    # Scans each page was seen in (saturating), kept only while demotion is on.
+    seen: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
+
+    def seen_chunk(self, chunk_base: int) -> npt.NDArray[np.uint8]:
+        """The seen-count array of the chunk at chunk_base (created zeroed)."""
+        chunk = self.seen.get(chunk_base)
+        if chunk is None:
+            chunk = np.zeros(HISTORY_CHUNK_PAGES, dtype=np.uint8)
+            self.seen[chunk_base] = chunk
+        return chunk
+
     def begin_scan(self) -> None:
         """Start a scan visit: forget the previous visit's per-node accessed counts."""
         self.accessed_by_nid = np.zeros(0, dtype=np.int64)
@@ -117,6 +128,7 @@ class MmList:
             return None
         slot.dead = True
         slot.history.clear()
+        slot.seen.clear()
         self._nr_dead_in_ring += 1
         # Keep the ring bounded under churn: compact it when dead slots dominate.
         if self._nr_dead_in_ring > len(self._by_proc) + 64:

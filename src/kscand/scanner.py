@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kscand.demoter import Demoter, cold_mask
 from kscand.errors import ProcessGone
 from kscand.filters import NR_PAGE_SKIP, folio_nr_pages, page_skip_codes, vma_skip_reason
 from kscand.machine import (
@@ -62,6 +63,11 @@ def hot_mask(history: npt.NDArray[np.uint8], depth: int) -> BoolArray:
     """Hot folios: accessed in each of the last depth scans. uint8 (n,) -> bool (n,)."""
     need = np.uint8((1 << depth) - 1)
     return (history & need) == need
+
+
+def _sizes(nr_pages: I64Array | None, idx: npt.NDArray[np.intp]) -> I64Array:
+    """Base pages of the folios at idx (nr_pages None: all base pages)."""
+    return nr_pages[idx] if nr_pages is not None else np.ones(idx.size, dtype=np.int64)
 
 
 def is_toptier(nid: npt.NDArray[np.int32], toptier: BoolArray) -> BoolArray:
@@ -133,16 +139,21 @@ def plan_scan(vmas: Sequence[Vma], resume_vaddr: int, budget_bytes: int) -> Scan
 class Scanner:
     """Walks one process's address space per call, within the scan budget."""
 
-    def __init__(self, machine: Machine, migrator: Migrator, stats: Stats) -> None:
+    def __init__(
+        self, machine: Machine, migrator: Migrator, stats: Stats, demoter: Demoter | None = None
+    ) -> None:
         self.machine = machine
         self.migrator = migrator
         self.stats = stats
+        self.demoter = demoter
+        self.demote = False  # queue cold top-tier folios in this scan (set per scan_mm)
 
     def scan_mm(self, slot: MmSlot, tunables: Tunables, topology: Topology) -> ScanEnd:
         """Scan slot's process from its resume address for up to scan_size_bytes."""
         proc = slot.proc
         self.stats.add(proc, "nr_kscand_mm_scans")
         slot.begin_scan()
+        self.demote = self.demoter is not None and self.demoter.wanted(topology, tunables)
         try:
             budget = slot.scan_size_bytes or tunables.scan_size_bytes
             plan = plan_scan(self.machine.vmas(proc), slot.resume_vaddr, budget)
@@ -203,10 +214,15 @@ class Scanner:
 
         candidates = np.flatnonzero(hot & ~on_top)
         if candidates.size:
-            sizes = nr_pages[candidates] if nr_pages is not None else np.ones(
-                candidates.size, dtype=np.int64
+            self.migrator.add(proc, folios.take(candidates), _sizes(nr_pages, candidates))
+        if self.demote:
+            seen = slot.seen_chunk(chunk_base)
+            seen[offsets] = np.minimum(seen[offsets], np.uint8(254)) + np.uint8(1)
+            cold = np.flatnonzero(
+                on_top & cold_mask(pushed, seen[offsets], tunables.demote_idle_scans)
             )
-            self.migrator.add(proc, folios.take(candidates), sizes)
+            if cold.size and self.demoter is not None:
+                self.demoter.queue.add(proc, folios.take(cold), _sizes(nr_pages, cold))
         accessed_slow = young & ~on_top
         if nr_pages is None:
             slot.useful_this_scan += int(np.count_nonzero(accessed_slow))
