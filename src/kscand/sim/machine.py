@@ -193,6 +193,8 @@ def make_workload(spec: WorkloadSpec, nr_pages: int, rng: np.random.Generator) -
         )
     if spec.kind == "sequential":
         return wl.Sequential(nr_pages, spec.pages_per_s)
+    if spec.kind in wl.ADDED_KINDS:  # gups, power-law, trace (the evaluation's kinds)
+        return wl.make_added(spec, nr_pages, rng)
     return wl.uniform(nr_pages, 0.0)  # "idle"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag
+from kscand.sim.workloads import ADDED_KINDS, load_trace, trace_span_pages
 from kscand.tunables import Tunables, tunables_from_mapping
 from kscand.units import parse_size_bytes
 
@@ -41,7 +42,9 @@ VMA_KINDS: dict[str, VmaKind] = {
     "io": VmaKind(RW | VmFlag.IO | VmFlag.PFNMAP, PageFlag(0)),
 }
 
-WORKLOAD_KINDS = ("uniform", "hotset", "zipf", "moving-hotset", "sequential", "idle")
+WORKLOAD_KINDS = (
+    "uniform", "hotset", "zipf", "moving-hotset", "sequential", "idle", *ADDED_KINDS,
+)
 PLACEMENTS = ("slow", "fast", "first-touch")
 
 
@@ -68,6 +71,12 @@ class WorkloadSpec:
     period_s: float = 30.0  # moving-hotset: seconds between moves
     shift_fraction: float = 0.05  # moving-hotset: fraction of pages the hot set moves by
     pages_per_s: float = 10_000.0  # sequential: sweep speed
+    vertices_per_page: int = 16  # power-law: vertices whose data share a page
+    sorted_ids: bool = False  # power-law: vertex ids in decreasing degree order
+    path: str = ""  # trace: the trace file (relative: to the scenario file)
+    trace_pid: int = -1  # trace: the trace pid this VMA replays (-1: every record)
+    window_s: float = 1.0  # trace: the rate window
+    loop: bool = True  # trace: replay again from the start after the last window
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +224,13 @@ def _workload(raw: Any, where: str, base: WorkloadSpec) -> WorkloadSpec:
         period_s=_num(raw, "period_s", where, d.period_s, lo=1e-3),
         shift_fraction=_num(raw, "shift_fraction", where, d.shift_fraction, lo=0.0, hi=1.0),
         pages_per_s=_num(raw, "pages_per_s", where, d.pages_per_s, lo=0.0),
+        vertices_per_page=_int(raw, "vertices_per_page", where, d.vertices_per_page, lo=1,
+                               hi=4096),
+        sorted_ids=_bool(raw, "sorted_ids", where, d.sorted_ids),
+        path=_str(raw, "path", where, d.path),
+        trace_pid=_int(raw, "trace_pid", where, d.trace_pid, lo=-1),
+        window_s=_num(raw, "window_s", where, d.window_s, lo=1e-3),
+        loop=_bool(raw, "loop", where, d.loop),
     )
 
 
@@ -230,7 +246,41 @@ def _vma(raw: Any, where: str, default_workload: WorkloadSpec) -> VmaSpec:
     workload = default_workload
     if "workload" in raw:
         workload = _workload(raw["workload"], f"{where}.workload", default_workload)
+    if workload.kind == "trace":
+        _check_trace(workload, size // PAGE_SIZE, f"{where}.workload")
     return VmaSpec(kind, size, workload)
+
+
+def _check_trace(workload: WorkloadSpec, nr_pages: int, where: str) -> None:
+    """A trace workload names a readable trace whose pages fit in the VMA."""
+    if not workload.path:
+        raise ConfigError(f"{where}.path: missing (the trace file to replay)")
+    try:
+        span = trace_span_pages(load_trace(workload.path), workload.trace_pid, workload.path)
+    except ConfigError as err:
+        raise ConfigError(f"{where}.path: {err}") from err
+    if span > nr_pages:
+        raise ConfigError(
+            f"{where}.path: the trace spans {span} pages ({span * PAGE_SIZE >> 20} MiB) but the "
+            f"VMA has {nr_pages}"
+        )
+
+
+def _resolve_trace_paths(raw: Any, base: Path) -> None:
+    """Make relative trace paths in a parsed scenario relative to its file (in place)."""
+    procs = raw.get("processes") if isinstance(raw, dict) else None
+    for proc in procs if isinstance(procs, list) else []:
+        if not isinstance(proc, dict):
+            continue
+        vmas = proc.get("vmas")
+        vmas = vmas if isinstance(vmas, list) else []
+        for table in [proc.get("workload"), *(v.get("workload") for v in vmas
+                                               if isinstance(v, dict))]:
+            if not isinstance(table, dict):
+                continue
+            path = table.get("path")
+            if isinstance(path, str) and path and not Path(path).is_absolute():
+                table["path"] = str(base / path)
 
 
 def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
@@ -364,5 +414,6 @@ def load_scenario(path: str | Path) -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    _resolve_trace_paths(raw, path.parent)
     return scenario_from_mapping(raw, name=path.stem)
 
