@@ -175,4 +175,4 @@ def test_process_exit_mid_scan_releases_the_slot_safely() -> None:
 
 
 def test_scan_end_values() -> None:
-    assert {e.value for e in ScanEnd} == {"budget", "wrapped", "gone"}
+    assert {e.value for e in ScanEnd} == {"budget", "wrapped", "gone", "denied"}

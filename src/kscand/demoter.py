@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kscand.errors import ProcessGone
+from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import BoolArray, I64Array, Machine, ProcessId, Topology
 from kscand.migrator import CandidateQueue, Candidates, fit_in_room, move_fail_counter, room_pages
 from kscand.stats import MigrateDrop, Stats
@@ -76,6 +76,8 @@ class Demoter:
                 demoted += self._demote_proc(proc, cands, deficits, target, tunables)
             except ProcessGone:
                 self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
+            except AccessDenied:
+                self.stats.add(proc, "demote_move_fail_eperm", int(cands.nr_pages.sum()))
         return demoted
 
     def _demote_proc(

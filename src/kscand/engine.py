@@ -184,6 +184,10 @@ class Kscand:
         if end is ScanEnd.GONE:
             self._release(slot.proc)
             return
+        if end is ScanEnd.DENIED:  # try again after the longest period, not every pass
+            retry_ns = self.tunables.scan_period_max_ms * 1_000_000
+            slot.next_scan_ns = self.machine.clock.now_ns() + retry_ns
+            return
         self._adapt(slot, topology)
         scanned = self.stats.of(slot.proc)["nr_kscand_ptes_scanned"] - before
         self.trace(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kscand.errors import ProcessGone
+from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import (
     PAGE_SIZE,
     PMD_SIZE,
@@ -267,6 +267,8 @@ class Migrator:
                 failed += lost
         except ProcessGone:
             self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
+        except AccessDenied:
+            self.stats.add(proc, MigrateDrop.ACCESS_DENIED.value, int(cands.nr_pages.sum()))
         return MigrateResult(proc, order[0], succeeded, failed)
 
     def _assign_targets(
@@ -322,6 +324,12 @@ class Migrator:
                     proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages[lo:].sum())
                 )
                 return promoted, failed
+            except AccessDenied:
+                # EPERM for the whole call: count every page of the rest as failed, stop.
+                lost = int(cands.nr_pages[lo:].sum())
+                self.stats.add(proc, "nr_kscand_migrate_failed", lost)
+                self.stats.add(proc, "move_fail_eperm", lost)
+                return promoted, failed + lost
             moved, lost = self._account_moves(proc, status, nr_pages, target)
             promoted += moved
             failed += lost

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.demoter import Demoter, cold_mask
-from kscand.errors import ProcessGone
+from kscand.errors import AccessDenied, ProcessGone
 from kscand.filters import NR_PAGE_SKIP, folio_nr_pages, page_skip_codes, vma_skip_reason
 from kscand.machine import (
     PAGE_SHIFT,
@@ -40,6 +40,7 @@ class ScanEnd(enum.Enum):
     BUDGET = "budget"  # scan_size_bytes spent; resume from slot.resume_vaddr next time
     WRAPPED = "wrapped"  # reached the end of the address space; next scan starts at 0
     GONE = "gone"  # the process exited or its pid was reused
+    DENIED = "denied"  # the kernel refused access to its page tables
 
 
 def align_up(value: int, align: int) -> int:
@@ -165,6 +166,10 @@ class Scanner:
                 self.scan_range(slot, start, end, tunables, toptier)
         except ProcessGone:
             return ScanEnd.GONE
+        except AccessDenied:
+            # Not ours to read (a privileged or protected process): skip it this time.
+            self.stats.add(proc, "scan_access_denied")
+            return ScanEnd.DENIED
         slot.resume_vaddr = plan.resume_vaddr
         if not plan.wrapped:
             return ScanEnd.BUDGET

@@ -66,6 +66,7 @@ class MigrateDrop(enum.StrEnum):
 
     QUEUE_FULL = "drop_queue_full"  # candidate list at migrate_queue_max
     PROC_GONE = "drop_proc_gone"  # process exited or pid reused before the move
+    ACCESS_DENIED = "drop_access_denied"  # its page tables could not be read to revalidate
     PAGE_GONE = "drop_page_gone"  # no longer present
     PAGE_CHANGED = "drop_page_changed"  # a different page (pfn) is mapped there now
     ALREADY_TOPTIER = "drop_already_toptier"  # moved to the top tier meanwhile

@@ -11,12 +11,13 @@ its PFN, as it does on Linux.
 from __future__ import annotations
 
 import errno
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from kscand.errors import ConfigError, ProcessGone
+from kscand.errors import AccessDenied, ConfigError, ProcessGone
 from kscand.machine import (
     HPAGE_PMD_NR,
     NID_NONE,
@@ -226,14 +227,27 @@ class SimMachine:
         self.procs: dict[int, SimProcess] = {}
         self.exited: list[SimProcess] = []
         self._pending = sorted(
-            ((p.start_s, i, r) for i, p in enumerate(scenario.processes) for r in range(p.count)),
+            (
+                (p.start_s + r * p.stagger_s, i, r)
+                for i, p in enumerate(scenario.processes)
+                for r in range(p.count)
+            ),
             key=lambda e: (e[0], e[1], e[2]),
         )
+        self._page_faults = {
+            -getattr(errno, name): rate
+            for name, rate in self.params.move_faults
+            if name not in ("ESRCH", "EPERM")
+        }
+        if self.params.ebusy_rate:
+            self._page_faults[-errno.EBUSY] = self.params.ebusy_rate
+        self._call_faults = dict(self.params.move_faults)
         self._pending_pos = 0
         self._last_pid = 999
         self._last_start_time = -1
         self._next_page_id = 0
         self.record_moves = False
+        self.nr_injected: Counter[str] = Counter()  # injected move failures, by errno name
         self.move_log: list[tuple[ProcessId, U64Array]] = []
         self.nr_exits = 0
         self._advance()
@@ -289,6 +303,8 @@ class SimMachine:
             self._next_page_id += n
             vaddr += n * PAGE_SIZE + VMA_GAP
         exit_s = spec.exit_s
+        if spec.lifetime_s is not None:
+            exit_s = self.clock.now_s + spec.lifetime_s
         sim_proc = SimProcess(ProcessId(pid, start_time), f"{spec.name}.{replica}"
                               if spec.count > 1 else spec.name, vmas, exit_s, spec.scale)
         self._place(sim_proc, spec)
@@ -442,6 +458,7 @@ class SimMachine:
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         sim_proc = self._get(proc)
         self.clock.charge_ns(self.params.move_cost_ns_per_call)
+        self._inject_call_faults(proc)
         status = np.full(vaddrs.shape[0], -errno.EFAULT, dtype=np.int32)
         if nid not in self._node_specs:
             status[:] = -errno.ENODEV
@@ -451,6 +468,15 @@ class SimMachine:
         if self.record_moves:
             self.move_log.append((proc, vaddrs[status == nid].copy()))
         return status
+
+    def _inject_call_faults(self, proc: ProcessId) -> None:
+        """The whole call fails: ESRCH (process gone) or EPERM (not allowed)."""
+        if self._call_faults.get("ESRCH", 0.0) > self.rng.random():
+            self.nr_injected["ESRCH"] += 1
+            raise ProcessGone(f"move_pages({proc.pid}): ESRCH (injected)")
+        if self._call_faults.get("EPERM", 0.0) > self.rng.random():
+            self.nr_injected["EPERM"] += 1
+            raise AccessDenied(f"move_pages({proc.pid}): EPERM (injected)")
 
     def _move_in_vma(self, vma: SimVma, page_idx: IdxArray, nid: int) -> I32Array:
         """move_pages(2) semantics for pages of one VMA; returns their status."""
@@ -465,10 +491,11 @@ class SimMachine:
         if vma.page_flags & PageFlag.SHARED:
             status[cur >= 0] = -errno.EACCES
         todo = (status >= 0) & (cur != nid)
-        if self.params.ebusy_rate > 0:
-            busy = todo & (self.rng.random(heads.shape[0]) < self.params.ebusy_rate)
-            status[busy] = -errno.EBUSY
-            todo &= ~busy
+        for code, rate in self._page_faults.items():
+            hit = todo & (self.rng.random(heads.shape[0]) < rate)
+            status[hit] = code
+            todo &= ~hit
+            self.nr_injected[errno.errorcode[-code]] += int(np.count_nonzero(hit))
         free = int(self.capacity_pages[nid] - self.used_pages[nid])
         fits = np.cumsum(todo.astype(np.int64) * folio_pages) <= free
         status[todo & ~fits] = -errno.ENOMEM

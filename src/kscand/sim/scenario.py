@@ -101,6 +101,8 @@ class ProcessSpec:
     exit_s: float | None = None
     count: int = 1
     scale: int | None = None  # kscand's per-process scale (prctl analog); None: default_scale
+    stagger_s: float = 0.0  # copy i starts at start_s + i * stagger_s
+    lifetime_s: float | None = None  # each copy exits this long after it starts
 
     @property
     def nr_pages(self) -> int:
@@ -116,6 +118,9 @@ class SimParams:
     move_cost_ns_per_call: float = 5_000.0  # syscall + TLB flush per move_pages call
     ebusy_rate: float = 0.0  # probability that a page's move fails with -EBUSY
     pid_max: int = 4_194_304
+    # Injected move_pages(2) failures, errno name -> probability: per page for
+    # EBUSY ENOENT EFAULT ENOMEM EACCES EIO, per call for ESRCH and EPERM.
+    move_faults: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +291,8 @@ def _resolve_trace_paths(raw: Any, base: Path) -> None:
 def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
     raw = _table(
         raw, where,
-        {"name", "vmas", "placement", "start_s", "exit_s", "count", "workload", "scale"},
+        {"name", "vmas", "placement", "start_s", "exit_s", "count", "workload", "scale",
+         "stagger_s", "lifetime_s"},
     )
     default_workload = WorkloadSpec()
     if "workload" in raw:
@@ -306,6 +312,8 @@ def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
         placement=placement,
         placement_nids=placement_nids,
         scale=_int(raw, "scale", where, 8, lo=0, hi=10) if "scale" in raw else None,
+        stagger_s=_num(raw, "stagger_s", where, 0.0, lo=0.0),
+        lifetime_s=_num(raw, "lifetime_s", where, lo=0.0) if "lifetime_s" in raw else None,
         start_s=start_s,
         exit_s=exit_s,
         count=_int(raw, "count", where, 1, lo=1, hi=100_000),
@@ -379,13 +387,28 @@ def _sim(raw: Any) -> SimParams:
                                    lo=0.0),
         ebusy_rate=_num(raw, "ebusy_rate", "sim", d.ebusy_rate, lo=0.0, hi=1.0),
         pid_max=_int(raw, "pid_max", "sim", d.pid_max, lo=301, hi=1 << 22),
+        move_faults=_move_faults(raw.get("move_faults", {})),
+    )
+
+
+PAGE_FAULTS = ("EBUSY", "ENOENT", "EFAULT", "ENOMEM", "EACCES", "EIO")
+CALL_FAULTS = ("ESRCH", "EPERM")
+
+
+def _move_faults(raw: Any) -> tuple[tuple[str, float], ...]:
+    raw = _table(raw, "sim.move_faults", set(PAGE_FAULTS + CALL_FAULTS))
+    return tuple(
+        (name, _num(raw, name, "sim.move_faults", lo=0.0, hi=1.0)) for name in sorted(raw)
     )
 
 
 def _check_fits(scenario: Scenario) -> None:
     """Processes alive at time 0 must fit in the machine's memory."""
     total_pages = sum(n.capacity_pages for n in scenario.nodes)
-    at_start = sum(p.nr_pages * p.count for p in scenario.processes if p.start_s == 0)
+    at_start = sum(
+        p.nr_pages * (p.count if p.stagger_s == 0 else 1)
+        for p in scenario.processes if p.start_s == 0
+    )
     if at_start > total_pages:
         raise ConfigError(
             f"processes: {at_start * PAGE_SIZE >> 20} MiB at start do not fit in the nodes' "
