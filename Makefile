@@ -32,6 +32,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench testbed
 	$(VENV)/bin/mypy
 
+# The reliability tests at full size: >= 10,000 process exits with pid reuse,
+# a 1 TiB simulated machine with every page hot (needs ~6 GiB of RAM).
+stress: $(STAMP)
+	KSCAND_STRESS=1 $(PY) -m pytest -q tests/test_reliability_sim.py
+
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py
 
