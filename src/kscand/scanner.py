@@ -66,6 +66,16 @@ def hot_mask(history: npt.NDArray[np.uint8], depth: int) -> BoolArray:
     return (history & need) == need
 
 
+def pages_in(mask: BoolArray, nr_pages: I64Array | None) -> int:
+    """Base pages of the folios selected by mask (nr_pages None: all base pages)."""
+    return int(np.count_nonzero(mask)) if nr_pages is None else int(nr_pages[mask].sum())
+
+
+def history_offsets(vaddrs: npt.NDArray[np.uint64], chunk_base: int) -> npt.NDArray[np.intp]:
+    """Index of each page in its history chunk. uint64 (n,) -> intp (n,)."""
+    return ((vaddrs - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(np.intp)
+
+
 def _sizes(nr_pages: I64Array | None, idx: npt.NDArray[np.intp]) -> I64Array:
     """Base pages of the folios at idx (nr_pages None: all base pages)."""
     return nr_pages[idx] if nr_pages is not None else np.ones(idx.size, dtype=np.int64)
@@ -184,57 +194,50 @@ class Scanner:
         tunables: Tunables,
         toptier: BoolArray,
     ) -> None:
-        """Scan [start, end), inside one VMA and one history chunk. No per-page loop."""
+        """Scan [start, end), inside one VMA and one history chunk. No per-page loop.
+
+        read the pages -> filter -> test-and-clear Accessed bits -> shift them
+        into the history -> count -> queue hot slow-tier folios (and, when
+        demotion is wanted, cold top-tier ones).
+        """
         proc = slot.proc
         batch = self.machine.read_range(proc, start, end)
         self.stats.add(proc, "nr_kscand_ptes_scanned", len(batch))
-
         codes = page_skip_codes(batch.flags)
         nr_base, nr_thp = self._count_skips(proc, codes)
         if not nr_base + nr_thp:
             return
-
         chunk_base = start - start % HISTORY_CHUNK_BYTES
-        offsets: slice | npt.NDArray[np.intp]
         if nr_base == len(batch):
             folios = batch  # every page an eligible base page: the history is one slice
             first = (start - chunk_base) >> PAGE_SHIFT
-            offsets = slice(first, first + len(batch))
+            offsets: slice | npt.NDArray[np.intp] = slice(first, first + len(batch))
         else:
             eligible = np.flatnonzero(codes <= PageSkip.ELIGIBLE_THP)
-            folios = batch.take(eligible)
-            codes = codes[eligible]
-            offsets = ((folios.vaddr - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(
-                np.intp
-            )
-        young = self.machine.test_and_clear_young(proc, folios)
+            folios, codes = batch.take(eligible), codes[eligible]
+            offsets = history_offsets(folios.vaddr, chunk_base)
+        nr_pages = folio_nr_pages(codes) if nr_thp else None
 
+        young = self.machine.test_and_clear_young(proc, folios)
         history = slot.history_chunk(chunk_base)
         pushed = push_history(history[offsets], young)
         history[offsets] = pushed
         hot = young & hot_mask(pushed, tunables.hot_history_depth)
         on_top = is_toptier(folios.nid, toptier)
-        nr_pages = folio_nr_pages(codes) if nr_thp else None
         self._count_folios(proc, nr_pages, young, hot, on_top)
 
         candidates = np.flatnonzero(hot & ~on_top)
         if candidates.size:
             self.migrator.add(proc, folios.take(candidates), _sizes(nr_pages, candidates))
-        if self.demote:
+        if self.demote and self.demoter is not None:
             seen = slot.seen_chunk(chunk_base)
             seen[offsets] = np.minimum(seen[offsets], np.uint8(254)) + np.uint8(1)
-            cold = np.flatnonzero(
-                on_top & cold_mask(pushed, seen[offsets], tunables.demote_idle_scans)
-            )
-            if cold.size and self.demoter is not None:
+            cold_top = on_top & cold_mask(pushed, seen[offsets], tunables.demote_idle_scans)
+            cold = np.flatnonzero(cold_top)
+            if cold.size:
                 self.demoter.queue.add(proc, folios.take(cold), _sizes(nr_pages, cold))
-        accessed_slow = young & ~on_top
-        if nr_pages is None:
-            slot.useful_this_scan += int(np.count_nonzero(accessed_slow))
-            slot.note_accessed(folios.nid[young], None)
-        else:
-            slot.useful_this_scan += int(nr_pages[accessed_slow].sum())
-            slot.note_accessed(folios.nid[young], nr_pages[young])
+        slot.useful_this_scan += pages_in(young & ~on_top, nr_pages)
+        slot.note_accessed(folios.nid[young], None if nr_pages is None else nr_pages[young])
 
     def _count_skips(self, proc: ProcessId, codes: npt.NDArray[np.uint8]) -> tuple[int, int]:
         """Count the skip reasons; returns (eligible base pages, eligible THP heads)."""
@@ -254,17 +257,11 @@ class Scanner:
         hot: BoolArray,
         on_top: BoolArray,
     ) -> None:
-        """Add the series' per-page counters. nr_pages None: all base pages."""
-        if nr_pages is None:
-            total = young.shape[0]
-            young_pages = int(np.count_nonzero(young))
-            hot_pages = int(np.count_nonzero(hot))
-            top_pages = int(np.count_nonzero(on_top))
-        else:
-            total = int(nr_pages.sum())
-            young_pages = int(nr_pages[young].sum())
-            hot_pages = int(nr_pages[hot].sum())
-            top_pages = int(nr_pages[on_top].sum())
+        """Add the series' per-page counters."""
+        total = young.shape[0] if nr_pages is None else int(nr_pages.sum())
+        young_pages = pages_in(young, nr_pages)
+        hot_pages = pages_in(hot, nr_pages)
+        top_pages = pages_in(on_top, nr_pages)
         self.stats.add(proc, "nr_kscand_idlepage", total - young_pages)
         self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
         self.stats.add(proc, "nr_kscand_coldpage", young_pages - hot_pages)
