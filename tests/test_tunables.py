@@ -30,6 +30,9 @@ def test_sizes_and_ranges() -> None:
     with pytest.raises(ConfigError, match="multiple of the page size"):
         tunables_from_mapping({"scan_size_bytes": (4 << 20) + 1})
     assert tunables_from_mapping({"target_free_min_pct": 5}).target_free_min_pct == 5.0
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="finite"):
+            tunables_from_mapping({"target_free_min_pct": bad})
 
 
 def test_parse_assignment() -> None:

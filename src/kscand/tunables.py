@@ -8,6 +8,7 @@ table and `kscand tune` are built from this metadata).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,8 @@ def _check_range(f: dataclasses.Field[Any], value: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if f.type in ("int", int) and not isinstance(value, int):
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     lo, hi = meta["min"], meta["max"]
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}] ({meta['unit']})")

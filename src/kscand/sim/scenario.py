@@ -7,6 +7,7 @@ The format is documented in the README ("Scenario format").
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,8 @@ def _num(raw: dict[str, Any], key: str, where: str, default: float | None = None
         raise ConfigError(f"{where}.{key}: missing")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"{where}.{key}: {value} is out of range [{lo}, {hi}]")
     return float(value)
