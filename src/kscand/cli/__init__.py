@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "run": "kscand.cli.run",
     "status": "kscand.cli.status",
     "tune": "kscand.cli.tune",
+    "compare": "kscand.cli.compare",
 }
 
 EXIT_OK = 0

@@ -1,0 +1,130 @@
+"""`kscand compare SCENARIO`: kscand against its baselines on the same simulated machine."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import kscand
+from kscand.errors import ConfigError
+from kscand.evaluation.compare import Comparison, check_jobs, compare
+from kscand.evaluation.policies import DEFAULT_POLICIES, parse_sweep, plan_runs
+from kscand.evaluation.report import COLUMNS, row_of, write_report
+from kscand.sim.scenario import load_scenario
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "compare",
+        help="compare kscand with no tiering, NUMA balancing, DAMON and the oracle",
+        description="Run policies (and parameter sweeps) on the same simulated scenario and "
+        "seed; print a table, optionally write an HTML report with plots and the raw JSON.",
+    )
+    parser.add_argument("scenario", type=Path, help="scenario TOML file")
+    parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                        help=f"comma-separated, from {','.join(DEFAULT_POLICIES)} "
+                        "(default: all)")
+    parser.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+                        help="run the parameter's policy once per value (repeat for a grid); "
+                        "NAME: a kscand tunable, scan_size or scan_period (fixed: the "
+                        "adaptive clamps follow), numab.FIELD or damon.FIELD")
+    parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="override the scenario's virtual duration")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs in parallel worker processes (default: 2)")
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="write DIR/report.html, PNG plots and DIR/report.json")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="with --report: no PNG plots (no matplotlib needed)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="write the raw comparison as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed: must not be negative, got {args.seed}")
+    jobs = check_jobs(args.jobs)
+    sweeps = [parse_sweep(text) for text in args.sweep]
+    runs = plan_runs([p.strip() for p in args.policies.split(",") if p.strip()], sweeps)
+    scenario = load_scenario(args.scenario)
+    if args.duration is not None:
+        if not 0 < args.duration <= 1e7:
+            raise ConfigError(f"--duration: must be in (0, 1e7] seconds, got {args.duration}")
+        scenario = dataclasses.replace(scenario, duration_s=args.duration)
+    if args.report is not None and not args.no_plots:
+        _require_matplotlib()
+    progress = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=args.quiet,
+        transient=True,
+    )
+    shown = [r for r in runs if r.policy != "oracle"] or runs
+    with progress:
+        tasks: list[TaskID] = [progress.add_task(r.label, total=1.0) for r in shown]
+
+        def on_progress(index: int, fraction: float) -> None:
+            if index < len(tasks):
+                progress.update(tasks[index], completed=fraction)
+
+        comparison = compare(scenario, runs, sweeps, seed=args.seed, jobs=jobs,
+                             progress=on_progress)
+    comparison.commit = source_commit()
+    console = Console()
+    console.print(comparison_table(comparison))
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
+        except OSError as err:
+            raise ConfigError(f"--json: cannot write {args.json}: {err.strerror}") from err
+    if args.report is not None:
+        written = write_report(comparison, args.report, plots=not args.no_plots)
+        console.print(f"report: {written[-1]}")
+    return 0
+
+
+def _require_matplotlib() -> None:
+    """Fail before the runs, not after them, when plots are asked for but cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--report: plots need matplotlib: pip install 'kscand[plot]' (or pass --no-plots)"
+        ) from None
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    table = Table(title=f"{comparison.scenario}: seed {comparison.seed}, "
+                  f"{comparison.duration_s:g} s virtual, {comparison.wall_s:.1f} s wall")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for run in comparison.runs:
+        table.add_row(*row_of(run, comparison.duration_s))
+    table.caption = ("cold: promoted pages outside the workload's hot set at promotion / at "
+                     "the end; CPU: cost model in kscand.evaluation.costs")
+    return table
+
+
+def source_commit() -> str:
+    """The git commit of the kscand source tree, when it is a checkout (else "")."""
+    root = Path(kscand.__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""

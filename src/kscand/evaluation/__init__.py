@@ -1,0 +1,1 @@
+"""Evaluation: baseline policies, the cost model, the promotion ledger and `kscand compare`."""
