@@ -1,4 +1,4 @@
-"""Measures the host costs behind kscand.evaluation.costs (run: .venv/bin/python bench/cost_probe.py).
+"""Measures the host costs behind kscand.evaluation.costs: `python bench/cost_probe.py`.
 
 - read fault: a page-cache read fault on a tmpfs mapping, one access per 16 pages
   (fault-around maps 16 PTEs per fault), minus the same strided read with no fault;
