@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kscand.config import Config
+from kscand.config import Config, config_from_text
 from kscand.daemon import Backend, Daemon
 from kscand.machine import (
     PAGE_SIZE,
@@ -31,6 +31,16 @@ from kscand.machine import (
 )
 
 VMA_START = 0x7F00_0000_0000
+# Throttling off (no initial delay, a 10 ms period): the fake machine runs in real time
+# and every process is scanned at every step.
+FAST_TUNABLES = (
+    "scan_delay_ms = 0\nmm_scan_period_ms = 10\nscan_period_min_ms = 10\ndefault_scale = 1\n"
+)
+
+
+def fast_config(state_dir: Path, tunables: str = "scan_sleep_ms = 10") -> Config:
+    """Default config with FAST_TUNABLES plus `tunables` (TOML lines), in state_dir."""
+    return config_from_text(f"[tunables]\n{FAST_TUNABLES}{tunables}\n").with_state_dir(state_dir)
 
 
 class RealClock:
@@ -120,7 +130,9 @@ class DaemonThread:
         self.daemon = Daemon(config, backend, **kwargs)
         self.daemon.start()
         self.status: list[int] = []
-        self.thread = threading.Thread(target=lambda: self.status.append(self.daemon.run_loop()))
+        self.thread = threading.Thread(
+            target=lambda: self.status.append(self.daemon.run_loop()), daemon=True
+        )
         self.thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
-from daemon_fakes import DaemonThread
+from daemon_fakes import FAST_TUNABLES, DaemonThread
 from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entry
 
 from kscand.backends import open_live_backend, open_sim_backend
@@ -99,7 +99,7 @@ def test_live_backend_refuses_with_the_probe_reason(fake: FakeLinux) -> None:
 
 def test_daemon_promotes_on_the_fake_live_tree(fake: FakeLinux, tmp_path: Path) -> None:
     config = config_from_text(
-        f"[tunables]\nscan_sleep_ms = 10\nscan_delay_ms = 0\nmm_scan_period_ms = 10\nscan_period_min_ms = 10\ndefault_scale = 1\n[scan]\npids = [{PID}]\n"
+        f"[tunables]\nscan_sleep_ms = 10\n{FAST_TUNABLES}[scan]\npids = [{PID}]\n"
     ).with_state_dir(tmp_path / "s")
     backend = open_live_backend(config, fake.procfs, fake.sysfs)
     mover = RecordingMover()

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fakes import DaemonThread, FakeMachine
+from daemon_fakes import DaemonThread, FakeMachine, fast_config
 
 from kscand.cli import main as cli_main
-from kscand.config import config_from_text
 from kscand.control import (
     REQUEST_MAX_BYTES,
     ControlServer,
@@ -35,11 +34,12 @@ from kscand.statedir import (
 
 @pytest.fixture
 def running(tmp_path: Path) -> Any:
-    config = config_from_text("[tunables]\nscan_sleep_ms = 10\n").with_state_dir(tmp_path / "s")
-    run = DaemonThread(config, FakeMachine(nr_procs=2, nr_pages=32))
-    run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 64)
-    yield run
-    run.stop()
+    run = DaemonThread(fast_config(tmp_path / "s"), FakeMachine(nr_procs=2, nr_pages=32))
+    try:
+        run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 64)
+        yield run
+    finally:
+        run.stop()
 
 
 def raw_exchange(path: Path, payload: bytes) -> list[dict[str, Any]]:

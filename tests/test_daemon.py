@@ -15,9 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_fakes import DaemonThread, FakeMachine, fake_backend, write_config
+from daemon_fakes import (
+    FAST_TUNABLES,
+    DaemonThread,
+    FakeMachine,
+    fake_backend,
+    fast_config,
+    write_config,
+)
 
-from kscand.config import Config, config_from_text
+from kscand.config import config_from_text
 from kscand.control import request
 from kscand.daemon import Daemon, apply_tunable_changes, run_foreground, tunables_diff
 from kscand.errors import ConfigError, KscandError
@@ -28,12 +35,7 @@ from kscand.tunables import Tunables
 REPO = Path(__file__).resolve().parents[1]
 
 
-# Throttling off (no initial delay, a 10 ms period): the fake machine runs in real time.
-FAST = "scan_delay_ms = 0\nmm_scan_period_ms = 10\nscan_period_min_ms = 10\ndefault_scale = 1\n"
-
-
-def make_config(state_dir: Path, tunables: str = "scan_sleep_ms = 10") -> Config:
-    return config_from_text(f"[tunables]\n{FAST}{tunables}\n").with_state_dir(state_dir)
+make_config = fast_config
 
 
 def promoted(machine: FakeMachine) -> int:
@@ -345,7 +347,9 @@ def test_run_on_this_host_refuses_with_the_probe_reason(tmp_path: Path) -> None:
 def test_run_sim_end_to_end_status_tune_reload_and_sigterm(tmp_path: Path) -> None:
     scenario = tmp_path / "small.toml"
     scenario.write_text(SMALL_SCENARIO)
-    config = write_config(tmp_path / "kscand.toml", "[tunables]\nscan_sleep_ms = 20\n")
+    config = write_config(
+        tmp_path / "kscand.toml", f"[tunables]\n{FAST_TUNABLES}scan_sleep_ms = 20\n"
+    )
     state_dir = tmp_path / "s"
     proc = subprocess.Popen(
         _kscand("run", "--sim", str(scenario), "--config", str(config),
@@ -373,7 +377,7 @@ def test_run_sim_end_to_end_status_tune_reload_and_sigterm(tmp_path: Path) -> No
         )
         assert tune.stdout == "mms_to_scan = 5 (was 4096)\n"
 
-        write_config(config, "[tunables]\nscan_sleep_ms = 30\n")
+        write_config(config, f"[tunables]\n{FAST_TUNABLES}scan_sleep_ms = 30\n")
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while request(path, {"cmd": "get"})["tunables"]["scan_sleep_ms"] != 30:
@@ -438,3 +442,25 @@ def test_trace_setting_is_reported_as_not_implemented(
     run = DaemonThread(config, FakeMachine())
     run.stop()
     assert "trace events are not implemented yet" in caplog.text
+
+
+def test_state_file_write_failure_is_said_once_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import kscand.daemon
+
+    def full_disk(_state_dir: Path, _state: dict[str, object]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(kscand.daemon, "write_state_file", full_disk)
+    config = config_from_text(
+        f"[tunables]\n{FAST_TUNABLES}\n[daemon]\nstatus_interval_ms = 100\n"
+    ).with_state_dir(tmp_path / "s")
+    run = DaemonThread(config, FakeMachine())
+    try:
+        run.wait_for(lambda: run.daemon.counters.counts["state_write_errors"] >= 3)
+    finally:
+        run.stop()
+    assert caplog.text.count("cannot write the state file") == 1

@@ -219,6 +219,7 @@ class Daemon:
         self._started_mono_ns = time.monotonic_ns()
         self._started_wall = time.time()
         self._state_written_ns = 0
+        self._state_write_error = ""
 
     # -- requests from other threads (signal handlers, the control socket) ---
 
@@ -499,7 +500,14 @@ class Daemon:
         try:
             write_state_file(self.config.daemon.state_dir, snapshot)
         except OSError as err:
-            log.warning("cannot write the state file: %s", err)
+            self.counters.counts["state_write_errors"] += 1
+            if self._state_write_error != str(err):  # say it once, not every interval
+                log.warning("cannot write the state file: %s", err)
+            self._state_write_error = str(err)
+        else:
+            if self._state_write_error:
+                log.info("the state file is written again")
+            self._state_write_error = ""
         self._state_written_ns = time.monotonic_ns()
 
     def _build_snapshot(self, state: str) -> dict[str, Any]:
@@ -552,6 +560,7 @@ _DAEMON_COUNTER_NAMES = (
     "reloads",
     "reload_errors",
     "tunable_changes",
+    "state_write_errors",
 )
 
 
