@@ -328,3 +328,38 @@ def test_run_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.stderr == (
         f"kscand run: {path}: tunables.scan_sleep_ms: -5 is out of range [0, 60000] (ms)\n"
     )
+
+
+def test_scale_over_the_socket_sets_a_process_scale(
+    running: DaemonThread, tmp_path: Path
+) -> None:
+    path = socket_path(tmp_path / "s")
+    reply = request(path, {"cmd": "scale", "pid": 100, "scale": 0})
+    assert reply["processes"] == [{"pid": 100, "start_time": 1000, "scale": 0}]
+    scans = {p["pid"]: p["counters"]["nr_kscand_mm_scans"]
+             for p in request(path, {"cmd": "status"})["status"]["processes"]}
+    running.wait_for(
+        lambda: next(p for p in request(path, {"cmd": "status"})["status"]["processes"]
+                     if p["pid"] == 101)["counters"]["nr_kscand_mm_scans"] >= scans[101] + 3
+    )
+    after = {p["pid"]: p for p in request(path, {"cmd": "status"})["status"]["processes"]}
+    assert after[100]["scale"] == 0
+    assert after[100]["counters"]["nr_kscand_mm_scans"] == scans[100]  # scale 0: never scanned
+    assert after[101]["scale"] == 1
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        ({"pid": 100, "scale": 11}, "scale: scale must be an integer 0..10, got 11"),
+        ({"pid": 100, "scale": "low"}, "scale: scale must be an integer 0..10, got 'low'"),
+        ({"pid": 0, "scale": 1}, "scale: pid must be a positive integer, got 0"),
+        ({"pid": 999, "scale": 1}, "pid 999 is not a process kscand scans"),
+    ],
+)
+def test_bad_scale_request_is_one_line(
+    running: DaemonThread, tmp_path: Path, req: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(KscandError) as info:
+        request(socket_path(tmp_path / "s"), {"cmd": "scale", **req})
+    assert str(info.value) == message

@@ -435,13 +435,38 @@ def test_stderr_is_journal_only_when_journal_stream_names_stderr(
         assert not stderr_is_journal()
 
 
-def test_trace_setting_is_reported_as_not_implemented(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    config = config_from_text('[daemon]\ntrace = "stderr"\n').with_state_dir(tmp_path / "s")
-    run = DaemonThread(config, FakeMachine())
-    run.stop()
-    assert "trace events are not implemented yet" in caplog.text
+def test_trace_events_go_to_the_trace_file_as_json_lines(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    config = config_from_text(
+        f'[tunables]\n{FAST_TUNABLES}scan_sleep_ms = 10\n[daemon]\ntrace = "{trace}"\n'
+    ).with_state_dir(tmp_path / "s")
+    machine = FakeMachine(nr_procs=2, nr_pages=16)
+    run = DaemonThread(config, machine)
+    try:
+        run.wait_for(lambda: promoted(machine) == 32)
+    finally:
+        run.stop()
+    assert stat.S_IMODE(os.stat(trace).st_mode) == 0o600
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    names = {e["event"] for e in events}
+    assert {"mm_enter", "scan_mm_start", "scan_mm_end", "scan_mm_migrate"} <= names
+    assert {e["mm"] for e in events if e["event"] == "mm_enter"} == {"100@1000", "101@1001"}
+    assert all(isinstance(e["ts_ns"], int) for e in events)
+    assert run.daemon.trace.nr_events == len(events)
+
+
+def test_trace_path_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
+    config = config_from_text(
+        f'[daemon]\ntrace = "{tmp_path}/absent/trace.jsonl"\n'
+    ).with_state_dir(tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"^daemon.trace: cannot open .*absent"):
+        Daemon(config, fake_backend(FakeMachine()))
+
+
+def test_loop_call_times_out_when_the_loop_does_not_run(tmp_path: Path) -> None:
+    daemon = Daemon(fast_config(tmp_path / "s"), fake_backend(FakeMachine()))
+    with pytest.raises(KscandError, match="the daemon's loop is busy"):
+        daemon.call_in_loop(lambda: 1, timeout_s=0.1)
 
 
 def test_state_file_write_failure_is_said_once_and_counted(

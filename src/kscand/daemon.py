@@ -40,6 +40,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -62,6 +64,8 @@ from kscand.machine import (
     Vma,
 )
 from kscand.statedir import prepare_state_dir, remove_state, socket_path, write_state_file
+from kscand.throttle import SCALE_MAX
+from kscand.trace import open_trace
 from kscand.tunables import Tunables, coerce_tunable, tunable_fields
 
 log = logging.getLogger("kscand")
@@ -71,6 +75,7 @@ LONG_STEP_NS = 1_000_000_000
 STOP_GRACE_S = 0.9  # how long run_foreground waits for the loop after a stop request
 MAX_FAILED_STEPS = 10  # consecutive steps failing with a KscandError before giving up
 SNAPSHOT_WAIT_S = 0.5  # how long a status request waits for the loop (then: the last one)
+LOOP_CALL_TIMEOUT_S = 2.0  # how long a control request waits for the loop to run it
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
@@ -151,6 +156,16 @@ def apply_tunable_changes(base: Tunables, changes: Any) -> Tunables:
     return base.replace(**coerced)
 
 
+def _scale_request(request: dict[str, Any]) -> tuple[int, int]:
+    """(pid, scale) of a `scale` request, checked; ConfigError naming the bad field."""
+    pid, scale = request.get("pid"), request.get("scale")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise ConfigError(f"scale: pid must be a positive integer, got {pid!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= SCALE_MAX:
+        raise ConfigError(f"scale: scale must be an integer 0..{SCALE_MAX}, got {scale!r}")
+    return pid, scale
+
+
 def tunables_diff(old: Tunables, new: Tunables) -> str:
     """'name old -> new, ...' for the fields that differ ('' when none)."""
     a, b = old.as_dict(), new.as_dict()
@@ -196,7 +211,10 @@ class Daemon:
         self.config = config
         self.backend = backend
         self.config_path = config_path
-        self.engine = Kscand(_StopGuard(backend.machine, self.stopping), config.tunables)
+        self.trace = open_trace(config.daemon.trace, backend.machine.clock.now_ns)
+        self.engine = Kscand(
+            _StopGuard(backend.machine, self.stopping), config.tunables, trace=self.trace
+        )
         self.counters = _DaemonCounters()
         self.exit_status = EXIT_OK
         self._allowed_uids = allowed_uids
@@ -210,6 +228,7 @@ class Daemon:
         self._stop_reason: str | None = None
         self._reload_requested = False
         self._desired_tunables = config.tunables
+        self._loop_calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._snapshot_wanted = False
         self._snapshot: dict[str, Any] = {}
         self._snapshot_ns = 0
@@ -284,7 +303,39 @@ class Daemon:
         if cmd == "set":
             new = self.set_tunables(request.get("tunables"))
             return {"tunables": new.as_dict(), "applies": "from the next step"}
-        raise ConfigError(f"unknown command {cmd!r} (known: get, ping, set, status)")
+        if cmd == "scale":
+            pid, scale = _scale_request(request)
+            return {"processes": self.call_in_loop(lambda: self._set_scale(pid, scale))}
+        raise ConfigError(f"unknown command {cmd!r} (known: get, ping, scale, set, status)")
+
+    def call_in_loop(self, fn: Callable[[], Any], timeout_s: float = LOOP_CALL_TIMEOUT_S) -> Any:
+        """Run fn in the loop thread between steps (the only thread that may touch the
+        engine) and return its result; KscandError if the loop does not get to it in time."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self.stopping():
+                raise KscandError("the daemon is stopping")
+            self._loop_calls.append((fn, future))
+        self._wake.set()
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout as err:
+            future.cancel()
+            raise KscandError(
+                f"the daemon's loop is busy (a step has run for more than {timeout_s:g} s); "
+                "try again"
+            ) from err
+
+    def _set_scale(self, pid: int, scale: int) -> list[dict[str, Any]]:
+        """Set the scale of the scanned process(es) with this pid (loop thread only)."""
+        procs = [slot.proc for slot in self.engine.mm_list if slot.proc.pid == pid]
+        if not procs:
+            raise KscandError(f"pid {pid} is not a process kscand scans")
+        for proc in procs:
+            self.engine.set_scale(proc, scale)
+            log.info("scale of pid %d (%s) set to %d", pid, proc, scale)
+        self._snapshot_wanted = True
+        return [{"pid": p.pid, "start_time": p.start_time, "scale": scale} for p in procs]
 
     # -- life cycle ----------------------------------------------------------
 
@@ -312,6 +363,7 @@ class Daemon:
             remove_state(self.config.daemon.state_dir)
             self._owns_state = False
         self.backend.close()
+        self.trace.close()
 
     def _log_start(self) -> None:
         scan = self.config.scan
@@ -334,8 +386,7 @@ class Daemon:
             " ".join(f"{k}={v}" for k, v in self.engine.tunables.as_dict().items()),
         )
         if self.config.daemon.trace:
-            log.warning("daemon.trace = %r: trace events are not implemented yet; ignored",
-                        self.config.daemon.trace)
+            log.info("trace events (JSON lines) to %s", self.config.daemon.trace)
 
     # -- the loop (its own thread) -----------------------------------------
 
@@ -417,7 +468,16 @@ class Daemon:
             self.backend.after_sleep(time.monotonic_ns() - start_ns)
 
     def _apply_requests(self) -> None:
-        """Apply a pending reload and pending tunables (loop thread only)."""
+        """Apply a pending reload, pending tunables and calls (loop thread only)."""
+        with self._lock:
+            calls, self._loop_calls = self._loop_calls, []
+        for fn, future in calls:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except Exception as err:  # the caller gets it (one line) over the socket
+                future.set_exception(err)
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
@@ -520,6 +580,10 @@ class Daemon:
                 "start_time": slot.proc.start_time,
                 "resume_vaddr": slot.resume_vaddr,
                 "full_scans": slot.full_scans,
+                "scale": slot.scale,
+                "scan_period_ms": round(slot.scan_period_ms, 1),
+                "scan_size_bytes": slot.scan_size_bytes,
+                "target_nid": slot.target_nid,
                 "queued_folios": engine.migrator.queued(slot.proc),
                 "counters": dict(sorted(engine.stats.of(slot.proc).items())),
             }
@@ -541,6 +605,8 @@ class Daemon:
                 "step_ms_last": round(counters.step_ns_last / 1e6, 3),
                 "step_ms_max": round(counters.step_ns_max / 1e6, 3),
                 "control_refused": self._server.nr_refused if self._server else 0,
+                "trace_events": self.trace.nr_events,
+                "trace_errors": self.trace.nr_errors,
             },
             "queue": {
                 "queued_folios": engine.migrator.nr_queued,
