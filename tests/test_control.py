@@ -363,3 +363,16 @@ def test_bad_scale_request_is_one_line(
     with pytest.raises(KscandError) as info:
         request(socket_path(tmp_path / "s"), {"cmd": "scale", **req})
     assert str(info.value) == message
+
+
+def test_kscand_scale_command(
+    running: DaemonThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(tmp_path / "s")]
+    assert cli_main(["scale", *state, "101", "0"]) == 0
+    assert capsys.readouterr().out == "pid 101: scale 0\n"
+    assert cli_main(["scale", *state, "101", "12"]) == 2
+    assert capsys.readouterr().err == "kscand scale: scale: scale must be an integer 0..10, got 12\n"
+    assert cli_main(["scale", *state, "7", "1"]) == 2
+    assert capsys.readouterr().err == "kscand scale: pid 7 is not a process kscand scans\n"
+    assert cli_main(["scale", "--state-dir", str(tmp_path), "101", "1"]) == 1

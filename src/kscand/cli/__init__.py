@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "run": "kscand.cli.run",
     "status": "kscand.cli.status",
     "tune": "kscand.cli.tune",
+    "scale": "kscand.cli.scale",
     "compare": "kscand.cli.compare",
 }
 

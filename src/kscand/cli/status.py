@@ -180,6 +180,8 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
         table.add_column(header, justify="right")
     table.add_column("in queue", justify="right")
     table.add_column("full scans", justify="right")
+    table.add_column("scale", justify="right")
+    table.add_column("period ms", justify="right")
     table.add_column("resume at")
     for p in shown:
         counters = p.get("counters", {})
@@ -188,6 +190,8 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
             *(f"{counters.get(name, 0):,}" for _header, name in _PROC_COLUMNS),
             f"{p.get('queued_folios', 0):,}",
             str(p.get("full_scans", 0)),
+            str(p.get("scale", "")),
+            f"{p.get('scan_period_ms', 0):,.0f}",
             f"{p.get('resume_vaddr', 0):#x}",
         )
     return table

@@ -1,0 +1,45 @@
+"""`kscand scale PID SCALE`: set a running process's scan scale (the series' prctl analog).
+
+SCALE is 0..10: 0 never scans the process, 1 scans it at its adaptive period,
+higher values stretch the period by (SCALE - 1) / 9 (the default is the
+default_scale tunable, 8). The setting lasts as long as the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kscand.config import DEFAULT_STATE_DIR
+from kscand.control import DaemonNotRunning, request
+from kscand.statedir import socket_path
+
+EXIT_NOT_RUNNING = 1
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "scale",
+        help="set a running process's scan scale (0 = never scan it)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("pid", type=int, help="process id")
+    parser.add_argument("scale", type=int, help="0..10")
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+        help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    message = {"cmd": "scale", "pid": args.pid, "scale": args.scale}
+    try:
+        reply = request(socket_path(args.state_dir), message)
+    except DaemonNotRunning as err:
+        sys.stderr.write(f"kscand scale: {err}\n")
+        return EXIT_NOT_RUNNING
+    for proc in reply["processes"]:
+        sys.stdout.write(f"pid {proc['pid']}: scale {proc['scale']}\n")
+    return 0
