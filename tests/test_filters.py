@@ -69,3 +69,16 @@ def test_page_filter_ignores_unrelated_high_bits() -> None:
     flags = np.array([PageFlag.PRESENT | PageFlag.LRU | PageFlag.ANON | PageFlag.SWAPPED],
                      dtype=np.uint32)
     assert page_skip_codes(flags).tolist() == [PageSkip.ELIGIBLE]
+
+
+def test_folio_sizes_count_the_tails_of_each_head() -> None:
+    from kscand.filters import folio_sizes
+
+    P, L, H, T = PageFlag.PRESENT, PageFlag.LRU, PageFlag.THP_HEAD, PageFlag.THP_TAIL
+    flags = np.array([P | L, P | L | H, P | L | T, P | L | T, P | L | T,  # a 16 KiB mTHP
+                      P | L | H, *[P | L | T] * 511,  # a PMD THP
+                      0, P | L | H, P | L | T], dtype=np.uint32)  # cut by the range end
+    sizes = folio_sizes(flags)
+    assert sizes[:2].tolist() == [1, 4]
+    assert sizes[5] == 512
+    assert sizes[-2:].tolist() == [2, 1]

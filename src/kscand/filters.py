@@ -74,6 +74,20 @@ def page_skip_codes(flags: U32Array) -> npt.NDArray[np.uint8]:
     return PAGE_SKIP_TABLE[flags & _KEY_MASK]
 
 
-def folio_nr_pages(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    """Base pages per eligible folio from its PageSkip code. uint8 (n,) -> int64 (n,)."""
-    return np.where(codes == PageSkip.ELIGIBLE_THP, HPAGE_PMD_NR, 1).astype(np.int64)
+def folio_sizes(flags: U32Array) -> npt.NDArray[np.int64]:
+    """Base pages of the folio each entry heads: 1 + its run of tail entries for a THP
+    head, 1 for anything else. flags: uint32 (n,) of a contiguous range -> int64 (n,).
+
+    Counting the tails (rather than assuming HPAGE_PMD_NR) gets multi-size THP
+    right: the kernel marks every large anonymous folio KPF_THP, 16 KiB ones too.
+    """
+    n = flags.shape[0]
+    sizes = np.ones(n, dtype=np.int64)
+    heads = np.flatnonzero(flags & PageFlag.THP_HEAD)
+    if not heads.size:
+        return sizes
+    not_tail = np.flatnonzero((flags & PageFlag.THP_TAIL) == 0)
+    nxt = np.searchsorted(not_tail, heads, side="right")
+    ends = np.where(nxt < not_tail.size, not_tail[np.minimum(nxt, not_tail.size - 1)], n)
+    sizes[heads] = np.minimum(ends - heads, HPAGE_PMD_NR)
+    return sizes

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from kscand.demoter import Demoter, cold_mask
 from kscand.errors import AccessDenied, ProcessGone
-from kscand.filters import NR_PAGE_SKIP, folio_nr_pages, page_skip_codes, vma_skip_reason
+from kscand.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes, vma_skip_reason
 from kscand.machine import (
     PAGE_SHIFT,
     PMD_SIZE,
@@ -208,15 +208,17 @@ class Scanner:
         if not nr_base + nr_thp:
             return
         chunk_base = start - start % HISTORY_CHUNK_BYTES
+        nr_pages: I64Array | None = None  # None: every folio is a base page
         if nr_base == len(batch):
             folios = batch  # every page an eligible base page: the history is one slice
             first = (start - chunk_base) >> PAGE_SHIFT
             offsets: slice | npt.NDArray[np.intp] = slice(first, first + len(batch))
         else:
             eligible = np.flatnonzero(codes <= PageSkip.ELIGIBLE_THP)
-            folios, codes = batch.take(eligible), codes[eligible]
+            folios = batch.take(eligible)
             offsets = history_offsets(folios.vaddr, chunk_base)
-        nr_pages = folio_nr_pages(codes) if nr_thp else None
+            if nr_thp:
+                nr_pages = folio_sizes(batch.flags)[eligible]
 
         young = self.machine.test_and_clear_young(proc, folios)
         history = slot.history_chunk(chunk_base)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kscand.errors import ProcessGone, Unsupported
-from kscand.filters import NR_PAGE_SKIP, folio_nr_pages, page_skip_codes
+from kscand.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
 from kscand.live.linux import LinuxMachine
 from kscand.machine import (
     BoolArray,
@@ -110,7 +110,7 @@ class ObservingMachine:
             skip = PageSkip(code + PageSkip.NOT_PRESENT)
             record.page_skips[skip.counter] += int(per_code[skip])
         eligible = codes <= PageSkip.ELIGIBLE_THP
-        _add_by_nid(record.eligible_by_nid, batch.nid[eligible], folio_nr_pages(codes[eligible]))
+        _add_by_nid(record.eligible_by_nid, batch.nid[eligible], folio_sizes(batch.flags)[eligible])
         record.eligible_vaddr.append(batch.vaddr[eligible])
         return batch
 
