@@ -17,6 +17,7 @@ from kscand.config import config_from_text
 from kscand.errors import ConfigError, Unsupported
 from kscand.live import probe
 from kscand.machine import PAGE_SIZE, U64Array
+from kscand.tunables import Tunables
 
 PID = 4242
 VMA = 0x7F00_0000_0000
@@ -141,3 +142,12 @@ def test_sim_backend_runs_a_scenario_and_reports_bad_ones(tmp_path: Path) -> Non
     assert backend.machine.clock.now_ns() == before + 20_000_000
     with pytest.raises(ConfigError):
         open_sim_backend(tmp_path / "absent.toml")
+
+
+def test_sim_backend_carries_the_scenario_tunables() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    backend = open_sim_backend(repo / "scenarios" / "zipf-kv.toml")
+    from kscand.sim.scenario import load_scenario
+
+    assert backend.tunables == load_scenario(repo / "scenarios" / "zipf-kv.toml").tunables
+    assert backend.tunables != Tunables()  # the scenario sets some, so this can fail

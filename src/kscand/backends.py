@@ -63,11 +63,13 @@ def open_sim_backend(scenario_path: Path) -> Backend:
         from kscand.sim.scenario import load_scenario
     except ImportError as err:
         raise Unsupported(f"the simulator is not available: {err}") from err
-    machine = SimMachine(load_scenario(scenario_path))
+    scenario = load_scenario(scenario_path)
+    machine = SimMachine(scenario)
     return Backend(
         machine=machine,
         kind=f"sim:{scenario_path.name}",
         access_source="simulated",
         access_source_reason=f"Accessed bits of the simulated processes of {scenario_path}",
         after_sleep=machine.clock.sleep_ns,
+        tunables=scenario.tunables,
     )

@@ -95,6 +95,8 @@ class Backend:
     close: Callable[[], None] = _noop
     # Simulated machines keep virtual time: told how long the daemon really slept.
     after_sleep: Callable[[int], None] | None = None
+    # Tunables the machine comes with (a scenario's [tunables]), used without --config.
+    tunables: Tunables | None = None
 
 
 class StepAbandoned(Exception):

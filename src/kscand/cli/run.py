@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -84,7 +85,8 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         metavar="SCENARIO",
         help="drive a simulated machine from a scenario file, in real time, instead of "
-        "this host (no root needed; for trying kscand out and for tests)",
+        "this host (no root needed; for trying kscand out and for tests); without "
+        "--config the scenario's [tunables] apply",
     )
 
 
@@ -101,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
         from kscand.backends import open_sim_backend
 
         backend = open_sim_backend(args.sim)
+        if args.config is None and backend.tunables is not None:
+            config = dataclasses.replace(config, tunables=backend.tunables)
     else:
         from kscand.backends import open_live_backend
 
