@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from pathlib import Path
 
@@ -205,6 +206,24 @@ def test_kpagecount_is_read_only_where_it_decides(fake: FakeLinux) -> None:
         batch = m.read_range(m.process_id(PID), VMA, VMA + 3 * PAGE_SIZE)
     assert page_skip_codes(batch.flags).tolist() == [PageSkip.ELIGIBLE, PageSkip.SHARED,
                                                      PageSkip.ELIGIBLE]
+
+
+def test_bogus_kpf_ksm_is_ignored_where_the_probe_found_it(fake: FakeLinux) -> None:
+    """Kernels 6.9+ without the fix set KPF_KSM on every anon page: sharing then comes
+    from PM_MMAP_EXCLUSIVE and kpagecount alone (a real KSM page is never exclusive)."""
+    fake.set_pagemap(PID, {
+        VMA: anon_page(100),  # exclusive anon page that the kernel calls KSM
+        VMA + PAGE_SIZE: PM_PRESENT | 101,  # not exclusive: shared however KPF_KSM reads
+    })
+    fake.set_kpages([100, 101], ANON_LRU | kpf("KSM"))
+    with machine_on(fake) as m:
+        proc = m.process_id(PID)
+        trusted = m.read_range(proc, VMA, VMA + 2 * PAGE_SIZE)
+        m.features = dataclasses.replace(m.features, kpf_ksm_reliable=False)
+        ignored = m.read_range(proc, VMA, VMA + 2 * PAGE_SIZE)
+    assert page_skip_codes(trusted.flags).tolist() == [PageSkip.SHARED, PageSkip.SHARED]
+    assert page_skip_codes(ignored.flags).tolist() == [PageSkip.ELIGIBLE, PageSkip.SHARED]
+    assert not ignored.flags[0] & PageFlag.KSM
 
 
 def test_truncated_pagemap_means_not_present(fake: FakeLinux) -> None:

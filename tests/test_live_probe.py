@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from fake_linux import FakeLinux
+from conftest import require
+from fake_linux import FakeLinux, kpf
 
 from kscand.errors import ConfigError, Unsupported
 from kscand.live import LiveClock, probe
-from kscand.live.features import Features, Topic
+from kscand.live.features import Features, Topic, kpf_ksm_is_bogus, own_anon_page_kpageflags
 from kscand.live.processes import cgroup_v2_path, in_cgroup, normalize_cgroup
 
 
@@ -151,3 +153,34 @@ def test_cgroup_paths() -> None:
     assert in_cgroup("/user.slice/u-1.slice", "user.slice")
     assert not in_cgroup("/user.slicer", "/user.slice")
     assert in_cgroup("/anything", "/")
+
+
+def test_kpf_ksm_is_bogus_only_when_set_on_our_own_private_page() -> None:
+    assert kpf_ksm_is_bogus(kpf("ANON", "LRU", "KSM"))
+    assert not kpf_ksm_is_bogus(kpf("ANON", "LRU"))
+    assert not kpf_ksm_is_bogus(None)  # unreadable: trust the flag
+
+
+def test_fake_tree_without_own_pagemap_trusts_kpf_ksm(fake: FakeLinux) -> None:
+    fake.two_tier()
+    features = probe(fake.procfs, fake.sysfs, is_root=True)
+    assert features.kpf_ksm_reliable
+    assert not any("KPF_KSM" in s for s in features.sentences())
+
+
+def test_bogus_kpf_ksm_is_a_note_not_a_blocker() -> None:
+    features = Features(online_nodes=(0, 1), tiers={0: 4, 1: 67}, top_tier_nodes=(0,),
+                        slow_tier_nodes=(1,), kpf_ksm_reliable=False)
+    notes = [f for f in features.findings() if "KPF_KSM" in f.sentence]
+    assert [(f.topic, f.blocking) for f in notes] == [(Topic.NOTE, False)]
+    assert features.blocking_reason() is None
+
+
+@pytest.mark.live
+def test_own_anon_page_flags_on_this_host() -> None:
+    """Cross-check on the real /proc: our fresh page is anonymous and mapped."""
+    require(os.geteuid() == 0, "needs root: pagemap hides PFNs and kpageflags is root-only")
+    require(os.path.exists("/proc/kpageflags"), "kernel without CONFIG_PROC_PAGE_MONITOR")
+    flags = own_anon_page_kpageflags()
+    assert flags is not None
+    assert flags & kpf("ANON", "MMAP") == kpf("ANON", "MMAP")

@@ -7,8 +7,10 @@ unknown (the DAMON source checks it when it starts).
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import gzip
+import mmap
 import os
 import platform
 from collections.abc import Sequence
@@ -19,6 +21,8 @@ from kscand.live.damon import DAMON_KDAMONDS
 from kscand.live.move import SYS_MOVE_PAGES
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PAGE_IDLE_BITMAP
+from kscand.live.procfs import KPF_KSM, PM_PFRAME_MASK, PM_PRESENT
+from kscand.machine import PAGE_SIZE
 
 ACCESS_SOURCES = ("auto", "page_idle", "damon")
 
@@ -65,6 +69,8 @@ class Features:
     top_tier_nodes: tuple[int, ...] = (0,)
     slow_tier_nodes: tuple[int, ...] = ()
     top_tier_how: str = ""
+    # False: /proc/kpageflags sets KPF_KSM on every anonymous page (see kpf_ksm_is_bogus)
+    kpf_ksm_reliable: bool = True
 
     @property
     def page_idle_path(self) -> str:
@@ -138,6 +144,12 @@ class Features:
 
     def _numa_findings(self) -> list[Finding]:
         out: list[Finding] = []
+        if not self.kpf_ksm_reliable:
+            out.append(Finding(Topic.NOTE, (
+                "this kernel sets KPF_KSM in /proc/kpageflags on every anonymous page "
+                "(fs/proc/page.c since 6.9, fixed by \"fs/proc: fix KPF_KSM reported for all "
+                "anonymous pages\"); kscand ignores KPF_KSM and tells shared pages by "
+                "PM_MMAP_EXCLUSIVE and kpagecount"), False))
         if self.numa_balancing:
             out.append(Finding(Topic.NOTE, (
                 f"NUMA balancing is on (kernel.numa_balancing={self.numa_balancing}): its "
@@ -209,6 +221,54 @@ def _kernel_config_has(option: str, procfs: str) -> bool | None:
     return None
 
 
+def kpf_ksm_is_bogus(own_page_kpageflags: int | None) -> bool:
+    """Whether KPF_KSM is set on a private anonymous page that cannot be a KSM page.
+
+    Since the folio rewrite of stable_page_flags() (6.9), fs/proc/page.c tests
+    `mapping & PAGE_MAPPING_KSM`, which is true for every anonymous folio, so
+    every anon page reads as KSM (hence shared) until the upstream fix. None
+    (the page could not be read) says nothing: trust the flag.
+    """
+    return own_page_kpageflags is not None and bool(own_page_kpageflags >> KPF_KSM & 1)
+
+
+def own_anon_page_kpageflags(procfs: str = "/proc") -> int | None:
+    """kpageflags of a private anonymous page this process just wrote; None if unreadable.
+
+    The page is in no MADV_MERGEABLE area and holds random bytes, so KSM has
+    not merged it. Needs root (pagemap hides PFNs otherwise).
+    """
+    buf = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf[:16] = os.urandom(16)
+        anchor = ctypes.c_char.from_buffer(buf)
+        vaddr = ctypes.addressof(anchor)
+        del anchor  # a live export would keep buf from closing
+        entry = _read_u64_at(os.path.join(procfs, "self", "pagemap"), vaddr // PAGE_SIZE)
+        if entry is None or not entry & int(PM_PRESENT):
+            return None
+        pfn = entry & int(PM_PFRAME_MASK)
+        if pfn == 0:
+            return None
+        return _read_u64_at(os.path.join(procfs, "kpageflags"), pfn)
+    finally:
+        buf.close()
+
+
+def _read_u64_at(path: str, index: int) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, 8, index * 8)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(data, "little") if len(data) == 8 else None
+
+
 def probe(
     procfs: str = "/proc",
     sysfs: str = "/sys",
@@ -248,4 +308,5 @@ def probe(
         top_tier_nodes=tuple(sorted(layout.top_tier)),
         slow_tier_nodes=layout.slow_nids,
         top_tier_how=layout.top_tier_how,
+        kpf_ksm_reliable=not kpf_ksm_is_bogus(own_anon_page_kpageflags(procfs)),
     )

@@ -27,6 +27,7 @@ from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
 from kscand.live.processes import ProcessSelection, ProcTable, proc_error
 from kscand.live.procfs import (
+    KPF_KSM,
     KPF_NOPAGE,
     MapsEntry,
     decode_pages,
@@ -59,6 +60,8 @@ PFN_MAP_REFRESH_NS = 10_000_000_000  # re-read memory blocks at most this often 
 # PFNs read through between two wanted ones: a pread costs ~1.5 us, an entry ~0.1 us.
 KPAGE_MAX_GAP = 8
 PAGEMAP_MAX_GAP = 63  # likewise for scattered vaddrs in read_pages
+
+KPF_KSM_MASK = np.uint64(1 << KPF_KSM)
 
 VmaKey = tuple[int, str, int, int]  # (start, perms, offset, inode): a mapping's smaps identity
 
@@ -298,6 +301,8 @@ class LinuxMachine:
             [(kf, kf_ok)] = read_u64_at([flags_file.fd], pfns, KPAGE_MAX_GAP)
             # A PFN kpageflags cannot describe (past max_pfn) is treated like KPF_NOPAGE.
             kflags[idx] = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
+            if not self.features.kpf_ksm_reliable:  # every anon page says KSM: ignore it
+                kflags &= ~KPF_KSM_MASK
             count_idx = np.flatnonzero(kpagecount_needed(entries))
             if count_idx.size:
                 [(kc, _)] = read_u64_at([count_file.fd], pfn[count_idx], KPAGE_MAX_GAP)
