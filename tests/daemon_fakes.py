@@ -24,6 +24,7 @@ from kscand.machine import (
     PageBatch,
     PageFlag,
     ProcessId,
+    ProcessInfo,
     Topology,
     U64Array,
     Vma,
@@ -77,6 +78,9 @@ class FakeMachine:
 
     def is_alive(self, proc: ProcessId) -> bool:
         return proc in self.nid
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        return ProcessInfo(comm=f"fake{proc.pid}", cgroup="/fake")
 
     def vmas(self, proc: ProcessId) -> list[Vma]:
         end = VMA_START + self.nr_pages * PAGE_SIZE

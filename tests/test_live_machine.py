@@ -123,6 +123,18 @@ def test_pid_reuse_is_process_gone(fake: FakeLinux) -> None:
         assert m.mover.calls == []  # type: ignore[attr-defined]
 
 
+def test_describe_gives_comm_and_cgroup_and_checks_identity(fake: FakeLinux) -> None:
+    fake.add_process(PID + 1, "my (odd) name", start_time=7, cgroup="/system.slice/db.service",
+                     smaps=smaps_entry(VMA, VMA_END))
+    with machine_on(fake) as m:
+        proc = m.process_id(PID + 1)
+        info = m.describe(proc)
+        assert info.comm == "my (odd) name" and info.cgroup == "/system.slice/db.service"
+        fake.add_process(PID + 1, "impostor", start_time=8, smaps=smaps_entry(VMA, VMA_END))
+        with pytest.raises(ProcessGone):
+            m.describe(proc)
+
+
 def test_vanished_process_is_process_gone(fake: FakeLinux) -> None:
     with machine_on(fake) as m:
         proc = m.process_id(PID)

@@ -59,6 +59,7 @@ from kscand.machine import (
     Machine,
     PageBatch,
     ProcessId,
+    ProcessInfo,
     Topology,
     U64Array,
     Vma,
@@ -121,6 +122,9 @@ class _StopGuard:
 
     def processes(self) -> list[ProcessId]:
         return self._machine.processes()
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        return self._machine.describe(proc)
 
     def is_alive(self, proc: ProcessId) -> bool:
         return self._machine.is_alive(proc)

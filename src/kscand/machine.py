@@ -172,6 +172,14 @@ def top_tier_from_tiers(tier_of: dict[int, int], has_cpu: dict[int, bool]) -> se
     return {nid for nid, tier in tier_of.items() if tier <= limit}
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """What a process is called: for status output and per-process config rules."""
+
+    comm: str  # command name (/proc/PID/comm)
+    cgroup: str  # cgroup v2 path ("/system.slice/x.service"), "" when unknown
+
+
 class Clock(Protocol):
     """Monotonic time and an interruptible sleep (virtual in the simulator)."""
 
@@ -204,6 +212,10 @@ class Machine(Protocol):
 
     def is_alive(self, proc: ProcessId) -> bool:
         """Whether proc still names the same process (pid and start time match)."""
+        ...
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        """The process's command name and cgroup."""
         ...
 
     def vmas(self, proc: ProcessId) -> list[Vma]:

@@ -25,7 +25,7 @@ from kscand.live.features import Features, probe
 from kscand.live.move import PageMover
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
-from kscand.live.processes import ProcessSelection, ProcTable, proc_error
+from kscand.live.processes import ProcessSelection, ProcTable, cgroup_v2_path, proc_error
 from kscand.live.procfs import (
     KPF_KSM,
     KPF_NOPAGE,
@@ -48,6 +48,7 @@ from kscand.machine import (
     I32Array,
     PageBatch,
     ProcessId,
+    ProcessInfo,
     Topology,
     U64Array,
     Vma,
@@ -199,6 +200,14 @@ class LinuxMachine:
 
     def is_alive(self, proc: ProcessId) -> bool:
         return self.procs.is_alive(proc)
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        """comm and cgroup v2 path of proc (identity-checked; ProcessGone if it went away)."""
+        stat = self.procs.stat(proc.pid)  # comm parsed at the last ')', start time checked
+        if stat.start_time != proc.start_time:
+            raise ProcessGone(f"pid {proc.pid} now names another process")
+        cgroup = cgroup_v2_path(self._read_text_checked(proc, "cgroup")) or ""
+        return ProcessInfo(comm=stat.comm, cgroup=cgroup)
 
     # --- per-process files, opened then identity-checked --------------------------------------
 

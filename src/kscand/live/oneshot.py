@@ -29,6 +29,7 @@ from kscand.machine import (
     PageBatch,
     PageFlag,
     ProcessId,
+    ProcessInfo,
     Topology,
     U64Array,
     Vma,
@@ -92,6 +93,9 @@ class ObservingMachine:
 
     def processes(self) -> list[ProcessId]:
         return self.inner.processes()
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        return self.inner.describe(proc)
 
     def is_alive(self, proc: ProcessId) -> bool:
         return self.inner.is_alive(proc)

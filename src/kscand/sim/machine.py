@@ -30,6 +30,7 @@ from kscand.machine import (
     PageBatch,
     PageFlag,
     ProcessId,
+    ProcessInfo,
     Topology,
     U64Array,
     Vma,
@@ -408,6 +409,10 @@ class SimMachine:
         self._advance()
         sim_proc = self.procs.get(proc.pid)
         return sim_proc is not None and sim_proc.proc == proc
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        sim_proc = self._get(proc)
+        return ProcessInfo(comm=sim_proc.name[:15], cgroup=f"/sim/{sim_proc.name}")
 
     def vmas(self, proc: ProcessId) -> list[Vma]:
         return [Vma(v.start, v.end, v.vm_flags, v.kind_name) for v in self._get(proc).vmas]
