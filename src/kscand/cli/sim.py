@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def main(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed: must not be negative, got {args.seed}")
     scenario = load_scenario(args.scenario)
-    console = Console(stderr=False)
+    # Wide enough for the tables when the output is a pipe or a CI log.
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 132)
     progress = Progress(
         TextColumn(f"[bold]{scenario.name}"),
         BarColumn(),
