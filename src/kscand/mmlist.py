@@ -23,6 +23,15 @@ HISTORY_CHUNK_BYTES = 1 << HISTORY_CHUNK_SHIFT
 HISTORY_CHUNK_PAGES = HISTORY_CHUNK_BYTES >> PAGE_SHIFT
 
 
+def _chunk(chunks: dict[int, npt.NDArray[np.uint8]], chunk_base: int) -> npt.NDArray[np.uint8]:
+    """The per-page uint8 array of one history chunk, created zeroed on first use."""
+    chunk = chunks.get(chunk_base)
+    if chunk is None:
+        chunk = np.zeros(HISTORY_CHUNK_PAGES, dtype=np.uint8)
+        chunks[chunk_base] = chunk
+    return chunk
+
+
 @dataclass(eq=False)
 class MmSlot:
     """Per-process scan state: resume address, access history, per-node accessed counts."""
@@ -58,11 +67,7 @@ class MmSlot:
 
     def seen_chunk(self, chunk_base: int) -> npt.NDArray[np.uint8]:
         """The seen-count array of the chunk at chunk_base (created zeroed)."""
-        chunk = self.seen.get(chunk_base)
-        if chunk is None:
-            chunk = np.zeros(HISTORY_CHUNK_PAGES, dtype=np.uint8)
-            self.seen[chunk_base] = chunk
-        return chunk
+        return _chunk(self.seen, chunk_base)
 
     def begin_scan(self) -> None:
         """Start a scan visit: forget the previous visit's per-node accessed counts."""
@@ -84,11 +89,7 @@ class MmSlot:
 
     def history_chunk(self, chunk_base: int) -> npt.NDArray[np.uint8]:
         """The history array of the chunk starting at chunk_base (created zeroed)."""
-        chunk = self.history.get(chunk_base)
-        if chunk is None:
-            chunk = np.zeros(HISTORY_CHUNK_PAGES, dtype=np.uint8)
-            self.history[chunk_base] = chunk
-        return chunk
+        return _chunk(self.history, chunk_base)
 
 
 class MmList:
