@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 from pathlib import Path
@@ -19,7 +20,7 @@ from fake_linux import (
     write_u64s,
 )
 
-from kscand.errors import ProcessGone
+from kscand.errors import ProcessGone, Unsupported
 from kscand.filters import page_skip_codes
 from kscand.live import LinuxMachine, ProcessSelection
 from kscand.live.procfs import PF_KTHREAD
@@ -414,3 +415,32 @@ def test_errno_mapping_of_move_pages() -> None:
     assert isinstance(move_pages_error(errno.ESRCH, 1, 0), ProcessGone)
     assert isinstance(move_pages_error(errno.EPERM, 1, 0), AccessDenied)
     assert isinstance(move_pages_error(errno.ENODEV, 1, 3), Unsupported)
+
+
+def _failing_move_call(moved_first: int, err: int):  # type: ignore[no-untyped-def]
+    """A move_pages(2) stand-in: reports node 0 for the first pages, then fails with err."""
+
+    def call(nr: int, pid: int, count: int, pages: int, nodes: int | None, status: int,
+             flags: int) -> int:
+        out = (ctypes.c_int * count).from_address(status)
+        for i in range(moved_first):
+            out[i] = 0
+        ctypes.set_errno(err)
+        return -1
+
+    return call
+
+
+def test_move_pages_out_of_memory_mid_call_fails_the_unreported_pages() -> None:
+    """The target node full: the kernel returns -ENOMEM for the call, not per page."""
+    from kscand.live.move import PageMover
+
+    mover = PageMover()
+    mover._call = _failing_move_call(1, errno.ENOMEM)
+    vaddrs = np.array([0x1000, 0x2000, 0x3000], dtype=np.uint64)
+    assert mover.move(1, vaddrs, 0).tolist() == [0, -errno.ENOMEM, -errno.ENOMEM]
+    with pytest.raises(Unsupported):  # a query has nothing to fail per page
+        mover.query(1, vaddrs)
+    mover._call = _failing_move_call(0, errno.ESRCH)
+    with pytest.raises(ProcessGone):
+        mover.move(1, vaddrs, 0)

@@ -22,6 +22,13 @@ from kscand.machine import I32Array, U64Array
 SYS_MOVE_PAGES = {"x86_64": 279, "aarch64": 239}
 MPOL_MF_MOVE = 1 << 1
 MOVE_BATCH_PAGES = 16_384  # pages per syscall: bounds the time the kernel holds the mm
+# A status the kernel never writes: marks the entries a failed call left alone.
+STATUS_UNSET = -(1 << 30)
+# Whole-call errors that are about the pages, not the call: when the target node runs
+# out of memory, migrate_pages() returns -ENOMEM and do_pages_move() (mm/migrate.c)
+# returns it at once without storing the batch's status. The pages it did not report
+# fail with that errno, like a per-page status (the migrator counts move_fail_enomem).
+PER_PAGE_ERRNOS = frozenset({errno.ENOMEM})
 
 
 def _syscall() -> Callable[..., int]:
@@ -68,7 +75,7 @@ class PageMover:
 
     def _batch(self, pid: int, vaddrs: U64Array, nid: int | None) -> I32Array:
         pages = np.ascontiguousarray(vaddrs, dtype=np.uint64)
-        status = np.full(pages.shape, -errno.EINVAL, dtype=np.int32)
+        status = np.full(pages.shape, STATUS_UNSET, dtype=np.int32)
         nodes = None if nid is None else np.full(pages.shape, nid, dtype=np.int32)
         ret = self._call(
             self._nr,
@@ -79,8 +86,14 @@ class PageMover:
             status.ctypes.data,
             0 if nid is None else MPOL_MF_MOVE,
         )
+        unset = status == STATUS_UNSET
         if ret < 0:
-            raise move_pages_error(ctypes.get_errno(), pid, nid)
+            err = ctypes.get_errno()
+            if nid is None or err not in PER_PAGE_ERRNOS:
+                raise move_pages_error(err, pid, nid)
+            status[unset] = -err
+            return status
+        status[unset] = -errno.EINVAL
         return status
 
 
