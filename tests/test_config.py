@@ -13,6 +13,7 @@ from kscand.config import (
     check_config_file,
     config_from_text,
     load_config,
+    parse_metrics_address,
 )
 from kscand.errors import ConfigError
 from kscand.tunables import GiB, MiB, Tunables, tunable_fields
@@ -169,3 +170,86 @@ def test_contrib_example_config_is_valid_and_has_every_tunable() -> None:
     # The example keeps the defaults, so it documents them without changing them.
     assert config.tunables == Tunables()
     assert config.tunables.scan_size_bytes == 1 * GiB
+
+
+def test_contrib_rule_examples_parse_when_uncommented() -> None:
+    text = (REPO / "contrib" / "kscand.toml").read_text()
+    start = text.index("# [[process]]")
+    example = "\n".join(line[2:] for line in text[start:].splitlines() if line.startswith("# "))
+    rules = config_from_text(example).process_rules
+    assert [r.scale for r in rules] == [0, 1]
+    assert rules[0].cgroup == "/system.slice/backup.service" and rules[1].comm == "redis-server"
+    metrics_line = next(line for line in text.splitlines() if line.startswith("# metrics ="))
+    assert str(config_from_text("[daemon]\n" + metrics_line[2:]).daemon.metrics) == (
+        "127.0.0.1:9477")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("9477", "127.0.0.1:9477"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        ("0.0.0.0:9477", "0.0.0.0:9477"),
+        ("[::1]:9477", "[::1]:9477"),
+        (" 10.1.2.3:80 ", "10.1.2.3:80"),
+    ],
+)
+def test_metrics_address_defaults_to_loopback(text: str, expected: str) -> None:
+    assert str(parse_metrics_address(text, "--metrics")) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("localhost:9477", "--metrics: expected PORT, IP:PORT or [IPv6]:PORT"),
+        ("::1:9477", "--metrics: write an IPv6 address in brackets"),
+        ("127.0.0.1:65536", "--metrics: port 65536 is out of range"),
+        ("127.0.0.1:-1", "--metrics: port -1 is out of range"),
+        ("", "--metrics: expected PORT"),
+        ("1.2.3.4:", "--metrics: expected PORT"),
+        ("1.2.3.4:http", "--metrics: expected PORT"),
+    ],
+)
+def test_bad_metrics_address_is_one_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_metrics_address(text, "--metrics")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_daemon_trace_level_and_metrics_keys() -> None:
+    config = config_from_text('[daemon]\ntrace_level = "mm"\nmetrics = "9100"\n')
+    assert config.daemon.trace_level == "mm"
+    assert str(config.daemon.metrics) == "127.0.0.1:9100"
+    assert config_from_text('[daemon]\nmetrics = ""\n').daemon.metrics is None
+    for text, field in (('trace_level = "verbose"', "daemon.trace_level:"),
+                        ('metrics = 9100', "daemon.metrics: expected a string"),
+                        ('state_dir = "/run/a\\u0000b"', "daemon.state_dir: a path cannot")):
+        with pytest.raises(ConfigError, match=f"^{field}"):
+            config_from_text(f"[daemon]\n{text}\n")
+
+
+def test_config_through_another_users_symlink_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a symlink to another user")
+    target = tmp_path / "real.toml"
+    target.write_text("[tunables]\nscan_sleep_ms = 30\n")
+    target.chmod(0o644)
+    ours = tmp_path / "ours.toml"
+    ours.symlink_to(target)
+    assert load_config(ours).tunables.scan_sleep_ms == 30  # root's own symlink: followed
+    planted = tmp_path / "planted.toml"
+    planted.symlink_to(target)
+    os.lchown(planted, 65534, 65534)
+    with pytest.raises(ConfigError, match=r"planted.toml is a symlink owned by uid 65534; "
+                                          r"refusing to follow it"):
+        load_config(planted)
+    # A planted directory symlink anywhere on the path is refused the same way.
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "kscand.toml").write_text("")
+    (tmp_path / "etc" / "kscand.toml").chmod(0o644)
+    (tmp_path / "link").symlink_to(tmp_path / "etc")
+    os.lchown(tmp_path / "link", 65534, 65534)
+    with pytest.raises(ConfigError, match="link is a symlink owned by uid 65534"):
+        load_config(tmp_path / "link" / "kscand.toml")
+    with pytest.raises(ConfigError, match="a path cannot hold a NUL byte"):
+        load_config(Path("/etc/kscand\0.toml"))

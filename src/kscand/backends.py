@@ -72,4 +72,5 @@ def open_sim_backend(scenario_path: Path) -> Backend:
         access_source_reason=f"Accessed bits of the simulated processes of {scenario_path}",
         after_sleep=machine.clock.sleep_ns,
         tunables=scenario.tunables,
+        scale_policy=machine.scale_of,
     )

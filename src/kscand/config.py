@@ -8,6 +8,7 @@ print it as is. See contrib/kscand.toml for a documented example.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import stat
 import tomllib
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kscand.errors import ConfigError
+from kscand.paths import has_nul, untrusted_symlink
 from kscand.tunables import Tunables, tunables_from_mapping
 
 ACCESS_SOURCES = ("auto", "page_idle", "damon")
@@ -26,6 +28,11 @@ PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit
 MAX_NUMNODES = 1024  # CONFIG_NODES_SHIFT=10, the x86_64 maximum
 TASK_COMM_LEN = 16  # /proc/PID/comm holds at most 15 characters
 CONFIG_MAX_BYTES = 1 << 20
+PROCESS_RULES_MAX = 1024  # [[process]] rules: each new process is matched against all of them
+SCALE_MAX = 10  # the series' per-process scale, 0..10 (kscand.throttle.SCALE_MAX)
+# Trace levels: which of the series' trace events daemon.trace writes.
+TRACE_LEVELS = ("mm", "scan", "all")
+METRICS_DEFAULT_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +54,47 @@ class TopologyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessRule:
+    """One [[process]] rule: the scale of the processes it matches (the prctl analog).
+
+    A process matches when every field given matches: pid equal, cgroup (v2)
+    equal or below, comm an fnmatch pattern on /proc/PID/comm. The first
+    matching rule wins.
+    """
+
+    scale: int
+    pid: int | None = None
+    cgroup: str | None = None
+    comm: str | None = None
+
+    @property
+    def needs_describe(self) -> bool:
+        """Whether matching needs the process's comm or cgroup (Machine.describe)."""
+        return self.cgroup is not None or self.comm is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsAddress:
+    """Where the Prometheus text endpoint listens (an IP literal and a TCP port; 0 = any)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """Where the daemon keeps its socket and state file, and how it logs."""
 
     state_dir: Path = DEFAULT_STATE_DIR
     log_level: str = "info"
     trace: str = ""  # "" = off, "stderr", or an absolute file path (trace events; issue 5)
+    trace_level: str = "all"  # mm | scan | all (see TRACE_LEVELS)
     status_interval_ms: int = 2000  # how often state_dir/status.json is rewritten
+    metrics: MetricsAddress | None = None  # the Prometheus endpoint, None = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +105,17 @@ class Config:
     scan: ScanConfig = field(default_factory=ScanConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    process_rules: tuple[ProcessRule, ...] = ()
 
     def with_state_dir(self, state_dir: Path) -> Config:
         """A copy with daemon.state_dir replaced (the --state-dir option)."""
         return dataclasses.replace(
             self, daemon=dataclasses.replace(self.daemon, state_dir=state_dir)
         )
+
+    def with_metrics(self, metrics: MetricsAddress | None) -> Config:
+        """A copy with daemon.metrics replaced (the --metrics option)."""
+        return dataclasses.replace(self, daemon=dataclasses.replace(self.daemon, metrics=metrics))
 
 
 # ---------------------------------------------------------------------------
@@ -145,18 +191,53 @@ def _comm_pattern(value: Any, where: str) -> str:
     return text
 
 
-def _state_dir(value: Any, where: str) -> Path:
+def _path_text(value: Any, where: str) -> str:
     text = _string(value, where)
+    if has_nul(text):
+        raise ConfigError(f"{where}: a path cannot hold a NUL byte")
+    return text
+
+
+def _state_dir(value: Any, where: str) -> Path:
+    text = _path_text(value, where)
     if not text.startswith("/"):
         raise ConfigError(f"{where}: expected an absolute path, got {text!r}")
     return Path(text)
 
 
 def _trace(value: Any, where: str) -> str:
-    text = _string(value, where)
+    text = _path_text(value, where)
     if text not in ("", "stderr") and not text.startswith("/"):
         raise ConfigError(f"{where}: expected \"\", \"stderr\" or an absolute path, got {text!r}")
     return text
+
+
+def parse_metrics_address(text: str, where: str) -> MetricsAddress:
+    """"PORT", "HOST:PORT" or "[IPv6]:PORT" with HOST an IP literal; a bare port listens on
+    127.0.0.1 only (the endpoint is unauthenticated: exposing it is a deliberate choice)."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = METRICS_DEFAULT_HOST, text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"{where}: write an IPv6 address in brackets, as in [::1]:9477")
+    try:
+        port = int(port_text, 10)
+        address = ipaddress.ip_address(host)
+    except ValueError as err:
+        raise ConfigError(
+            f"{where}: expected PORT, IP:PORT or [IPv6]:PORT (e.g. 127.0.0.1:9477), got {text!r}"
+        ) from err
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is out of range [0, 65535]")
+    return MetricsAddress(str(address), port)
+
+
+def _metrics(value: Any, where: str) -> MetricsAddress | None:
+    text = _string(value, where)
+    return parse_metrics_address(text, where) if text else None
 
 
 _nid = _int_in(0, MAX_NUMNODES - 1)
@@ -175,7 +256,15 @@ _DAEMON_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "state_dir": _state_dir,
     "log_level": _one_of(LOG_LEVELS),
     "trace": _trace,
+    "trace_level": _one_of(TRACE_LEVELS),
     "status_interval_ms": _int_in(100, 3_600_000),
+    "metrics": _metrics,
+}
+_PROCESS_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+    "pid": _int_in(1, PID_MAX_LIMIT),
+    "cgroup": _cgroup_path,
+    "comm": _comm_pattern,
+    "scale": _int_in(0, SCALE_MAX),
 }
 
 
@@ -189,15 +278,7 @@ def _section(
     mapping: dict[str, Any], name: str, fields: dict[str, Callable[[Any, str], Any]]
 ) -> dict[str, Any]:
     """The checked values of table [name]; unknown keys are errors."""
-    table = _table(mapping.get(name, {}), name)
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        check = fields.get(key)
-        if check is None:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{name}.{key}: unknown field (known: {known})")
-        out[key] = check(value, f"{name}.{key}")
-    return out
+    return _fields(_table(mapping.get(name, {}), name), name, fields)
 
 
 def _topology(mapping: dict[str, Any]) -> TopologyConfig:
@@ -211,7 +292,42 @@ def _topology(mapping: dict[str, Any]) -> TopologyConfig:
     return topology
 
 
-SECTIONS = ("daemon", "scan", "topology", "tunables")
+def _fields(
+    table: dict[str, Any], where: str, fields: dict[str, Callable[[Any, str], Any]]
+) -> dict[str, Any]:
+    """The checked values of one table; unknown keys are errors."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        check = fields.get(key)
+        if check is None:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}.{key}: unknown field (known: {known})")
+        out[key] = check(value, f"{where}.{key}")
+    return out
+
+
+def _process_rules(mapping: dict[str, Any]) -> tuple[ProcessRule, ...]:
+    """The [[process]] array of tables, checked; every error names process[i].field."""
+    raw = mapping.get("process", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"process: expected an array of tables [[process]], got {raw!r}")
+    if len(raw) > PROCESS_RULES_MAX:
+        raise ConfigError(f"process: {len(raw)} rules, at most {PROCESS_RULES_MAX}")
+    rules = []
+    for i, table in enumerate(raw):
+        where = f"process[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table [[process]], got {table!r}")
+        values = _fields(table, where, _PROCESS_FIELDS)
+        if "scale" not in values:
+            raise ConfigError(f"{where}.scale: missing (0..{SCALE_MAX}; 0 = never scan)")
+        if not values.keys() & {"pid", "cgroup", "comm"}:
+            raise ConfigError(f"{where}: give at least one of pid, cgroup, comm to match on")
+        rules.append(ProcessRule(**values))
+    return tuple(rules)
+
+
+SECTIONS = ("daemon", "process", "scan", "topology", "tunables")
 
 
 def config_from_mapping(mapping: dict[str, Any]) -> Config:
@@ -224,6 +340,7 @@ def config_from_mapping(mapping: dict[str, Any]) -> Config:
         scan=ScanConfig(**_section(mapping, "scan", _SCAN_FIELDS)),
         topology=_topology(mapping),
         daemon=DaemonConfig(**_section(mapping, "daemon", _DAEMON_FIELDS)),
+        process_rules=_process_rules(mapping),
     )
 
 
@@ -252,7 +369,15 @@ def check_config_file(st: os.stat_result, euid: int) -> str | None:
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate a config file; errors are one line starting with the path."""
+    """Read and validate a config file; errors are one line starting with the path.
+
+    Refuses a path through a symlink another user owns (kscand.paths).
+    """
+    if has_nul(path):
+        raise ConfigError(f"{path!s:.60}: a path cannot hold a NUL byte")
+    problem = untrusted_symlink(path, os.geteuid())
+    if problem is not None:
+        raise ConfigError(f"{path}: {problem}")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:

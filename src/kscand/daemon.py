@@ -33,6 +33,7 @@ longer than LONG_STEP_NS are logged and counted as long_steps.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -50,7 +51,7 @@ from typing import Any
 from kscand import __version__
 from kscand.config import Config, load_config
 from kscand.control import ControlServer
-from kscand.engine import Kscand
+from kscand.engine import Kscand, ScalePolicy
 from kscand.errors import ConfigError, KscandError
 from kscand.machine import (
     BoolArray,
@@ -64,6 +65,13 @@ from kscand.machine import (
     U64Array,
     Vma,
 )
+from kscand.metrics import (
+    MOVE_BUCKETS_S,
+    STEP_BUCKETS_S,
+    DurationHistogram,
+    require_prometheus_client,
+)
+from kscand.rules import RuleScalePolicy
 from kscand.statedir import prepare_state_dir, remove_state, socket_path, write_state_file
 from kscand.throttle import SCALE_MAX
 from kscand.trace import open_trace
@@ -98,6 +106,8 @@ class Backend:
     after_sleep: Callable[[int], None] | None = None
     # Tunables the machine comes with (a scenario's [tunables]), used without --config.
     tunables: Tunables | None = None
+    # Scales the machine gives processes no [[process]] rule matches (a scenario's `scale`).
+    scale_policy: ScalePolicy | None = None
 
 
 class StepAbandoned(Exception):
@@ -106,11 +116,17 @@ class StepAbandoned(Exception):
 
 class _StopGuard:
     """The Machine as the engine sees it in the daemon: each range read or move batch
-    first checks for a stop request (see the module docstring)."""
+    first checks for a stop request (see the module docstring); move batches are timed."""
 
-    def __init__(self, machine: Machine, stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        stopping: Callable[[], bool],
+        move_batch: DurationHistogram | None = None,
+    ) -> None:
         self._machine = machine
         self._stopping = stopping
+        self._move_batch = move_batch
         self.clock: Clock = machine.clock
 
     def _check(self) -> None:
@@ -146,7 +162,12 @@ class _StopGuard:
 
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         self._check()
-        return self._machine.move_pages(proc, vaddrs, nid)
+        start_ns = time.monotonic_ns()
+        try:
+            return self._machine.move_pages(proc, vaddrs, nid)
+        finally:
+            if self._move_batch is not None:
+                self._move_batch.observe_ns(time.monotonic_ns() - start_ns)
 
 
 def block_daemon_signals() -> None:
@@ -217,10 +238,17 @@ class Daemon:
         self.config = config
         self.backend = backend
         self.config_path = config_path
-        self.trace = open_trace(config.daemon.trace, backend.machine.clock.now_ns)
-        self.engine = Kscand(
-            _StopGuard(backend.machine, self.stopping), config.tunables, trace=self.trace
+        self.trace = open_trace(
+            config.daemon.trace, backend.machine.clock.now_ns, config.daemon.trace_level
         )
+        self.step_durations = DurationHistogram(STEP_BUCKETS_S)
+        self.move_batch_durations = DurationHistogram(MOVE_BUCKETS_S)
+        guard = _StopGuard(backend.machine, self.stopping, self.move_batch_durations)
+        self.scale_policy = RuleScalePolicy(guard, config.process_rules, backend.scale_policy)
+        self.engine = Kscand(
+            guard, config.tunables, trace=self.trace, scale_policy=self.scale_policy
+        )
+        self._metrics: Any = None  # kscand.prometheus.MetricsServer when daemon.metrics is set
         self.counters = _DaemonCounters()
         self.exit_status = EXIT_OK
         self._allowed_uids = allowed_uids
@@ -346,7 +374,10 @@ class Daemon:
     # -- life cycle ----------------------------------------------------------
 
     def start(self) -> None:
-        """Prepare the state directory, start the control socket, say what runs."""
+        """Prepare the state directory, start the control socket and the metrics endpoint,
+        say what runs."""
+        if self.config.daemon.metrics is not None:
+            require_prometheus_client()  # refuse before touching the state directory
         state_dir = prepare_state_dir(self.config.daemon.state_dir)
         self._server = ControlServer(
             socket_path(state_dir),
@@ -356,12 +387,39 @@ class Daemon:
         )
         self._server.start()
         self._owns_state = True
+        self._start_metrics()
         self._log_start()
         self._publish("running")
         self._write_state_file()
 
+    def _start_metrics(self) -> None:
+        """The Prometheus endpoint (daemon.metrics / --metrics), in its own thread."""
+        address = self.config.daemon.metrics
+        if address is None:
+            return
+        from kscand.prometheus import KscandCollector, MetricsServer
+
+        collector = KscandCollector(
+            self.status, self.step_durations, self.move_batch_durations
+        )
+        self._metrics = MetricsServer(address, collector, thread_setup=block_daemon_signals)
+        if not ipaddress.ip_address(self._metrics.address.host).is_loopback:
+            log.warning(
+                "the metrics endpoint listens on %s, beyond this host: it has no "
+                "authentication", self._metrics.address,
+            )
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the Prometheus endpoint answers (the real port when 0 was asked for)."""
+        return self._metrics.url if self._metrics is not None else None
+
     def close(self) -> None:
-        """Stop the control socket, remove the socket and state file, release the machine."""
+        """Stop the control socket and metrics endpoint, remove the socket and state file,
+        release the machine."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -387,12 +445,20 @@ class Daemon:
             "access source: %s (%s)", self.backend.access_source, self.backend.access_source_reason
         )
         log.info("control socket %s", socket_path(self.config.daemon.state_dir))
+        if self.metrics_url is not None:
+            log.info("metrics endpoint %s", self.metrics_url)
+        if self.config.process_rules:
+            log.info("[[process]] rules: %d (first match sets a new process's scale)",
+                     len(self.config.process_rules))
         log.info(
             "tunables: %s",
             " ".join(f"{k}={v}" for k, v in self.engine.tunables.as_dict().items()),
         )
         if self.config.daemon.trace:
-            log.info("trace events (JSON lines) to %s", self.config.daemon.trace)
+            log.info(
+                "trace events (JSON lines, level %s) to %s",
+                self.config.daemon.trace_level, self.config.daemon.trace,
+            )
 
     # -- the loop (its own thread) -----------------------------------------
 
@@ -435,6 +501,7 @@ class Daemon:
             return
         self.counters.consecutive_failures = 0
         elapsed_ns = time.monotonic_ns() - start_ns
+        self.step_durations.observe_ns(elapsed_ns)
         self.counters.counts["steps"] += 1
         self.counters.step_ns_last = elapsed_ns
         self.counters.step_ns_max = max(self.counters.step_ns_max, elapsed_ns)
@@ -529,8 +596,18 @@ class Daemon:
             self.config.daemon,
             log_level=new.daemon.log_level,
             status_interval_ms=new.daemon.status_interval_ms,
+            trace_level=new.daemon.trace_level,
         )
-        self.config = dataclasses.replace(self.config, daemon=daemon)
+        self.trace.set_level(new.daemon.trace_level)
+        if new.process_rules != self.config.process_rules:
+            self.scale_policy.set_rules(new.process_rules)
+            log.info(
+                "reload: %d [[process]] rules; they apply to processes that appear from now "
+                "on (kscand scale PID N changes a running one)", len(new.process_rules),
+            )
+        self.config = dataclasses.replace(
+            self.config, daemon=daemon, process_rules=new.process_rules
+        )
         logging.getLogger("kscand").setLevel(
             (self._log_level_override or new.daemon.log_level).upper()
         )
@@ -576,14 +653,22 @@ class Daemon:
             self._state_write_error = ""
         self._state_written_ns = time.monotonic_ns()
 
+    def _comm(self, proc: ProcessId) -> str:
+        """proc's command name, read once per process (loop thread only)."""
+        info = self.scale_policy.describe(proc)
+        return info.comm if info is not None else ""
+
     def _build_snapshot(self, state: str) -> dict[str, Any]:
         """Everything `kscand status` shows, as plain JSON data (loop thread only)."""
         engine = self.engine
         counters = self.counters
+        slots = list(engine.mm_list)
+        self.scale_policy.forget_except({slot.proc for slot in slots})
         processes = [
             {
                 "pid": slot.proc.pid,
                 "start_time": slot.proc.start_time,
+                "comm": self._comm(slot.proc),
                 "resume_vaddr": slot.resume_vaddr,
                 "full_scans": slot.full_scans,
                 "scale": slot.scale,
@@ -593,7 +678,7 @@ class Daemon:
                 "queued_folios": engine.migrator.queued(slot.proc),
                 "counters": dict(sorted(engine.stats.of(slot.proc).items())),
             }
-            for slot in engine.mm_list
+            for slot in slots
         ]
         return {
             "pid": os.getpid(),
@@ -603,6 +688,7 @@ class Daemon:
             "access_source": self.backend.access_source,
             "access_source_reason": self.backend.access_source_reason,
             "config_path": str(self.config_path) if self.config_path else None,
+            "metrics_url": self.metrics_url,
             "started_at": self._started_wall,
             "written_at": time.time(),
             "uptime_s": round((time.monotonic_ns() - self._started_mono_ns) / 1e9, 3),

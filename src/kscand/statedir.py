@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kscand.errors import AccessDenied, ConfigError, KscandError
+from kscand.paths import has_nul, untrusted_symlink
 
 SOCKET_NAME = "kscand.sock"
 STATE_FILE_NAME = "status.json"
@@ -54,6 +55,11 @@ def prepare_state_dir(state_dir: Path) -> Path:
     where = f"daemon.state_dir: {state_dir}"
     if len(str(socket_path(state_dir))) > SUN_PATH_MAX:
         raise ConfigError(f"{where}: too long for a Unix socket path ({SUN_PATH_MAX} bytes)")
+    if has_nul(state_dir):
+        raise ConfigError("daemon.state_dir: a path cannot hold a NUL byte")
+    problem = untrusted_symlink(state_dir.parent, euid)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
     try:
         os.mkdir(state_dir, 0o700)
     except FileExistsError:

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kscand.config import LOG_LEVELS, Config, load_config
+from kscand.cli.pathargs import path_arg
+from kscand.config import LOG_LEVELS, Config, load_config, parse_metrics_address
+from kscand.metrics import require_prometheus_client
 
 # Under systemd, stderr is a journal stream: journald adds the time and parses
 # the "<N>" syslog priority prefix (sd-daemon(3)), so the line carries only
@@ -71,18 +73,25 @@ def add_parser(subparsers: Any) -> None:
             "the config file. Needs root."
         ),
     )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    parser.add_argument("--config", type=path_arg, metavar="FILE", help="TOML config file")
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="directory for the control socket and status.json (default: daemon.state_dir, "
         "/run/kscand)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="override daemon.log_level")
     parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST an IP address, "
+        "default 127.0.0.1; PORT 0 picks a free one; overrides daemon.metrics; needs "
+        "kscand[metrics])",
+    )
+    parser.add_argument(
         "--sim",
-        type=Path,
+        type=path_arg,
         metavar="SCENARIO",
         help="drive a simulated machine from a scenario file, in real time, instead of "
         "this host (no root needed; for trying kscand out and for tests); without "
@@ -94,6 +103,10 @@ def main(args: argparse.Namespace) -> int:
     from kscand.daemon import Daemon, run_foreground
 
     config = load_config(args.config) if args.config is not None else Config()
+    if args.metrics is not None:
+        config = config.with_metrics(parse_metrics_address(args.metrics, "--metrics"))
+    if config.daemon.metrics is not None:
+        require_prometheus_client()
     if args.state_dir is not None:
         if not args.state_dir.is_absolute():
             args.state_dir = Path.cwd() / args.state_dir

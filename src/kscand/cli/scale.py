@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
+from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
 from kscand.statedir import socket_path
@@ -28,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("pid", type=int, help="process id")
     parser.add_argument("scale", type=int, help="0..10")
     parser.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+        "--state-dir", type=path_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
         help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
     )
 

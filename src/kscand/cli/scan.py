@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli.pathargs import path_arg, path_str_arg
 from kscand.errors import ConfigError, ProcessGone, Unsupported
 from kscand.machine import PAGE_SHIFT, PAGE_SIZE
 from kscand.units import format_bytes
@@ -34,12 +35,14 @@ def add_parser(sub: Any) -> None:
                         help="scan passes (hot = accessed in 2 consecutive passes; default 3)")
     parser.add_argument("--interval-ms", type=int, default=1000,
                         help="pause between passes in milliseconds (default 1000)")
-    parser.add_argument("--heatmap", type=Path, default=None, metavar="FILE.png",
+    parser.add_argument("--heatmap", type=path_arg, default=None, metavar="FILE.png",
                         help="also draw accessed pages per pass (needs matplotlib: kscand[plot])")
     parser.add_argument("--access-source", choices=("auto", "page_idle", "damon"),
                         default="auto", help="where Accessed bits come from (default auto)")
-    parser.add_argument("--procfs", default="/proc", help="procfs root (default /proc)")
-    parser.add_argument("--sysfs", default="/sys", help="sysfs root (default /sys)")
+    parser.add_argument("--procfs", default="/proc", type=path_str_arg,
+                        help="procfs root (default /proc)")
+    parser.add_argument("--sysfs", default="/sys", type=path_str_arg,
+                        help="sysfs root (default /sys)")
 
 
 def main(args: argparse.Namespace) -> int:

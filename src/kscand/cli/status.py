@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
 from kscand.errors import AccessDenied, KscandError
@@ -35,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+        "--state-dir", type=path_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
         help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
@@ -176,6 +178,7 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
     title = f"Processes ({len(shown)} of {len(processes)})"
     table = Table(title=title, title_justify="left")
     table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("command", no_wrap=True)
     for header, _name in _PROC_COLUMNS:
         table.add_column(header, justify="right")
     table.add_column("in queue", justify="right")
@@ -187,6 +190,7 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
         counters = p.get("counters", {})
         table.add_row(
             str(p.get("pid")),
+            escape(str(p.get("comm", ""))),
             *(f"{counters.get(name, 0):,}" for _header, name in _PROC_COLUMNS),
             f"{p.get('queued_folios', 0):,}",
             str(p.get("full_scans", 0)),

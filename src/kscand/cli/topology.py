@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli.pathargs import path_str_arg
 from kscand.machine import PAGE_SIZE
 from kscand.units import format_bytes
 
@@ -22,8 +23,10 @@ def add_parser(sub: Any) -> None:
         description="Show the NUMA nodes, memory tiers, top tier and access source kscand would "
         "use here, and say what is missing.",
     )
-    parser.add_argument("--procfs", default="/proc", help="procfs root (default /proc)")
-    parser.add_argument("--sysfs", default="/sys", help="sysfs root (default /sys)")
+    parser.add_argument("--procfs", default="/proc", type=path_str_arg,
+                        help="procfs root (default /proc)")
+    parser.add_argument("--sysfs", default="/sys", type=path_str_arg,
+                        help="sysfs root (default /sys)")
     parser.add_argument("--slow-nodes", type=_node_list, default=None, metavar="LIST",
                         help="treat these nodes as slow tier (like the config's slow_nodes)")
     parser.add_argument("--top-tier-nodes", type=_node_list, default=None, metavar="LIST",

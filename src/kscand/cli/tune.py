@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
 from kscand.statedir import socket_path
@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
         help="tunables to set, e.g. scan_sleep_ms=50 scan_size_bytes=256MiB",
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+        "--state-dir", type=path_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
         help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
     )
 
