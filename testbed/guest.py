@@ -47,6 +47,15 @@ EXIT_NO_STATUS = 125
 EXIT_TIMEOUT = 124
 KILL_GRACE_S = 5.0
 
+# QEMU 7.2's TCG mis-emulates an AVX2 instruction numpy's argsort uses (x86-simd-sort):
+# in the guest np.argsort / np.unique(return_inverse=True) return unsorted indices for
+# most arrays, so every numpy in the guest runs without its AVX2/AVX-512 kernels. Names
+# for numpy >= 2.4 (X86_V3 ...) and older releases (AVX2 ...); unknown ones are ignored.
+NUMPY_DISABLED_CPU_FEATURES = (
+    "X86_V3 X86_V4 AVX512_ICL AVX512_SPR AVX2 FMA3 AVX512F AVX512CD AVX512_SKX AVX512_CLX "
+    "AVX512_CNL"
+)
+
 _ANSI_ESCAPE = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][A-Za-z0-9]|[=>78])")
 
 
@@ -232,6 +241,7 @@ def guest_script(commands: Sequence[str], rwdir: Path, cwd: Path, venv: Path | N
         f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"',
         "export KSCAND_GUEST=1",
         f"export KSCAND_RWDIR={shlex.quote(str(rwdir))}",
+        f"export NPY_DISABLE_CPU_FEATURES={shlex.quote(NUMPY_DISABLED_CPU_FEATURES)}",
     ]
     for index, command in enumerate(commands):
         out, err, status = (shlex.quote(str(p)) for p in step_paths(rwdir, index))
