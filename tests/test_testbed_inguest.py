@@ -1,0 +1,133 @@
+"""The guest-side pieces without a guest: the workload's hot-set layouts and its run on
+this host (node 0 stands in for the slow node), the daemon config the scenarios write,
+the placement arithmetic, and the numpy workaround in the guest script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kscand.config import config_from_text
+from testbed import inguest
+from testbed.guest import NUMPY_DISABLED_CPU_FEATURES, guest_script
+from testbed.inguest import (
+    FAST_TUNABLES,
+    WorkloadSpec,
+    first_time_at,
+    hot_fraction_on,
+    kscand_config,
+    make_mechanism,
+)
+from tests.guest import workload
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunks:4", "chunks:3", "scattered"])
+def test_hot_pages_are_ten_percent_unique_and_in_range(layout: str) -> None:
+    hot = workload.hot_page_indices(65_536, 10.0, layout, seed=1)
+    assert hot.size == 6554
+    assert np.unique(hot).size == hot.size and (np.diff(hot) > 0).all()
+    assert hot.min() >= 0 and hot.max() < 65_536
+
+
+def test_layouts_have_the_runs_they_name() -> None:
+    def runs(hot: np.ndarray) -> int:
+        return int((np.diff(hot) > 1).sum()) + 1
+
+    assert runs(workload.hot_page_indices(1000, 10.0, "contiguous", 1)) == 1
+    chunks = workload.hot_page_indices(1000, 10.0, "chunks:4", 1)
+    assert runs(chunks) == 4
+    assert chunks.min() > 0 and chunks.max() < 999  # spread, not packed at one end
+    assert runs(workload.hot_page_indices(65_536, 10.0, "scattered", 1)) > 1000
+    with pytest.raises(ValueError, match="layout"):
+        workload.hot_page_indices(1000, 10.0, "chunks:0", 1)
+
+
+def test_count_nodes_splits_nodes_and_errors() -> None:
+    status = np.array([0, 1, 1, -14, 0, -2], dtype=np.int32)
+    assert workload.count_nodes(status) == {"other": 2, "node0": 2, "node1": 2}
+
+
+def test_workload_runs_here_and_reports_where_its_pages_are(tmp_path: Path) -> None:
+    """16 MiB on node 0 (every host has one) with a shared buffer, 1.5 s."""
+    spec = WorkloadSpec(name="t", size_mib=16, node=0, shared_mib=1, duration_s=1.5)
+    argv = spec.argv(tmp_path, tmp_path / "t.stop")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    ready = json.loads((tmp_path / "t.ready").read_text())
+    assert ready["nr_pages"] == 4096 and ready["nr_hot"] == 410 and ready["nr_shared"] == 256
+    assert ready["numpy_sorts_right"]
+    hot = np.load(tmp_path / "t.hot.npy")
+    cold = np.load(tmp_path / "t.cold.npy")
+    assert hot.size == 410 and cold.size == 4096 - 410
+    assert not np.intersect1d(hot, cold).size
+    lines = [json.loads(x) for x in (tmp_path / "t.placement.jsonl").read_text().splitlines()]
+    assert len(lines) >= 2
+    assert lines[-1]["hot"] == {"other": 0, "node0": 410}
+    assert lines[-1]["shared"] == {"other": 0, "node0": 256}
+    assert lines[-1]["passes"] > 0
+    done_info = json.loads((tmp_path / "t.done").read_text())
+    assert done_info["stopped"] == "duration" and done_info["sharer_pid"] > 0
+
+
+def test_workload_exit_after_leaves_no_done_file(tmp_path: Path) -> None:
+    spec = WorkloadSpec(name="x", size_mib=4, node=0, exit_after_s=0.3)
+    done = subprocess.run(spec.argv(tmp_path, tmp_path / "x.stop"), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x.ready").exists() and not (tmp_path / "x.done").exists()
+
+
+def test_daemon_config_is_valid_and_selects_only_the_workload() -> None:
+    for source, tunables in FAST_TUNABLES.items():
+        config = config_from_text(kscand_config(source, tunables))
+        assert config.scan.access_source == source
+        assert config.scan.comm_patterns == ("kscand-wl*",)
+        assert config.tunables.scan_delay_ms == 0
+        assert config.tunables.default_scale == 1
+    defaults = config_from_text(kscand_config("page_idle", {}))
+    assert defaults.tunables.scan_delay_ms == 2000  # vm-compare: the defaults
+
+
+def test_damon_scan_period_is_not_shorter_than_its_snapshot_refresh() -> None:
+    from kscand.live.damon import DamonSettings
+
+    assert FAST_TUNABLES["damon"]["scan_period_min_ms"] > DamonSettings().refresh_ms
+
+
+def test_placement_shares_and_first_time() -> None:
+    timeline = [
+        {"t_s": 0.0, "hot": {"node1": 10, "other": 0}},
+        {"t_s": 1.0, "hot": {"node0": 5, "node1": 5, "other": 0}},
+        {"t_s": 2.0, "hot": {"node0": 9, "node1": 1, "other": 0}},
+    ]
+    assert hot_fraction_on(timeline[1], "hot", 0) == 0.5
+    assert hot_fraction_on({}, "hot", 0) == 0.0
+    assert first_time_at(timeline, "hot", 0, 0.5) == 1.0
+    assert first_time_at(timeline, "hot", 0, 0.9) == 2.0
+    assert first_time_at(timeline, "hot", 0, 0.95) is None
+
+
+def test_mechanism_names() -> None:
+    for name in inguest.MECHANISMS:
+        assert make_mechanism(name).name == name
+    with pytest.raises(ValueError, match="unknown mechanism"):
+        make_mechanism("autonuma")
+
+
+def test_guest_script_turns_off_numpy_avx2(tmp_path: Path) -> None:
+    script = guest_script(["true"], tmp_path, tmp_path, None)
+    assert f"export NPY_DISABLE_CPU_FEATURES='{NUMPY_DISABLED_CPU_FEATURES}'" in script
+    assert "X86_V3" in NUMPY_DISABLED_CPU_FEATURES and "AVX2" in NUMPY_DISABLED_CPU_FEATURES
+
+
+def test_inguest_does_not_import_numpy() -> None:
+    """It only watches other processes; numpy's import costs 6-13 s under TCG."""
+    code = "import sys, testbed.inguest; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "False"
