@@ -42,7 +42,13 @@ def test_unit_keeps_what_the_live_backend_needs() -> None:
     for key in ("ProtectKernelTunables", "ProtectProc", "ProcSubset", "MemoryDenyWriteExecute"):
         assert key not in s, key
     assert s["ProtectSystem"] == ["strict"]
-    assert "AF_UNIX" in s["RestrictAddressFamilies"][0]
+    assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+
+
+def test_unit_lets_only_this_host_reach_the_metrics_endpoint() -> None:
+    s = unit_settings()
+    assert s["IPAddressDeny"] == ["any"]
+    assert s["IPAddressAllow"] == ["localhost"]
 
 
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:

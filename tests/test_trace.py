@@ -1,0 +1,44 @@
+"""Trace levels: which of the series' events daemon.trace writes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from kscand.errors import ConfigError
+from kscand.trace import ALL_EVENTS, JsonLinesTrace
+
+EVENTS = ("mm_enter", "scan_mm_start", "scan_mm_end", "scan_mm_migrate", "mm_exit")
+
+
+@pytest.mark.parametrize(
+    ("level", "written"),
+    [
+        ("mm", ["mm_enter", "mm_exit"]),
+        ("scan", ["mm_enter", "scan_mm_start", "scan_mm_end", "mm_exit"]),
+        ("all", list(EVENTS)),
+    ],
+)
+def test_level_selects_events(level: str, written: list[str]) -> None:
+    out = io.StringIO()
+    trace = JsonLinesTrace(out, lambda: 42, level=level)
+    for event in EVENTS:
+        trace(event, {"mm": "1@2"})
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == written
+    assert all(line["ts_ns"] == 42 and line["mm"] == "1@2" for line in lines)
+    assert trace.nr_events == len(written)
+
+
+def test_level_changes_on_set_level_and_bad_level_is_one_line() -> None:
+    out = io.StringIO()
+    trace = JsonLinesTrace(out, lambda: 0, level="mm")
+    trace("scan_mm_start", {})
+    trace.set_level("all")
+    trace("scan_mm_start", {})
+    assert out.getvalue().count("\n") == 1
+    assert ALL_EVENTS == frozenset(EVENTS)
+    with pytest.raises(ConfigError, match=r"^daemon.trace_level: expected one of mm, scan, all"):
+        trace.set_level("verbose")
