@@ -39,6 +39,6 @@ def test_level_changes_on_set_level_and_bad_level_is_one_line() -> None:
     trace.set_level("all")
     trace("scan_mm_start", {})
     assert out.getvalue().count("\n") == 1
-    assert ALL_EVENTS == frozenset(EVENTS)
+    assert frozenset(EVENTS) == ALL_EVENTS
     with pytest.raises(ConfigError, match=r"^daemon.trace_level: expected one of mm, scan, all"):
         trace.set_level("verbose")
