@@ -21,6 +21,8 @@ from kscand.evaluation.policies import DEFAULT_POLICIES, parse_sweep, plan_runs
 from kscand.evaluation.report import COLUMNS, row_of, write_report
 from kscand.sim.scenario import load_scenario
 
+TABLE_WIDTH = 200  # columns of the table when stdout is not a terminal
+
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -85,6 +87,8 @@ def main(args: argparse.Namespace) -> int:
                              progress=on_progress)
     comparison.commit = source_commit()
     console = Console()
+    if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns
+        console = Console(width=TABLE_WIDTH)
     console.print(comparison_table(comparison))
     if args.json is not None:
         try:
@@ -111,7 +115,10 @@ def comparison_table(comparison: Comparison) -> Table:
     table = Table(title=f"{comparison.scenario}: seed {comparison.seed}, "
                   f"{comparison.duration_s:g} s virtual, {comparison.wall_s:.1f} s wall")
     for col in COLUMNS:
-        table.add_column(col, justify="left" if col == "run" else "right")
+        if col == "run":
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, justify="right")
     for run in comparison.runs:
         table.add_row(*row_of(run, comparison.duration_s))
     table.caption = ("cold: promoted pages outside the workload's hot set at promotion / at "

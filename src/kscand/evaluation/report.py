@@ -16,10 +16,11 @@ from kscand.evaluation.compare import Comparison, RunResult
 from kscand.machine import PAGE_SIZE
 from kscand.units import format_bytes
 
+# top tier / of oracle: at the end; mean of oracle: time-averaged share / oracle's;
+# cold: promoted pages outside the hot set at promotion / at the end; CPU %: of one core.
 COLUMNS = (
-    "run", "top tier (end)", "of oracle (end)", "of oracle (mean)", "t50", "t90", "promoted",
-    "cold at promotion", "cold at end", "CPU (app)", "CPU (daemon)", "CPU % of 1 core",
-    "mean latency",
+    "run", "top tier", "of oracle", "mean of oracle", "t50", "t90", "promoted",
+    "cold at promo", "cold at end", "CPU app", "CPU daemon", "CPU %", "latency",
 )
 PLOTS = {
     "share.png": "Share of accesses served by the top tier",
