@@ -489,3 +489,23 @@ def test_state_file_write_failure_is_said_once_and_counted(
     finally:
         run.stop()
     assert caplog.text.count("cannot write the state file") == 1
+
+
+def test_counters_of_exited_processes_are_pruned_and_totals_kept(tmp_path: Path) -> None:
+    from kscand.daemon import PRUNE_SLACK
+
+    machine = FakeMachine(nr_procs=2 * PRUNE_SLACK + 10, nr_pages=4)
+    run = DaemonThread(make_config(tmp_path / "s"), machine)
+    try:
+        nr_procs = len(machine.nid)
+        run.wait_for(lambda: promoted(machine) == 4 * nr_procs)
+        keep = ProcessId(100, 1000)
+        run.daemon.call_in_loop(
+            lambda: [machine.nid.pop(p) for p in list(machine.nid) if p != keep])
+        run.wait_for(lambda: len(run.daemon.engine.mm_list) == 1)
+        run.wait_for(lambda: run.daemon.counters.counts["pruned_process_counters"] >= 1)
+        stats = run.daemon.engine.stats
+        assert list(stats.per_proc) == [keep]
+        assert stats.total["nr_kscand_migrated"] == 4 * nr_procs  # totals keep them
+    finally:
+        run.stop()

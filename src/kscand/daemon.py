@@ -85,6 +85,7 @@ STOP_GRACE_S = 0.9  # how long run_foreground waits for the loop after a stop re
 MAX_FAILED_STEPS = 10  # consecutive steps failing with a KscandError before giving up
 SNAPSHOT_WAIT_S = 0.5  # how long a status request waits for the loop (then: the last one)
 LOOP_CALL_TIMEOUT_S = 2.0  # how long a control request waits for the loop to run it
+PRUNE_SLACK = 64  # exited processes whose counters may linger before a prune
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
@@ -502,6 +503,7 @@ class Daemon:
         self.counters.consecutive_failures = 0
         elapsed_ns = time.monotonic_ns() - start_ns
         self.step_durations.observe_ns(elapsed_ns)
+        self._prune_exited()
         self.counters.counts["steps"] += 1
         self.counters.step_ns_last = elapsed_ns
         self.counters.step_ns_max = max(self.counters.step_ns_max, elapsed_ns)
@@ -512,6 +514,21 @@ class Daemon:
                 "to keep steps short",
                 elapsed_ns / 1e9,
             )
+
+    def _prune_exited(self) -> None:
+        """Forget the per-process counters of processes that left the mm list.
+
+        The totals keep what they did; without this a long-running daemon under
+        process churn would keep a counter table for every process it ever saw.
+        Checked after each step, pruned when the table is twice the list.
+        """
+        per_proc = self.engine.stats.per_proc
+        if len(per_proc) <= 2 * len(self.engine.mm_list) + PRUNE_SLACK:
+            return
+        listed = {slot.proc for slot in self.engine.mm_list}
+        for proc in [p for p in per_proc if p not in listed]:
+            del per_proc[proc]
+        self.counters.counts["pruned_process_counters"] += 1
 
     def _step_failed(self, err: KscandError) -> None:
         self.counters.counts["step_errors"] += 1

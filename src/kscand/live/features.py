@@ -26,6 +26,38 @@ from kscand.machine import PAGE_SIZE
 
 ACCESS_SOURCES = ("auto", "page_idle", "damon")
 
+# Capabilities the live daemon needs (include/uapi/linux/capability.h bit numbers), and why.
+# CAP_SYS_NICE is only needed for MPOL_MF_MOVE_ALL, which kscand does not use.
+REQUIRED_CAPS: dict[str, tuple[int, str]] = {
+    "CAP_SYS_ADMIN": (21, "PFNs in /proc/PID/pagemap and /proc/kpageflags"),
+    "CAP_DAC_READ_SEARCH": (2, "other users' /proc/PID/pagemap"),
+    "CAP_SYS_PTRACE": (19, "move_pages(2) on other users' processes"),
+}
+
+
+def missing_capabilities(status_text: str) -> tuple[str, ...] | None:
+    """REQUIRED_CAPS absent from the CapEff line of /proc/self/status text (None: no line)."""
+    for line in status_text.splitlines():
+        name, _, value = line.partition(":")
+        if name != "CapEff":
+            continue
+        try:
+            effective = int(value.strip(), 16)
+        except ValueError:
+            return None
+        return tuple(cap for cap, (bit, _why) in REQUIRED_CAPS.items()
+                     if not effective >> bit & 1)
+    return None
+
+
+def _own_missing_capabilities(procfs: str) -> tuple[str, ...] | None:
+    try:
+        with open(os.path.join(procfs, "self", "status"), encoding="ascii",
+                  errors="replace") as f:
+            return missing_capabilities(f.read())
+    except OSError:
+        return None
+
 
 class Topic(enum.Enum):
     """What a probe finding is about (the scan command only needs some of them)."""
@@ -55,6 +87,9 @@ class Features:
     procfs: str = "/proc"
     sysfs: str = "/sys"
     is_root: bool = True
+    # REQUIRED_CAPS not in this process's effective set; None: unknown (judged by is_root)
+    missing_caps: tuple[str, ...] | None = None
+    euid: int = 0
     has_pagemap: bool = True
     has_kpageflags: bool = True
     has_page_idle: bool = True
@@ -125,10 +160,9 @@ class Features:
     def findings(self) -> list[Finding]:
         """Every missing piece, in the order a reader should fix them."""
         out: list[Finding] = []
-        if not self.is_root:
-            out.append(Finding(Topic.PRIVILEGE, (
-                "not running as root: /proc/PID/pagemap hides PFNs and /proc/kpageflags is "
-                "unreadable without CAP_SYS_ADMIN; run kscand as root"), True))
+        privilege = self._privilege_sentence()
+        if privilege is not None:
+            out.append(Finding(Topic.PRIVILEGE, privilege, True))
         if not self.has_pagemap or not self.has_kpageflags:
             out.append(Finding(Topic.PAGE_FLAGS, (
                 f"this kernel has no {os.path.join(self.procfs, 'kpageflags')} or pagemap "
@@ -141,6 +175,20 @@ class Features:
                 f"move_pages(2) has no known syscall number on {platform.machine()}"), True))
         out += self._numa_findings()
         return out
+
+    def _privilege_sentence(self) -> str | None:
+        """Why this process lacks the privileges kscand needs, or None."""
+        if self.missing_caps is None:
+            if self.is_root:
+                return None
+            return ("not running as root: /proc/PID/pagemap hides PFNs and /proc/kpageflags "
+                    "is unreadable without CAP_SYS_ADMIN; run kscand as root")
+        if not self.missing_caps:
+            return None
+        who = "root" if self.euid == 0 else f"uid {self.euid}"
+        whys = "; ".join(f"{cap}: {REQUIRED_CAPS[cap][1]}" for cap in self.missing_caps)
+        return (f"running as {who} without {', '.join(self.missing_caps)} ({whys}); run kscand "
+                "as root with these capabilities (contrib/kscand.service keeps them)")
 
     def _numa_findings(self) -> list[Finding]:
         out: list[Finding] = []
@@ -291,6 +339,8 @@ def probe(
         procfs=procfs,
         sysfs=sysfs,
         is_root=os.geteuid() == 0 if is_root is None else is_root,
+        missing_caps=_own_missing_capabilities(procfs) if is_root is None else None,
+        euid=os.geteuid(),
         has_pagemap=os.path.exists(os.path.join(procfs, "self", "pagemap")),
         has_kpageflags=os.path.exists(os.path.join(procfs, "kpageflags"))
         and os.path.exists(os.path.join(procfs, "kpagecount")),

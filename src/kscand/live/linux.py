@@ -324,7 +324,7 @@ class LinuxMachine:
         """Node of present pages: the memory-block map, or move_pages(2) query without one."""
         pfn_map = self.nodes.layout.pfn_map
         if pfn_map is None:
-            status = self.mover.query(proc.pid, vaddr)
+            status = self.query_nodes(proc, vaddr)
             return np.where(status >= 0, status, np.int32(NID_NONE)).astype(np.int32)
         nid = pfn_map.lookup(pfn)
         now = time.monotonic_ns()
@@ -344,11 +344,28 @@ class LinuxMachine:
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         """move_pages(2) with MPOL_MF_MOVE, identity checked before and after the call."""
         self.procs.check(proc)
-        status = self.mover.move(proc.pid, np.ascontiguousarray(vaddrs, dtype=np.uint64), nid)
+        try:
+            status = self.mover.move(proc.pid, np.ascontiguousarray(vaddrs, dtype=np.uint64), nid)
+        except Unsupported as err:
+            raise self._gone_or(proc, err) from err
         self.procs.check(proc)
         return status
 
     def query_nodes(self, proc: ProcessId, vaddrs: U64Array) -> I32Array:
         """move_pages(2) query mode: the node of each page or a negative errno."""
         self.procs.check(proc)
-        return self.mover.query(proc.pid, np.ascontiguousarray(vaddrs, dtype=np.uint64))
+        try:
+            return self.mover.query(proc.pid, np.ascontiguousarray(vaddrs, dtype=np.uint64))
+        except Unsupported as err:
+            raise self._gone_or(proc, err) from err
+
+    def _gone_or(self, proc: ProcessId, err: Unsupported) -> Exception:
+        """ProcessGone when proc died during the call, else the call's own error.
+
+        A process that has exited but is not reaped yet still has its pid, but no
+        mm: move_pages(2) fails with EINVAL (find_mm_struct() in mm/migrate.c),
+        not ESRCH. That is an exit, not an unsupported kernel.
+        """
+        if not self.procs.is_alive(proc):
+            return ProcessGone(f"process {proc} exited during move_pages(2)")
+        return err
