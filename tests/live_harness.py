@@ -18,7 +18,9 @@ names itself "kscand-churn", writes its own private buffer and sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -120,10 +122,8 @@ class Spawner:
 
 
 def kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def wait_dead(pid: int, timeout_s: float = 2.0) -> None:
