@@ -68,6 +68,7 @@ def test_fixed_scan_size_and_period_set_their_clamps() -> None:
     assert t.scan_size_bytes == t.scan_size_min_bytes == t.scan_size_max_bytes == 64 << 20
     assert t.mm_scan_period_ms == t.scan_period_min_ms == t.scan_period_max_ms == 900
     assert apply_overrides("kscand", (("scan_sleep_ms", "40"),), Tunables()).scan_sleep_ms == 40
+    assert apply_overrides("kscand", (("scan_size", "default"),), Tunables()) == Tunables()
     numab = apply_overrides("numab", (("numab.scan_size_mb", "512"),), Tunables())
     assert numab.scan_size_mb == 512
     assert apply_overrides("damon", (("damon.young_filter", "false"),), Tunables()).young_filter \

@@ -6,7 +6,8 @@ oracle (a reference row from the samples, not a run). A parameter is named
 `policy.field` (numab.hot_threshold_ms, damon.quota_mib, kscand.scan_sleep_ms),
 a bare kscand tunable name, or one of the kscand shorthands `scan_size` (a fixed
 scan size: scan_size_bytes = its min = its max) and `scan_period` (a fixed scan
-period: mm_scan_period_ms = its min = its max).
+period: mm_scan_period_ms = its min = its max). The sweep value `default` leaves
+the parameter as the scenario (or the policy) has it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ KSCAND_FIXED = {
     "scan_period": ("mm_scan_period_ms", "scan_period_min_ms", "scan_period_max_ms"),
 }
 NONE_SLEEP_NS = 100_000_000
+DEFAULT_VALUE = "default"  # a sweep value that leaves the parameter as it is
 
 
 class NoPolicy:
@@ -114,6 +116,7 @@ def _typed(cls: type, field_name: str, text: str, where: str) -> Any:
 
 def apply_overrides(policy: str, overrides: Overrides, tunables: Tunables) -> Any:
     """The parameters of a run: the policy's defaults (kscand: tunables) with overrides."""
+    overrides = tuple((n, v) for n, v in overrides if v.lower() != DEFAULT_VALUE)
     if policy == "kscand":
         changes: dict[str, Any] = {}
         for name, value in overrides:
