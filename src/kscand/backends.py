@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kscand.config import Config
 from kscand.daemon import Backend
-from kscand.errors import Unsupported
+from kscand.errors import KscandError, Unsupported
 
 
 def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys") -> Backend:
@@ -43,6 +43,11 @@ def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys"
     if machine.access_source_name == "none":  # nothing can tell hot from cold here
         machine.close()
         raise Unsupported(machine.access_source_reason)
+    try:
+        machine.topology()  # every node's meminfo readable: say so now, not at every step
+    except KscandError:
+        machine.close()
+        raise
     return Backend(
         machine=machine,
         kind="live",

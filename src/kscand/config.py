@@ -292,6 +292,20 @@ def _topology(mapping: dict[str, Any]) -> TopologyConfig:
     return topology
 
 
+def _show_key(key: str) -> str:
+    """A key as an error message shows it: quoted when it holds control characters
+    (TOML allows any character in a quoted key; the message stays one line)."""
+    return key if key.isprintable() else repr(key)
+
+
+def _printable_keys(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """table, refusing keys with control characters (none is a known name)."""
+    for key in table:
+        if not key.isprintable():
+            raise ConfigError(f"{where}.{_show_key(key)}: unknown field")
+    return table
+
+
 def _fields(
     table: dict[str, Any], where: str, fields: dict[str, Callable[[Any, str], Any]]
 ) -> dict[str, Any]:
@@ -301,7 +315,7 @@ def _fields(
         check = fields.get(key)
         if check is None:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}.{key}: unknown field (known: {known})")
+            raise ConfigError(f"{where}.{_show_key(key)}: unknown field (known: {known})")
         out[key] = check(value, f"{where}.{key}")
     return out
 
@@ -334,9 +348,10 @@ def config_from_mapping(mapping: dict[str, Any]) -> Config:
     """A Config from parsed TOML; every error names its dotted field."""
     for key in mapping:
         if key not in SECTIONS:
-            raise ConfigError(f"{key}: unknown section (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"{_show_key(key)}: unknown section (known: {', '.join(SECTIONS)})")
+    tunables = _printable_keys(_table(mapping.get("tunables", {}), "tunables"), "tunables")
     return Config(
-        tunables=tunables_from_mapping(_table(mapping.get("tunables", {}), "tunables")),
+        tunables=tunables_from_mapping(tunables),
         scan=ScanConfig(**_section(mapping, "scan", _SCAN_FIELDS)),
         topology=_topology(mapping),
         daemon=DaemonConfig(**_section(mapping, "daemon", _DAEMON_FIELDS)),

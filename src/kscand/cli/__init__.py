@@ -33,11 +33,17 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+def one_line(text: str) -> str:
+    """text with control characters escaped, so an error stays on one line whatever
+    argument or path it quotes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line with exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"kscand: {message}\n")
+        sys.stderr.write(f"kscand: {one_line(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -59,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.main(args))
     except ConfigError as err:
-        sys.stderr.write(f"kscand {args.command}: {err}\n")
+        sys.stderr.write(f"kscand {args.command}: {one_line(str(err))}\n")
         return EXIT_USAGE
     except KscandError as err:
-        sys.stderr.write(f"kscand {args.command}: {err}\n")
+        sys.stderr.write(f"kscand {args.command}: {one_line(str(err))}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("kscand: interrupted\n")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
@@ -38,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         reply = request(socket_path(args.state_dir), message)
     except DaemonNotRunning as err:
-        sys.stderr.write(f"kscand scale: {err}\n")
+        sys.stderr.write(f"kscand scale: {one_line(str(err))}\n")
         return EXIT_NOT_RUNNING
     for proc in reply["processes"]:
         sys.stdout.write(f"pid {proc['pid']}: scale {proc['scale']}\n")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
@@ -87,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         status, source = fetch_status(args.state_dir)
     except DaemonNotRunning as err:
-        sys.stderr.write(f"kscand status: {err}\n")
+        sys.stderr.write(f"kscand status: {one_line(str(err))}\n")
         return EXIT_NOT_RUNNING
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")

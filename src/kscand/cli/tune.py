@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
             return 0
         after = request(path, {"cmd": "set", "tunables": changes})
     except DaemonNotRunning as err:
-        sys.stderr.write(f"kscand tune: {err}\n")
+        sys.stderr.write(f"kscand tune: {one_line(str(err))}\n")
         return EXIT_NOT_RUNNING
     old, new = before["tunables"], after["tunables"]
     for name in changes:

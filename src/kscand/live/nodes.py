@@ -84,8 +84,12 @@ def parse_node_meminfo(text: str, what: str) -> tuple[int, int]:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
-        return f.read()
+    """A sysfs/procfs text file; Unsupported with one line when it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError as err:
+        raise Unsupported(f"{path}: cannot read: {err.strerror or err}") from err
 
 
 def _listdir(path: str) -> list[str]:
