@@ -258,3 +258,22 @@ def test_no_policy_beats_the_oracle(policy: str) -> None:
         assert point["top_share"] <= point["oracle_share"] + 1e-9
     if policy != "none":
         assert result.final_top_share > 0.2  # it did something worth bounding
+
+
+def test_next_access_follows_the_rate_or_the_sweep() -> None:
+    from kscand.evaluation.numab import epoch_boundary_s, next_access_s
+    from kscand.sim import workloads as wl
+
+    sc = scenario([{"name": "app", "placement": "slow", "vmas": [
+        {"kind": "anon", "size": "4MiB", "workload": {"kind": "sequential", "pages_per_s": 1024}},
+        {"kind": "anon", "size": "4MiB", "workload": {"kind": "uniform", "rate_per_s": 1024 * 10}},
+    ]}])
+    stream, uniform = SimMachine(sc).alive()[0].vmas
+    rng = np.random.default_rng(0)
+    # 1024 pages swept at 1024 pages/s: page 10 is touched at 10/1024 s, then every second.
+    got = next_access_s(stream, np.array([10, 600]), 0.5, rng)
+    assert got.tolist() == pytest.approx([1 + 10 / 1024, 600 / 1024])
+    waits = next_access_s(uniform, np.arange(1024), 2.0, rng) - 2.0
+    assert float(waits.mean()) == pytest.approx(0.1, rel=0.1)  # exponential, 10 accesses/s
+    moving = wl.moving_hotset(100, 1e3, 0.1, 0.9, 2.5, 0.1, rng)
+    assert epoch_boundary_s(moving, 1.0, 4.0) == pytest.approx(2.5, abs=1e-6)

@@ -443,9 +443,12 @@ class NumabPolicy:
         out: list[_Fault] = []
         for vma in sim_proc.vmas:
             state = self._vmas.get(vma)
-            if state is None or not state.batches:
+            if state is None:
                 continue
             epoch = vma.workload.epoch(now_s)
+            if not state.batches:
+                state.epoch = epoch  # nothing pending: nothing to redraw
+                continue
             if epoch != state.epoch:
                 boundary = epoch_boundary_s(vma.workload, self._last_step_s, now_s)
                 out += self._pop(sim_proc, vma, state, boundary)
