@@ -264,6 +264,10 @@ def test_run_sim_serves_metrics_and_writes_the_trace_level(tmp_path: Path, level
             assert time.monotonic() < deadline
             time.sleep(0.05)
         status = request(socket_path(state_dir), {"cmd": "status"})["status"]
+        while status["state"] != "running":  # the first answer may come while it starts
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+            status = request(socket_path(state_dir), {"cmd": "status"})["status"]
         url = status["metrics_url"]
         assert url.startswith("http://127.0.0.1:")
         while scrape(url).get(("nr_kscand_migrated_total", ()), 0) == 0:

@@ -386,6 +386,7 @@ class Daemon:
             allowed_uids=self._allowed_uids,
             thread_setup=block_daemon_signals,
         )
+        self._publish("starting")  # a status request that comes at once gets an answer
         self._server.start()
         self._owns_state = True
         self._start_metrics()
