@@ -10,8 +10,9 @@ The share of accesses served by a tier is exact: the rate-weighted share.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,27 @@ PageIndex = IdxArray | slice
 MAX_EPOCHS_BACK = 64
 # Integral returned for a page a sequential stream certainly touched.
 CERTAIN = 1e3
+
+
+def integrate_epochs(
+    t0_s: F32Array,
+    t1_s: float,
+    epoch_s: float,
+    rates_in: Callable[[int], npt.NDArray[np.floating[Any]]],
+) -> F32Array:
+    """Expected accesses in [t0_s[k], t1_s] when rates are constant within epochs of
+    epoch_s: the sum over epochs of rate x overlap. rates_in(epoch) gives the
+    pages' rates in one epoch. At most MAX_EPOCHS_BACK epochs are looked back over.
+    """
+    t0 = t0_s.astype(np.float64)
+    last = int(t1_s // epoch_s)
+    first = max(int(float(t0.min()) // epoch_s) if t0.size else last, last - MAX_EPOCHS_BACK)
+    out = np.zeros(t0.shape[0], dtype=np.float64)
+    for epoch in range(first, last + 1):
+        lo = np.maximum(t0, epoch * epoch_s)
+        hi = min(t1_s, (epoch + 1) * epoch_s)
+        out += rates_in(epoch) * np.maximum(hi - lo, 0.0)
+    return out.astype(np.float32)
 
 
 class Workload(Protocol):
@@ -186,17 +208,10 @@ class MovingHotset:
 
     def integral(self, idx: PageIndex, t0_s: F32Array, t1_s: float) -> F32Array:
         rank = self.rank[idx]
-        t0 = t0_s.astype(np.float64)
-        last = self.epoch(t1_s)
-        first = max(self.epoch(float(t0.min())) if t0.size else last, last - MAX_EPOCHS_BACK)
-        out = np.zeros(rank.shape[0], dtype=np.float64)
-        for epoch in range(first, last + 1):
-            lo = np.maximum(t0, epoch * self.period_s)
-            hi = min(t1_s, (epoch + 1) * self.period_s)
-            overlap = np.maximum(hi - lo, 0.0)
-            rate = np.where(self._hot_in(rank, epoch), self.hot_rate, self.cold_rate)
-            out += rate * overlap
-        return out.astype(np.float32)
+        return integrate_epochs(
+            t0_s, t1_s, self.period_s,
+            lambda epoch: np.where(self._hot_in(rank, epoch), self.hot_rate, self.cold_rate),
+        )
 
 
 def moving_hotset(
@@ -495,16 +510,9 @@ class WindowRates:
         return np.isin(idx, self.hot_pages[window])
 
     def integral(self, idx: PageIndex, t0_s: F32Array, t1_s: float) -> F32Array:
-        t0 = t0_s.astype(np.float64)
-        last = self.epoch(t1_s)
-        first = max(self.epoch(float(t0.min())) if t0.size else last, last - MAX_EPOCHS_BACK)
-        out = np.zeros(t0.shape[0], dtype=np.float64)
-        for epoch in range(first, last + 1):
-            lo = np.maximum(t0, epoch * self.window_s)
-            hi = min(t1_s, (epoch + 1) * self.window_s)
-            overlap = np.maximum(hi - lo, 0.0)
-            out += self._lookup(idx, self._window(epoch)) * overlap
-        return out.astype(np.float32)
+        return integrate_epochs(
+            t0_s, t1_s, self.window_s, lambda epoch: self._lookup(idx, self._window(epoch))
+        )
 
 
 def _trace_records(trace: Trace, trace_pid: int, where: str) -> npt.NDArray[np.bool_]:
