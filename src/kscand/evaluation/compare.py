@@ -134,7 +134,7 @@ class Instrumented:
 
     def cpu_now(self) -> tuple[float, float]:
         running = LedgerSummary(self.ledger.promoted_pages, self.ledger.demoted_pages,
-                                self.ledger.move_calls, 0, 0, 0)
+                                self.ledger.move_calls, 0, 0, 0, 0, 0)
         cost = self.kind.cost(dict(self.stats.total), running, self.costs)
         return cost.total_ns, cost.app_ns
 

@@ -17,10 +17,12 @@ from kscand.machine import PAGE_SIZE
 from kscand.units import format_bytes
 
 # top tier / of oracle: at the end; mean of oracle: time-averaged share / oracle's;
-# cold: promoted pages outside the hot set at promotion / at the end; CPU %: of one core.
+# cold: promoted pages outside the hot set at promotion / at the end; outside oracle: promoted
+# pages on the top tier at the end that the oracle would not put there; CPU %: of one core.
 COLUMNS = (
     "run", "top tier", "of oracle", "mean of oracle", "t50", "t90", "promoted",
-    "cold at promo", "cold at end", "CPU app", "CPU daemon", "CPU %", "latency",
+    "cold at promo", "cold at end", "outside oracle", "CPU app", "CPU daemon", "CPU %",
+    "latency",
 )
 PLOTS = {
     "share.png": "Share of accesses served by the top tier",
@@ -47,7 +49,7 @@ def row_of(run: RunResult, duration_s: float) -> list[str]:
     if run.ledger is None or run.cpu is None:
         dash = "-"
         return [run.label, _pct(run.final_top_share), "100.0%", "100.0%", _secs(run.t50_s),
-                _secs(run.t90_s), dash, dash, dash, dash, dash, dash,
+                _secs(run.t90_s), dash, dash, dash, dash, dash, dash, dash,
                 f"{run.mean_latency_ns:.0f} ns"]
     ledger, cpu = run.ledger, run.cpu
     promoted = ledger["promoted_pages"]
@@ -65,6 +67,7 @@ def row_of(run: RunResult, duration_s: float) -> list[str]:
         format_bytes(promoted * PAGE_SIZE),
         share(ledger["cold_at_promotion_pages"]),
         share(ledger["cold_at_end_pages"]),
+        share(ledger["outside_oracle_at_end_pages"]),
         _ms(cpu["app_ns"]) if cpu["app_ns"] else "-",
         _ms(cpu["daemon_ns"]) if cpu["daemon_ns"] else "-",
         f"{100 * cpu['total_ns'] / (duration_s * 1e9):.2f}%",
