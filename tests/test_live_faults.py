@@ -78,6 +78,9 @@ def test_injected_faults_are_counted_fed_back_and_never_fatal(
     assert attempted + total["drop_proc_gone"] <= total["nr_kscand_migadded"]
     assert total["nr_kscand_mm_scans"] < 3 * RUN_S * 1000 / MIN_PERIOD_MS
 
+    print(f"injected pages {dict(faulty.injected_pages)}, calls {dict(faulty.injected_calls)}; "
+          f"migrated {total['nr_kscand_migrated']}, failed {total['nr_kscand_migrate_failed']}, "
+          f"drop_proc_gone {total['drop_proc_gone']}, periods ms {[round(p) for p in periods]}")
     # The same run without faults keeps every period at the minimum: the stretch above
     # is the feedback, not the work drying up.
     clean, _m, _f = run_daemon(Path(tmp_path) / "clean", None)
@@ -86,6 +89,7 @@ def test_injected_faults_are_counted_fed_back_and_never_fatal(
     finally:
         clean.stop()
     assert clean_periods == [MIN_PERIOD_MS] * 3
+    print(f"without faults: periods ms {clean_periods}")
     assert clean.daemon.engine.stats.total["nr_kscand_migrate_failed"] == 0
 
 

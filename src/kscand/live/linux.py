@@ -134,6 +134,7 @@ class LinuxMachine:
         self._vmflags: dict[ProcessId, dict[VmaKey, VmFlag]] = {}
         self._proc_list: list[ProcessId] = []
         self._proc_list_ns: int | None = None
+        self._known_gone: set[ProcessId] = set()  # listed, but found gone since the walk
         self._pfn_map_ns = time.monotonic_ns()
 
     # --- lifetime -----------------------------------------------------------------------------
@@ -182,12 +183,19 @@ class LinuxMachine:
         """Selected user processes, re-read from /proc at most once a second."""
         now = time.monotonic_ns()
         if self._proc_list_ns is not None and now - self._proc_list_ns < PROCESS_LIST_TTL_NS:
-            return list(self._proc_list)
+            return [p for p in self._proc_list if p not in self._known_gone]
         procs = self.procs.select(self.selection, self.self_pid)
         for gone in set(self._proc_list) - set(procs):
             self.forget(gone)
         self._proc_list, self._proc_list_ns = procs, now
+        self._known_gone = set()
         return list(procs)
+
+    def _note_gone(self, proc: ProcessId) -> None:
+        """proc was found gone: the cached list stops naming it (the engine would take
+        it for a new process otherwise, until the next walk of /proc)."""
+        if proc in self._proc_list:
+            self._known_gone.add(proc)
 
     def forget(self, proc: ProcessId) -> None:
         """Drop per-process state (smaps cache, kdamond) of a process that exited."""
@@ -216,9 +224,13 @@ class LinuxMachine:
         try:
             fd = os.open(self.procs.path(proc.pid, name), flags | os.O_CLOEXEC)
         except OSError as err:
-            raise proc_error(err, proc.pid, name) from err
+            error = proc_error(err, proc.pid, name)
+            if isinstance(error, ProcessGone):
+                self._note_gone(proc)
+            raise error from err
         if not self.procs.is_alive(proc):
             os.close(fd)
+            self._note_gone(proc)
             raise ProcessGone(f"process {proc} exited or its pid was reused")
         return fd
 
@@ -266,6 +278,7 @@ class LinuxMachine:
         finally:
             os.close(fd)
         if nr_read < vaddr.size and not self.is_alive(proc):
+            self._note_gone(proc)
             raise ProcessGone(f"process {proc} exited during the pagemap read")
         return self._batch(proc, vaddr, entries)
 
@@ -280,6 +293,7 @@ class LinuxMachine:
         finally:
             os.close(fd)
         if not valid.all() and not self.is_alive(proc):
+            self._note_gone(proc)
             raise ProcessGone(f"process {proc} exited during the pagemap read")
         return self._batch(proc, vaddr, np.where(valid, entries, np.uint64(0)))
 
@@ -343,12 +357,19 @@ class LinuxMachine:
 
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         """move_pages(2) with MPOL_MF_MOVE, identity checked before and after the call."""
-        self.procs.check(proc)
         try:
-            status = self.mover.move(proc.pid, np.ascontiguousarray(vaddrs, dtype=np.uint64), nid)
-        except Unsupported as err:
-            raise self._gone_or(proc, err) from err
-        self.procs.check(proc)
+            self.procs.check(proc)
+            try:
+                status = self.mover.move(
+                    proc.pid, np.ascontiguousarray(vaddrs, dtype=np.uint64), nid
+                )
+            except Unsupported as err:
+                raise self._gone_or(proc, err) from err
+            self.procs.check(proc)
+        except ProcessGone:
+            if not self.procs.is_alive(proc):  # an injected or transient ESRCH is not an exit
+                self._note_gone(proc)
+            raise
         return status
 
     def query_nodes(self, proc: ProcessId, vaddrs: U64Array) -> I32Array:

@@ -102,6 +102,11 @@ def move_pages_error(err: int, pid: int, nid: int | None) -> Exception:
     what = f"move_pages(pid {pid}" + ("" if nid is None else f", to node {nid}") + ")"
     if err == errno.ESRCH:
         return ProcessGone(f"{what}: no such process")
+    if err == errno.EINVAL:
+        # find_mm_struct() in mm/migrate.c: the task has no mm. kscand never selects
+        # kernel threads and passes valid flags, so the process is exiting (or a zombie):
+        # its mm is released before it is reaped, while its pid still resolves.
+        return ProcessGone(f"{what}: the process has no address space (it is exiting)")
     if err in (errno.EPERM, errno.EACCES):
         return AccessDenied(f"{what}: {os.strerror(err)} (needs root / CAP_SYS_NICE)")
     if err == errno.ENOSYS:
