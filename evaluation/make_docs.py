@@ -51,7 +51,7 @@ ENTRIES: dict[str, tuple[str, list[str]]] = {
     "many-small": ("evaluation/scenarios/many-small.toml", []),
     "graph-powerlaw": ("evaluation/scenarios/graph-powerlaw.toml", []),
     "trace-phases": ("evaluation/scenarios/trace-phases.toml", []),
-    "large-256g": ("evaluation/scenarios/large-256g.toml", ["--duration", "60"]),
+    "large-256g": ("evaluation/scenarios/large-256g.toml", ["--duration", "100"]),
     "sweep-hotset": ("scenarios/hotset.toml", SWEEP),
     "sweep-zipf-0.9": ("evaluation/scenarios/zipf-0.9.toml", SWEEP),
     "sweep-many-small": ("evaluation/scenarios/many-small.toml", SWEEP),
