@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-pagemap clean testbed
+.PHONY: demo test lint bench bench-pagemap clean testbed evaluation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,12 @@ testbed: $(STAMP)
 	else echo "testbed: not root, not installing (guest tests will skip)"; fi
 
 test: $(STAMP) testbed
-	$(VENV)/bin/ruff check src tests bench testbed
+	$(VENV)/bin/ruff check src tests bench testbed evaluation
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench testbed
+	$(VENV)/bin/ruff check src tests bench testbed evaluation
 	$(VENV)/bin/mypy
 
 # The reliability tests at full size: >= 10,000 process exits with pid reuse,
@@ -47,3 +47,8 @@ bench-pagemap: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# docs/evaluation.md: every `kscand compare` it shows, rerun (about 15 min on 2 cores).
+evaluation: $(STAMP)
+	$(PY) -m pip install -q -e '.[plot]'
+	$(PY) evaluation/make_docs.py
