@@ -44,6 +44,8 @@ def test_sigterm_during_a_move_batch_finishes_it_and_exits_within_1s(tmp_path: P
     returned_at = time.monotonic()
     assert status == 0
     assert returned_at - sent_at[0] < 1.0
+    print(f"SIGTERM mid-batch to return: {returned_at - sent_at[0]:.3f} s, "
+          f"{machine.move_calls} batches issued")
     assert machine.moves_in_flight == 0  # the batch in flight completed ...
     assert 1 <= machine.move_calls <= 3  # ... and no new one started after the stop
     for nid in machine.nid.values():
@@ -145,6 +147,7 @@ def test_restart_after_sigkill_replaces_the_stale_socket_state_file_and_port(
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=10) == 0
         assert time.monotonic() - sent < 1.0
+        print(f"restarted daemon: SIGTERM to exit {time.monotonic() - sent:.3f} s")
     finally:
         if second.poll() is None:
             second.kill()
