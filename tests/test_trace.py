@@ -42,3 +42,25 @@ def test_level_changes_on_set_level_and_bad_level_is_one_line() -> None:
     assert frozenset(EVENTS) == ALL_EVENTS
     with pytest.raises(ConfigError, match=r"^daemon.trace_level: expected one of mm, scan, all"):
         trace.set_level("verbose")
+
+
+def test_reload_changes_the_trace_level(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from daemon_fakes import FAST_TUNABLES, DaemonThread, FakeMachine, write_config
+
+    from kscand.config import config_from_text
+    from kscand.trace import MM_EVENTS
+
+    trace = tmp_path / "trace.jsonl"
+    head = f'[tunables]\n{FAST_TUNABLES}[daemon]\ntrace = "{trace}"\n'
+    path = write_config(tmp_path / "kscand.toml", head + 'trace_level = "all"\n')
+    config = config_from_text(path.read_text()).with_state_dir(tmp_path / "s")
+    run = DaemonThread(config, FakeMachine(), config_path=path)
+    try:
+        assert run.daemon.trace.events == ALL_EVENTS
+        write_config(path, head + 'trace_level = "mm"\n')
+        run.daemon.request_reload()
+        run.wait_for(lambda: run.daemon.counters.counts["reloads"] == 1)
+        assert run.daemon.trace.events == MM_EVENTS
+        assert run.daemon.config.daemon.trace_level == "mm"
+    finally:
+        run.stop()
