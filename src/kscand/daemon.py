@@ -11,8 +11,11 @@ Threads
 - control ("kscand-ctl"): serves the Unix socket (kscand.control). It reads
   only the published snapshot and the desired tunables; changes go to the
   loop through `_desired_tunables` and take effect on the next step.
-The loop and control threads block the daemon's signals, so the kernel
-delivers them to the main thread and never interrupts an engine syscall.
+- metrics ("kscand-metrics", only with daemon.metrics / --metrics): serves the
+  Prometheus endpoint (kscand.prometheus) from the published snapshot and the
+  step and move-batch duration histograms, which the loop fills.
+The loop, control and metrics threads block the daemon's signals, so the
+kernel delivers them to the main thread and never interrupts an engine syscall.
 
 How long one step can take, and how a stop interrupts it
 --------------------------------------------------------
@@ -46,7 +49,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kscand import __version__
 from kscand.config import Config, load_config
@@ -76,6 +79,9 @@ from kscand.statedir import prepare_state_dir, remove_state, socket_path, write_
 from kscand.throttle import SCALE_MAX
 from kscand.trace import open_trace
 from kscand.tunables import Tunables, coerce_tunable, tunable_fields
+
+if TYPE_CHECKING:  # imported only when the endpoint is on (prometheus_client is optional)
+    from kscand.prometheus import MetricsServer
 
 log = logging.getLogger("kscand")
 
@@ -249,7 +255,7 @@ class Daemon:
         self.engine = Kscand(
             guard, config.tunables, trace=self.trace, scale_policy=self.scale_policy
         )
-        self._metrics: Any = None  # kscand.prometheus.MetricsServer when daemon.metrics is set
+        self._metrics: MetricsServer | None = None  # when daemon.metrics is set
         self.counters = _DaemonCounters()
         self.exit_status = EXIT_OK
         self._allowed_uids = allowed_uids
