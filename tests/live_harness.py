@@ -105,6 +105,7 @@ class Spawner:
         pid_text, start_text = self._ask(f"spawn {lifetime_s} {size_bytes}").split()
         proc = ProcessId(int(pid_text), int(start_text))
         self.children[proc.pid] = proc.start_time
+        wait_named(proc.pid)  # selected by comm: not before it renamed itself
         return proc
 
     def reap(self) -> list[int]:
@@ -124,6 +125,20 @@ class Spawner:
 def kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def wait_named(pid: int, timeout_s: float = 2.0) -> None:
+    """Until the child's comm is CHILD_COMM (or it is gone)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == CHILD_COMM:
+                    return
+        except OSError:
+            return
+        time.sleep(0.0005)
+    raise AssertionError(f"pid {pid} never named itself {CHILD_COMM}")
 
 
 def wait_dead(pid: int, timeout_s: float = 2.0) -> None:
