@@ -108,7 +108,9 @@ def move_pages_error(err: int, pid: int, nid: int | None) -> Exception:
         # its mm is released before it is reaped, while its pid still resolves.
         return ProcessGone(f"{what}: the process has no address space (it is exiting)")
     if err in (errno.EPERM, errno.EACCES):
-        return AccessDenied(f"{what}: {os.strerror(err)} (needs CAP_SYS_PTRACE for another user's process)")
+        return AccessDenied(
+            f"{what}: {os.strerror(err)} (another user's process needs CAP_SYS_PTRACE)"
+        )
     if err == errno.ENOSYS:
         return Unsupported(f"{what}: this kernel has no move_pages(2) (CONFIG_MIGRATION)")
     if err == errno.ENODEV:
