@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kscand.cli.pathargs import path_arg
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE
 from kscand.sim.run import SimReport, hot_fraction, run_scenario
@@ -28,9 +28,9 @@ def add_parser(sub: Any) -> None:
         help="run kscand on the simulated two-tier machine",
         description="Run the kscand engine on a simulated machine described by a scenario file.",
     )
-    parser.add_argument("scenario", type=Path, help="scenario TOML file (see scenarios/)")
+    parser.add_argument("scenario", type=path_arg, help="scenario TOML file (see scenarios/)")
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--json", type=path_arg, default=None, metavar="FILE",
                         help="write the full report (timeline, processes, counters) as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -140,13 +140,18 @@ class Scenario:
 # --- field readers: each names the field in its error --------------------------------
 
 
+def _show_key(key: str) -> str:
+    """A key as an error shows it: as is when it is a plain name, else quoted and escaped."""
+    return key if key.isidentifier() else repr(key)
+
+
 def _table(raw: dict[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
         known = ", ".join(sorted(allowed))
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {known})")
+        raise ConfigError(f"{where}.{_show_key(unknown[0])}: unknown key (known: {known})")
     return raw
 
 
@@ -430,6 +435,8 @@ def _check_fits(scenario: Scenario) -> None:
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     path = Path(path)
+    if "\0" in str(path):
+        raise ConfigError(f"{path!r}: a path cannot hold a NUL byte")
     try:
         text = path.read_text()
     except OSError as err:
