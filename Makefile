@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-pagemap clean testbed evaluation
+.PHONY: demo test lint bench bench-pagemap clean testbed vm-compare evaluation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: $(STAMP)
 # SIZE_GIB=2 for less).
 bench-pagemap: $(STAMP)
 	$(PY) bench/bench_pagemap.py --size-gib $(or $(SIZE_GIB),8)
+
+# kscand (page_idle, DAMON) against numa_balancing=2, DAMOS migrate_hot and no tiering in
+# one QEMU guest (root; ~12 min under TCG): table, plot and JSON in out/vm-compare.
+vm-compare: $(STAMP) testbed
+	$(PY) -m pip install -q -e '.[plot]'
+	$(PY) -m testbed.compare --out out/vm-compare $(VM_COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

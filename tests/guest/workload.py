@@ -267,6 +267,7 @@ def main(argv: list[str]) -> int:
         "sharer_pid": sharer_pid,
         "node": args.node,
         "size_mib": size_mib,
+        "buffer": [addr, addr + len(buf)],
         "nr_pages": nr_pages,
         "nr_hot": int(hot.size),
         "nr_shared": int(shared_vaddrs.size),
