@@ -197,23 +197,26 @@ def _plot_cpu(pyplot: Any, comparison: Comparison) -> Any:
 
 
 def _plot_sweep(pyplot: Any, comparison: Comparison) -> Any:
-    """Per swept policy: mean share of the oracle and CPU % against the run label."""
+    """Per swept run: mean share of the oracle (bars) and CPU % of one core (line)."""
     runs = [r for r in comparison.runs if r.overrides]
-    fig, ax = pyplot.subplots(figsize=(8, 4.5))
-    labels = [" ".join(f"{n.split('.')[-1]}={v}" for n, v in r.overrides) for r in runs]
+    fig, ax = pyplot.subplots(figsize=(max(8.0, 0.45 * len(runs) + 2), 4.5))
+    names = [n.split(".")[-1] for n, _ in runs[0].overrides] if runs else []
+    policies = {r.policy for r in runs}
+    labels = [("" if len(policies) == 1 else r.policy + " ") + "/".join(v for _, v in r.overrides)
+              for r in runs]
     x = list(range(len(runs)))
-    ax.bar(x, [100 * r.mean_of_oracle for r in runs], color="tab:blue",
-           label="mean share of the oracle (%)")
-    ax.set_ylabel("mean top-tier share, % of the oracle")
+    ax.bar(x, [100 * r.mean_of_oracle for r in runs], color="tab:blue")
+    ax.set_ylabel("mean top-tier share, % of the oracle", color="tab:blue")
     ax.set_ylim(0, 105)
-    ax.set_xticks(x, [f"{r.policy}\n{lab}" for r, lab in zip(runs, labels, strict=True)],
-                  fontsize=7, rotation=30, ha="right")
+    ax.set_xticks(x, labels, fontsize=8, rotation=45, ha="right")
+    ax.set_xlabel(" / ".join(names))
     cpu_ax = ax.twinx()
     cpu_ax.plot(x, [100 * (r.cpu or {}).get("total_ns", 0.0) / (comparison.duration_s * 1e9)
-                    for r in runs], "o-", color="tab:red", label="CPU % of one core")
+                    for r in runs], "o-", color="tab:red")
     cpu_ax.set_ylabel("CPU % of one core", color="tab:red")
+    cpu_ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(_title(comparison, "sweep"), fontsize=10)
+    ax.set_title(_title(comparison, f"sweep of {', '.join(sorted(policies))}"), fontsize=10)
     return fig
 
 
