@@ -263,12 +263,15 @@ class DamonPolicy:
         """One kdamond iteration: check the last samples, aggregate if due, sample anew."""
         now_s = self.machine.clock.now_s
         self._sync()
-        max_nr = 0
-        for target in list(self.targets.values()):
-            max_nr = max(max_nr, self._check(target))
-        self.clock.max_nr_accesses = max_nr
-        if now_s >= self.clock.next_aggr_s:
-            self._aggregate(now_s)
+        if now_s < self.clock.next_aggr_s:
+            # No aggregation in between: check and prepare happen at the same instant,
+            # so one Accessed-bit call per target does both.
+            self.clock.max_nr_accesses = max(
+                (self._check(t, prepare=True) for t in list(self.targets.values())), default=0)
+            return
+        self.clock.max_nr_accesses = max(
+            (self._check(t) for t in list(self.targets.values())), default=0)
+        self._aggregate(now_s)
         for target in list(self.targets.values()):
             self._prepare(target)
 
@@ -300,31 +303,42 @@ class DamonPolicy:
         if sim_proc is None or not addrs.size:
             return np.zeros(addrs.shape[0], dtype=np.bool_)
         heads = _folio_heads(sim_proc, addrs)
-        uniq, inverse = np.unique(heads, return_inverse=True)
+        ascending = bool(np.all(heads[1:] > heads[:-1]))
+        uniq, inverse = (heads, None) if ascending else np.unique(heads, return_inverse=True)
         try:
             batch = self.machine.read_pages(target.proc, uniq)
             young = self.machine.test_and_clear_young(target.proc, batch)
         except ProcessGone:
             return np.zeros(addrs.shape[0], dtype=np.bool_)
-        return young[inverse]
+        return young if inverse is None else young[inverse]
 
-    def _check(self, target: _Target) -> int:
-        """check_accesses: count the regions whose sampled page was accessed."""
+    def _check(self, target: _Target, prepare: bool = False) -> int:
+        """check_accesses: count the regions whose sampled page was accessed (and, with
+        prepare, sample anew in the same call). Returns the largest nr_accesses."""
         regions = target.regions
         sampled = regions.sampling >= 0
-        if sampled.any():
-            young = self._young(target, regions.sampling[sampled])
-            regions.nr_accesses[sampled] += young.astype(np.int64)
+        old = regions.sampling[sampled]
+        new = self._new_samples(target) if prepare else np.zeros(0, dtype=np.int64)
+        if old.size or new.size:
+            young = self._young(target, np.concatenate([old, new]))
+            regions.nr_accesses[sampled] += young[: old.shape[0]].astype(np.int64)
+        if prepare:
+            regions.sampling = new
         return int(regions.nr_accesses.max()) if len(regions) else 0
+
+    def _new_samples(self, target: _Target) -> I64Array:
+        """A random page address in each region (counted as a sample)."""
+        regions = target.regions
+        nr_pages = np.maximum(regions.size // PAGE_SIZE, 1)
+        offset = (self.rng.random(len(regions)) * nr_pages).astype(np.int64)
+        self.stats.add(target.proc, "damon_samples", len(regions))
+        return regions.start + offset * PAGE_SIZE
 
     def _prepare(self, target: _Target) -> None:
         """prepare_access_checks: a random page per region, made old."""
         regions = target.regions
-        nr_pages = np.maximum(regions.size // PAGE_SIZE, 1)
-        offset = (self.rng.random(len(regions)) * nr_pages).astype(np.int64)
-        regions.sampling = regions.start + offset * PAGE_SIZE
+        regions.sampling = self._new_samples(target)
         self._young(target, regions.sampling)
-        self.stats.add(target.proc, "damon_samples", len(regions))
 
     # --- aggregation ---------------------------------------------------------------------
 
