@@ -18,7 +18,7 @@ kdamond for DAMOS; NUMA balancing's work is charged to the workload: its system
 time and the hint-fault count are columns). Writes OUT/report.md, OUT/summary.json
 and OUT/residency.png (matplotlib: the `plot` extra), and prints the table.
 
-    python -m testbed.compare --out out/vm-compare [--duration-s 90] [--layout chunks:4]
+    python -m testbed.compare --out out/vm-compare [--duration-s 120] [--layout chunks:4]
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("out/vm-compare"))
     parser.add_argument("--kernel", default="idle", choices=("idle",),
                         help="the kernel with every mechanism (page_idle needs it)")
-    parser.add_argument("--duration-s", type=float, default=90.0)
+    parser.add_argument("--duration-s", type=float, default=120.0)
     parser.add_argument("--layout", default="chunks:4", help="contiguous | chunks:K | scattered")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--mechanisms", default=",".join(MECHANISMS),

@@ -786,17 +786,24 @@ def run_compare(
             while time.monotonic() < deadline:
                 _wait(POLL_S)
             end = _sample(mechanism, workload.pid)
-            result.data["cpu"] = {k: round(end[k] - start[k], 3) for k in start}
-            result.data["vmstat_delta"] = {k: end["vmstat"][k] - start["vmstat"][k]
-                                           for k in VMSTAT_KEYS if k in end["vmstat"]}
-            result.data["vmstat_delta_since_mechanism_start"] = {
-                k: end["vmstat"][k] - before.get(k, 0) for k in VMSTAT_KEYS if k in end["vmstat"]
-            }
+            result.data["cpu"] = cpu_delta(start, end)
+            result.data["vmstat_delta"] = vmstat_delta(start["vmstat"], end["vmstat"])
+            result.data["vmstat_delta_since_mechanism_start"] = vmstat_delta(before, end["vmstat"])
             result.data["counters"] = mechanism.counters()
         finally:
             result.data["timeline"] = workload.timeline()
             result.data["workload_exit_status"] = workload.stop()
             result.data["mechanism_stop"] = mechanism.stop()
+
+
+def cpu_delta(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds spent between two samples (the numeric fields of _sample)."""
+    return {k: round(end[k] - v, 3) for k, v in start.items() if isinstance(v, int | float)}
+
+
+def vmstat_delta(start: dict[str, int], end: dict[str, int]) -> dict[str, int]:
+    """Growth of the VMSTAT_KEYS counters (those this kernel has)."""
+    return {k: end[k] - start.get(k, 0) for k in VMSTAT_KEYS if k in end}
 
 
 def _sample(mechanism: Mechanism, workload_pid: int) -> dict[str, Any]:

@@ -131,3 +131,24 @@ def test_inguest_does_not_import_numpy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "False"
+
+
+def test_window_deltas() -> None:
+    start = {"mechanism_s": 1.0, "workload_sys_s": 0.25, "vmstat": {"pgmigrate_success": 5}}
+    end = {"mechanism_s": 3.5, "workload_sys_s": 0.5, "vmstat": {"pgmigrate_success": 9}}
+    assert inguest.cpu_delta(start, end) == {"mechanism_s": 2.5, "workload_sys_s": 0.25}
+    assert inguest.vmstat_delta(start["vmstat"], end["vmstat"]) == {"pgmigrate_success": 4}
+    assert inguest.vmstat_delta({}, {"numa_hint_faults": 3, "other": 1}) == {"numa_hint_faults": 3}
+
+
+def test_compare_run_without_a_mechanism_here(tmp_path: Path) -> None:
+    """The whole compare scenario on this host with no mechanism and a tiny workload."""
+    spec = WorkloadSpec(size_mib=4, node=0)
+    inguest.run_compare("none", tmp_path, 1.0, spec)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["errors"] == []
+    assert result["mechanism"] == "none" and result["main"]["nr_hot"] == 102
+    assert set(result["cpu"]) == {"mechanism_s", "workload_user_s", "workload_sys_s"}
+    assert result["cpu"]["mechanism_s"] == 0.0
+    assert result["timeline"][-1]["hot"] == {"other": 0, "node0": 102}
+    assert result["workload_exit_status"] == 0
