@@ -9,8 +9,8 @@ its report (report.json, report.html, PNGs) in docs/evaluation/NAME/. The
 template is evaluation/evaluation.md.in; its placeholders:
 {{cmd:NAME}} the command, {{table:NAME}} the comparison table, {{grid:NAME}} a
 scan_size x scan_period grid of a sweep, {{img:NAME/PLOT}} a plot,
-{{v:NAME:LABEL:FIELD}} one number of one run, {{commit}} where the numbers
-come from.
+{{v:NAME:LABEL:FIELD}} one number of one run, {{first:NAME:LABEL}} when a run
+first promoted, {{commit}} where the numbers come from.
 """
 
 from __future__ import annotations
@@ -131,7 +131,16 @@ def value(data: dict[str, Any], label: str, field: str) -> str:
         return f"{v * 4096 / (1 << 30):.2f} GiB"
     if field.endswith("_ns"):
         return f"{v / 1e6:,.0f} ms"
-    return str(v)
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def first_promotion(data: dict[str, Any], label: str) -> str:
+    """The first sample time at which the run had promoted anything."""
+    run = next((r for r in data["runs"] if r["label"] == label), None)
+    if run is None:
+        raise SystemExit(f"{data['scenario']}: no run {label!r}")
+    times = [p["t_s"] for p in run["timeline"] if p["promoted_pages"] > 0]
+    return f"{times[0]:.0f} s" if times else "never"
 
 
 def render(commit: str) -> None:
@@ -151,6 +160,9 @@ def render(commit: str) -> None:
         if kind == "v":
             name, label, field = arg.split(":")
             return value(load(name), label, field)
+        if kind == "first":
+            name, label = arg.split(":")
+            return first_promotion(load(name), label)
         if kind == "commit":
             return commit or "unknown"
         raise SystemExit(f"unknown placeholder {match.group(0)}")
