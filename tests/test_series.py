@@ -209,3 +209,23 @@ def test_demotion_makes_room_for_the_hot_set() -> None:
     assert bool(np.all(hot.vmas[0].nid == 0))  # the whole hot set made it
     top = machine.topology().node(0)
     assert top.free_pages >= 0
+
+
+def test_demotion_works_under_the_series_throttling() -> None:
+    """A process living on the top tier finds no slow-tier work, so throttling alone
+    would scan it every ~9 s in 256 MiB steps; while the top tier wants room its idle
+    pages count as work, so its cold pages qualify and move within seconds."""
+    sc = scenario(
+        [{"name": "filler", "placement": "fast", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "1GiB"}]},
+         {"name": "hot", "placement": "slow", "workload": HOT, "start_s": 1,
+          "vmas": [{"kind": "anon", "size": "128MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "1GiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "4GiB", "cpus": False, "tier": 67}],
+        tunables={**SERIES, "demote_watermark_pct": 15, "target_free_min_pct": 1},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 30.0)
+    filler, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert engine.stats.of(filler.proc)["nr_kscand_demoted"] > 0
+    assert float((hot.vmas[0].nid == 0).mean()) > 0.9

@@ -79,6 +79,7 @@ class Kscand:
         )
         self.demoter = Demoter(machine, self.stats, tunables.migrate_queue_max)
         self.scanner = Scanner(machine, self.migrator, self.stats, self.demoter)
+        self.scanner.drain = self._migrate
 
     def set_tunables(self, tunables: Tunables) -> None:
         """Apply new tunables; they take effect from the next step (the sysfs analog)."""
@@ -101,13 +102,19 @@ class Kscand:
         entered, exited = self._sync()
         if not self.tunables.scan_enabled:
             return StepResult(0, 0, entered, exited)
+        promoted_before = self.stats.total["nr_kscand_migrated"]
         nr_scanned = self.scan_pass()
+        self._migrate()
+        promoted = self.stats.total["nr_kscand_migrated"] - promoted_before
+        return StepResult(nr_scanned, promoted, entered, exited)
+
+    def _migrate(self) -> None:
+        """Demote what must make room (when asked to), then promote what is queued."""
         if self.demoter.queue.nr_queued:
             self.demoter.demote(self.machine.topology(), self.tunables)
         results = self.migrator.migrate(self.machine.topology(), self.tunables, self._preferred)
         for result in results:
             self._feedback(result)
-        return StepResult(nr_scanned, sum(r.succeeded for r in results), entered, exited)
 
     # --- the mm list ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ Accessed bits, update the access history, and queue hot slow-tier folios.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +158,10 @@ class Scanner:
         self.stats = stats
         self.demoter = demoter
         self.demote = False  # queue cold top-tier folios in this scan (set per scan_mm)
+        # Called when the candidate queue would overflow mid-scan: the engine
+        # migrates what is queued (kmigrated running beside kscand), so a large
+        # scan does not drop what it found.
+        self.drain: Callable[[], None] | None = None
 
     def scan_mm(self, slot: MmSlot, tunables: Tunables, topology: Topology) -> ScanEnd:
         """Scan slot's process from its resume address for up to scan_size_bytes."""
@@ -230,6 +234,10 @@ class Scanner:
 
         candidates = np.flatnonzero(hot & ~on_top)
         if candidates.size:
+            if self.drain is not None and (
+                self.migrator.nr_queued + candidates.size > self.migrator.queue_max
+            ):
+                self.drain()  # kmigrated's turn: the queue would overflow
             self.migrator.add(proc, folios.take(candidates), _sizes(nr_pages, candidates))
         if self.demote and self.demoter is not None:
             seen = slot.seen_chunk(chunk_base)
@@ -239,6 +247,11 @@ class Scanner:
             if cold.size:
                 self.demoter.queue.add(proc, folios.take(cold), _sizes(nr_pages, cold))
         slot.useful_this_scan += pages_in(young & ~on_top, nr_pages)
+        if self.demote:
+            # While the top tier wants room, its idle pages are work too: without
+            # this, a process living on the top tier is throttled down to one scan
+            # every few seconds and its cold pages take minutes to qualify.
+            slot.useful_this_scan += pages_in(on_top & ~young, nr_pages)
         slot.note_accessed(folios.nid[young], None if nr_pages is None else nr_pages[young])
 
     def _count_skips(self, proc: ProcessId, codes: npt.NDArray[np.uint8]) -> tuple[int, int]:

@@ -207,7 +207,14 @@ class SimMachine:
         self.scenario = scenario
         self.params = scenario.sim
         # SFC64: the fastest of numpy's generators; one draw per page tested.
-        self.rng = np.random.Generator(np.random.SFC64(scenario.seed if seed is None else seed))
+        # Two streams from one seed: what the workloads look like (the same whatever
+        # the policy does, so policies compare on identical processes), and what
+        # happens as the run goes (Accessed-bit draws, injected faults).
+        workload_seed, run_seed = np.random.SeedSequence(
+            scenario.seed if seed is None else seed
+        ).spawn(2)
+        self.workload_rng = np.random.Generator(np.random.SFC64(workload_seed))
+        self.rng = np.random.Generator(np.random.SFC64(run_seed))
         self._clock = SimClock()
         nodes = sorted(scenario.nodes, key=lambda n: n.nid)
         self.nids = np.array([n.nid for n in nodes], dtype=np.int32)
@@ -295,7 +302,7 @@ class SimMachine:
                     start=vaddr,
                     kind_name=vspec.kind,
                     spec=vspec,
-                    workload=make_workload(vspec.workload, n, self.rng),
+                    workload=make_workload(vspec.workload, n, self.workload_rng),
                     page_id_base=self._next_page_id,
                     nid=np.full(n, NID_NONE, dtype=np.int8),
                     last_clear_s=np.full(n, self.clock.now_s, dtype=np.float32),
