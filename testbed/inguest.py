@@ -20,7 +20,9 @@ this process only starts and watches others.
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ NUMA_BALANCING = Path("/proc/sys/kernel/numa_balancing")
 NODE_SYSFS = Path("/sys/devices/system/node")
 MEMORY_SYSFS = Path("/sys/devices/system/memory")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SYS_MOVE_PAGES = 279  # x86_64
 UINT_MAX = (1 << 32) - 1
 SZ_MAX = (1 << 63) - 1
 POLL_S = 1.0
@@ -165,6 +169,63 @@ def read_json(path: Path) -> dict[str, Any] | None:
 REGION_FIELDS = ("start", "end", "nr_accesses", "age")
 
 
+def load_u64_npy(path: Path) -> array.array[int]:
+    """A 1-D little-endian uint64 .npy file (what workload.py saves), without numpy."""
+    data = path.read_bytes()
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError(f"{path}: not a .npy file")
+    size_bytes = 2 if data[6] == 1 else 4  # format 1.0: u16 header length, later: u32
+    offset = 8 + size_bytes
+    header_len = int.from_bytes(data[8:offset], "little")
+    header = data[offset : offset + header_len].decode("latin1")
+    if "'<u8'" not in header or "'fortran_order': False" not in header:
+        raise ValueError(f"{path}: not a C-order little-endian uint64 array: {header.strip()}")
+    out = array.array("Q")
+    out.frombytes(data[offset + header_len :])
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
+
+
+class PlacementObserver:
+    """Where a process's pages are, sampled from outside with move_pages(2) query mode.
+
+    The kernel walks the page tables for each sample: done here, that work is
+    not charged to the workload, whose CPU time the comparison reports.
+    """
+
+    def __init__(self, pid: int, groups: dict[str, array.array[int]], ready_wall: float) -> None:
+        self.pid = pid
+        self.groups = groups
+        self.ready_wall = ready_wall
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.syscall.restype = ctypes.c_long
+
+    def nodes(self, pages: array.array[int]) -> array.array[int]:
+        """Node of each page, or a negative errno."""
+        status = array.array("i", bytes(4 * len(pages)))
+        if not pages:
+            return status
+        ret = self._libc.syscall(
+            ctypes.c_long(SYS_MOVE_PAGES), ctypes.c_int(self.pid), ctypes.c_ulong(len(pages)),
+            ctypes.c_void_p(pages.buffer_info()[0]), None,
+            ctypes.c_void_p(status.buffer_info()[0]), ctypes.c_int(0),
+        )  # fmt: skip
+        if ret < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"move_pages query of pid {self.pid}: {os.strerror(err)}")
+        return status
+
+    def sample(self) -> dict[str, Any]:
+        """One placement line, like the workload's own: {t_s, group: {nodeN: n, other: n}}."""
+        line: dict[str, Any] = {"t_s": round(time.time() - self.ready_wall, 3)}
+        for name, pages in self.groups.items():
+            counts = Counter(self.nodes(pages))
+            line[name] = {"other": sum(n for nid, n in counts.items() if nid < 0)}
+            line[name].update({f"node{nid}": n for nid, n in sorted(counts.items()) if nid >= 0})
+        return line
+
+
 def damon_regions_of(pid: int, lo: int, hi: int) -> list[list[int]]:
     """[start, end, nr_accesses, age] of the DAMON tried regions of pid's kdamond that overlap
     [lo, hi) (diagnostics; the kernel recreates the directories under us: gaps are skipped)."""
@@ -211,6 +272,7 @@ class WorkloadSpec:
     hold: bool = False
     keep_bind: bool = False
     fill_leave_mib: int | None = None
+    report_interval_s: float = 1.0  # 0: no self-reports (a PlacementObserver samples)
 
     def argv(self, out: Path, stop_file: Path) -> list[str]:
         argv = [
@@ -219,6 +281,7 @@ class WorkloadSpec:
             "--hot-pct", str(self.hot_pct), "--layout", self.layout,
             "--shared-mib", str(self.shared_mib), "--comm", self.comm,
             "--duration-s", str(self.duration_s), "--stop-file", str(stop_file),
+            "--report-interval-s", str(self.report_interval_s),
         ]  # fmt: skip
         if self.exit_after_s is not None:
             argv += ["--exit-after-s", str(self.exit_after_s)]
@@ -265,6 +328,11 @@ class Workload:
 
     def timeline(self) -> list[dict[str, Any]]:
         return read_jsonl(self.out / f"{self.spec.name}.placement.jsonl")
+
+    def observer(self) -> PlacementObserver:
+        """An outside observer of the hot and cold pages (after wait_ready)."""
+        groups = {g: load_u64_npy(self.out / f"{self.spec.name}.{g}.npy") for g in ("hot", "cold")}
+        return PlacementObserver(self.pid, groups, float(self.info["ready_wall"]))
 
     def log_tail(self, nr_lines: int = 10) -> str:
         with contextlib.suppress(OSError):
@@ -386,6 +454,9 @@ class Mechanism(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def starts_after_ready(self) -> bool: ...
+
     def start(self, out: Path) -> None: ...
 
     def cpu_s(self) -> float: ...
@@ -402,6 +473,9 @@ class KscandMechanism:
     source: str
     tunables: dict[str, int] = field(default_factory=dict)
     daemon: Daemon | None = None
+    # Started before the workload (the daemon's import takes seconds); it sees the
+    # workload only once it is ready, when it renames itself kscand-wl.
+    starts_after_ready = False
 
     @property
     def name(self) -> str:
@@ -434,6 +508,9 @@ class NumabMechanism:
     """kernel.numa_balancing = 2 (NUMA_BALANCING_MEMORY_TIERING), default knobs."""
 
     name = "numab"
+    # On from the start: it leaves the workload's memory alone while it is bound
+    # (task_numa_work skips MPOL_BIND VMAs), i.e. until ready.
+    starts_after_ready = False
 
     def __init__(self) -> None:
         self.previous = "0"
@@ -462,6 +539,9 @@ class DamosMechanism:
     """
 
     name = "damos"
+    # migrate_hot ignores memory policies: started before, it would move the pages the
+    # workload is populating on node 1. So it starts at ready (a few sysfs writes).
+    starts_after_ready = True
 
     def __init__(self, source_nid: int = 1, target_nid: int = 0) -> None:
         self.source_nid = source_nid
@@ -529,6 +609,7 @@ class NoMechanism:
     """Nothing promotes: the baseline."""
 
     name = "none"
+    starts_after_ready = False
 
     def start(self, out: Path) -> None:
         return None
@@ -777,21 +858,28 @@ def run_compare(
         mechanism = make_mechanism(mechanism_name, tunables)
         result.data.update(mechanism=mechanism_name, duration_s=duration_s, workload=spec.__dict__)
         before = vmstat()
-        mechanism.start(out)
+        if not mechanism.starts_after_ready:
+            mechanism.start(out)
         workload = Workload(spec, out)
+        timeline: list[dict[str, Any]] = []
         try:
             result.data["main"] = workload.wait_ready()
+            if mechanism.starts_after_ready:
+                mechanism.start(out)
+            observer = workload.observer()
             start = _sample(mechanism, workload.pid)
             deadline = time.monotonic() + duration_s
             while time.monotonic() < deadline:
-                _wait(POLL_S)
+                timeline.append(observer.sample())
+                _wait(min(POLL_S, deadline - time.monotonic()))
+            timeline.append(observer.sample())
             end = _sample(mechanism, workload.pid)
             result.data["cpu"] = cpu_delta(start, end)
             result.data["vmstat_delta"] = vmstat_delta(start["vmstat"], end["vmstat"])
             result.data["vmstat_delta_since_mechanism_start"] = vmstat_delta(before, end["vmstat"])
             result.data["counters"] = mechanism.counters()
         finally:
-            result.data["timeline"] = workload.timeline()
+            result.data["timeline"] = timeline
             result.data["workload_exit_status"] = workload.stop()
             result.data["mechanism_stop"] = mechanism.stop()
 
@@ -850,7 +938,8 @@ def main(argv: list[str] | None = None) -> int:
         run = run_promote if args.scenario == "promote" else run_full
         run(args.source, args.out, None, overrides)
     else:
-        spec = WorkloadSpec(size_mib=args.size_mib, layout=args.layout, hot_pct=args.hot_pct)
+        spec = WorkloadSpec(size_mib=args.size_mib, layout=args.layout, hot_pct=args.hot_pct,
+                            report_interval_s=0)
         source = args.mechanism.removeprefix("kscand-")
         tunables = FAST_TUNABLES.get(source, {}) if args.fast else {}
         run_compare(args.mechanism, args.out, args.duration_s, spec, tunables)

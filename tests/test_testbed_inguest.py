@@ -143,12 +143,25 @@ def test_window_deltas() -> None:
 
 def test_compare_run_without_a_mechanism_here(tmp_path: Path) -> None:
     """The whole compare scenario on this host with no mechanism and a tiny workload."""
-    spec = WorkloadSpec(size_mib=4, node=0)
-    inguest.run_compare("none", tmp_path, 1.0, spec)
+    spec = WorkloadSpec(size_mib=4, node=0, report_interval_s=0)
+    inguest.run_compare("none", tmp_path, 1.5, spec)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["errors"] == []
     assert result["mechanism"] == "none" and result["main"]["nr_hot"] == 102
     assert set(result["cpu"]) == {"mechanism_s", "workload_user_s", "workload_sys_s"}
     assert result["cpu"]["mechanism_s"] == 0.0
+    assert len(result["timeline"]) >= 2  # sampled from outside: the workload reports no more
     assert result["timeline"][-1]["hot"] == {"other": 0, "node0": 102}
+    assert result["timeline"][-1]["cold"] == {"other": 0, "node0": 1024 - 102}
+    own = (tmp_path / "wl.placement.jsonl").read_text().splitlines()
+    assert len(own) == 2  # only at ready and at the end
     assert result["workload_exit_status"] == 0
+
+
+def test_npy_reader_matches_numpy(tmp_path: Path) -> None:
+    values = np.array([0, 1, 2**63 + 5, 0x7F0000001000], dtype=np.uint64)
+    np.save(tmp_path / "a.npy", values)
+    assert inguest.load_u64_npy(tmp_path / "a.npy").tolist() == values.tolist()
+    np.save(tmp_path / "b.npy", values.astype(np.int32))
+    with pytest.raises(ValueError, match="uint64"):
+        inguest.load_u64_npy(tmp_path / "b.npy")

@@ -16,9 +16,10 @@ Run inside the QEMU guest (`python tests/guest/workload.py --out DIR --name wl .
    set the process name to --comm (kscand's comm_patterns select on it) and
    write NAME.ready. Time 0 of every report is that moment.
 4. Loop: write one byte in every hot page (and every shared page) each pass,
-   a pass every --pass-interval-ms, and every --report-interval-s append one
-   JSON line to NAME.placement.jsonl with where the pages are (move_pages(2)
-   query mode on its own pages). Until --duration-s, --exit-after-s (exit at
+   a pass every --pass-interval-ms, and every --report-interval-s (0: never;
+   one line at ready and one at the end still) append one JSON line to
+   NAME.placement.jsonl with where the pages are (move_pages(2) query mode on
+   its own pages). Until --duration-s, --exit-after-s (exit at
    once, without a final report: the "process exits mid-scan" case) or a stop
    file (--stop-file) appears.
 5. Write NAME.done (JSON: the last placement and why it stopped).
@@ -214,7 +215,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exit-after-s", type=float, help="exit this long after ready, no report")
     p.add_argument("--stop-file", type=Path, help="stop when this file exists")
     p.add_argument("--pass-interval-ms", type=float, default=5.0)
-    p.add_argument("--report-interval-s", type=float, default=1.0)
+    p.add_argument("--report-interval-s", type=float, default=1.0, help="0: never")
     p.add_argument("--hold", action="store_true", help="do not touch after populating")
     return p.parse_args(argv)
 
@@ -301,7 +302,10 @@ def run_loop(
 ) -> tuple[str, int]:
     """Touch the hot set until the duration ends or the stop file appears: (why, passes)."""
     start = reporter.ready_mono
-    next_report = start + args.report_interval_s
+    # --report-interval-s 0: no periodic reports (an observer samples from outside,
+    # so the move_pages(2) queries are not charged to this process).
+    every_s = args.report_interval_s if args.report_interval_s > 0 else float("inf")
+    next_report = start + every_s
     passes = 0
     interval_s = args.pass_interval_ms / 1000
     while True:
@@ -319,8 +323,8 @@ def run_loop(
             passes += 1
         if now >= next_report:
             reporter.report(passes)
-            next_report += args.report_interval_s
-        pause = interval_s if not args.hold else min(0.2, args.report_interval_s)
+            next_report += every_s
+        pause = interval_s if not args.hold else 0.2
         time.sleep(max(0.0, pause - (time.monotonic() - now)))
 
 
