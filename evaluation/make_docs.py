@@ -119,8 +119,10 @@ def value(data: dict[str, Any], label: str, field: str) -> str:
     if run is None:
         raise SystemExit(f"{data['scenario']}: no run {label!r}")
     v: Any = run
-    for part in field.split("."):
-        v = v[part]
+    parts = field.split(".")
+    for i, part in enumerate(parts):
+        # A counter never incremented is absent from a report's counters: 0.
+        v = v.get(part, 0) if i and parts[0] == "counters" else v[part]
     if v is None:
         return "never"
     if field.endswith("_s"):
