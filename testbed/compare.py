@@ -9,7 +9,9 @@ after the workload is ready:
   kscand-page_idle  `kscand run`, access_source = "page_idle", default tunables
   kscand-damon      `kscand run`, access_source = "damon", default tunables
   numab             kernel.numa_balancing = 2 (memory tiering mode), default knobs
-  damos             a kdamond (paddr, node 1's range) with a migrate_hot scheme to node 0
+  damos             a kdamond (paddr, node 1's range) with a migrate_hot scheme to node 0:
+                    regions accessed in >= 1 of 20 samples per 100 ms aggregation
+  damos-strict      the same with >= 5 of 20 samples for >= 10 aggregations (1 s)
 
 Per mechanism: seconds until 50 % / 90 % of the hot pages are on node 0, pages
 migrated (/proc/vmstat pgmigrate_success), cold pages wrongly promoted, CPU
@@ -106,6 +108,17 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def settle_time(timeline: Sequence[dict[str, Any]]) -> float:
+    """Time of the last change of the hot and cold pages on node 0 (0 when none)."""
+    last, settled = None, 0.0
+    for line in timeline:
+        now = (line.get("hot", {}).get("node0", 0), line.get("cold", {}).get("node0", 0))
+        if last is not None and now != last:
+            settled = float(line["t_s"])
+        last = now
+    return settled
+
+
 def plot_residency(results: Sequence[dict[str, Any]], path: Path, title: str) -> str | None:
     """Hot pages on node 0 (and cold ones wrongly there) over time; None, or why not drawn."""
     try:
@@ -124,6 +137,8 @@ def plot_residency(results: Sequence[dict[str, Any]], path: Path, title: str) ->
         cold = [100 * hot_fraction_on(line, "cold", 0) for line in timeline]
         (line,) = hot_ax.plot(t, hot, label=str(result.get("mechanism")))
         cold_ax.plot(t, cold, color=line.get_color())
+    settled_s = max((settle_time(r.get("timeline", [])) for r in results), default=0.0)
+    hot_ax.set_xlim(0, max(10.0, min(float(results[0].get("duration_s", 1e9)), 1.5 * settled_s)))
     hot_ax.set_ylabel("hot set on node 0 (%)")
     hot_ax.set_ylim(-2, 102)
     hot_ax.axhline(90, color="grey", linewidth=0.5, linestyle=":")

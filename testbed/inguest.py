@@ -84,7 +84,7 @@ FAST_TUNABLES: dict[str, dict[str, int]] = {
         "hot_history_depth": 3,
     },
 }
-MECHANISMS = ("kscand-page_idle", "kscand-damon", "numab", "damos", "none")
+MECHANISMS = ("kscand-page_idle", "kscand-damon", "numab", "damos", "damos-strict", "none")
 
 
 # --- reading /proc and /sys -----------------------------------------------------------------
@@ -533,17 +533,28 @@ class NumabMechanism:
 class DamosMechanism:
     """One kdamond (paddr) on node 1's physical range, a migrate_hot scheme to node 0.
 
-    DAMON's default intervals (sample 5 ms, aggregation 100 ms, update 1 s);
-    regions accessed at least once per aggregation are migrated, with no quota.
-    (6.12's vaddr operations do not implement migrate_hot; paddr does.)
+    DAMON's default intervals (sample 5 ms, aggregation 100 ms, update 1 s), no
+    quota. "damos": regions found accessed at least once in an aggregation (1 of
+    its 20 samples) are migrated; "damos-strict": at least 5 of 20 samples, and
+    for at least 10 aggregations (1 s) in a row. (6.12's vaddr operations do not
+    implement migrate_hot; paddr does.)
     """
 
-    name = "damos"
     # migrate_hot ignores memory policies: started before, it would move the pages the
     # workload is populating on node 1. So it starts at ready (a few sysfs writes).
     starts_after_ready = True
 
-    def __init__(self, source_nid: int = 1, target_nid: int = 0) -> None:
+    def __init__(
+        self,
+        name: str = "damos",
+        min_nr_accesses: int = 1,
+        min_age: int = 0,
+        source_nid: int = 1,
+        target_nid: int = 0,
+    ) -> None:
+        self.name = name
+        self.min_nr_accesses = min_nr_accesses
+        self.min_age = min_age
         self.source_nid = source_nid
         self.target_nid = target_nid
         self.kdamond = DAMON_ADMIN / "kdamonds" / "0"
@@ -574,9 +585,9 @@ class DamosMechanism:
             (scheme / "target_nid", self.target_nid),
             (pattern / "sz" / "min", 4096),
             (pattern / "sz" / "max", SZ_MAX),
-            (pattern / "nr_accesses" / "min", 1),
+            (pattern / "nr_accesses" / "min", self.min_nr_accesses),
             (pattern / "nr_accesses" / "max", UINT_MAX),
-            (pattern / "age" / "min", 0),
+            (pattern / "age" / "min", self.min_age),
             (pattern / "age" / "max", UINT_MAX),
             (self.kdamond / "state", "on"),
         ]
@@ -628,8 +639,11 @@ def make_mechanism(name: str, tunables: dict[str, int] | None = None) -> Mechani
     if name.startswith("kscand-"):
         return KscandMechanism(name.removeprefix("kscand-"), dict(tunables or {}))
     factories: dict[str, Callable[[], Mechanism]] = {
-        "numab": NumabMechanism, "damos": DamosMechanism, "none": NoMechanism,
-    }  # fmt: skip
+        "numab": NumabMechanism,
+        "damos": DamosMechanism,
+        "damos-strict": lambda: DamosMechanism("damos-strict", min_nr_accesses=5, min_age=10),
+        "none": NoMechanism,
+    }
     if name not in factories:
         raise ValueError(f"unknown mechanism {name!r}: one of {', '.join(MECHANISMS)}")
     return factories[name]()

@@ -77,6 +77,12 @@ def test_report_files(tmp_path: Path) -> None:
     assert summary["rows"][0]["mechanism"] == "none"
 
 
+def test_settle_time_is_the_last_change() -> None:
+    assert compare.settle_time(result("numab", [0, 50, 90, 90, 90])["timeline"]) == 2.0
+    assert compare.settle_time(result("none", [0, 0])["timeline"]) == 0.0
+    assert compare.settle_time([]) == 0.0
+
+
 def test_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot extra is optional")
     path = tmp_path / "residency.png"
