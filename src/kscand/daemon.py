@@ -759,11 +759,8 @@ def run_foreground(daemon: Daemon) -> int:
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
         daemon.request_reload()
 
-    try:
-        daemon.start()
-    except BaseException:
-        daemon.close()
-        raise
+    # Handlers first: once the socket answers, a client may send SIGTERM at once
+    # (a stop requested before the loop starts makes it return at its first check).
     previous = {
         signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
         signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
@@ -774,6 +771,7 @@ def run_foreground(daemon: Daemon) -> int:
         target=lambda: status.append(daemon.run_loop()), name="kscand", daemon=True
     )
     try:
+        daemon.start()
         loop.start()
         while loop.is_alive() and not daemon.stopping():
             loop.join(timeout=0.25)
