@@ -40,7 +40,8 @@ CASES = (("idle", "page_idle"), ("stock", "damon"))
 # (one run: 0 of 6,554 hot pages promoted in the first scenario, 5,521 in the
 # second), a known gap (see the closing notes), not a passing test.
 PAGE_IDLE_ONLY = pytest.mark.parametrize("boot", [CASES[0]], indirect=True, ids=["idle-page_idle"])
-HOT_DEADLINE_S = 120.0  # >= 90 % of the hot pages on node 0 within this, after ready (TCG)
+HOT_DEADLINE_S = 180.0  # >= 90 % of the hot pages on node 0 within this, after ready (TCG;
+# measured 9-28 s with page_idle, 12-70 s with DAMON, the slowest on a loaded host)
 HOT_SHARE_MIN = 0.90
 COLD_STAY_MIN = 0.95
 STOP_DEADLINE_S = 10.0  # SIGTERM to exit (the daemon waits for at most one batch)
