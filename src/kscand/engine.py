@@ -112,6 +112,8 @@ class Kscand:
         """Demote what must make room (when asked to), then promote what is queued."""
         if self.demoter.queue.nr_queued:
             self.demoter.demote(self.machine.topology(), self.tunables)
+        if not self.migrator.nr_queued:
+            return  # nothing queued: no topology read (it re-reads every node's meminfo)
         results = self.migrator.migrate(self.machine.topology(), self.tunables, self._preferred)
         for result in results:
             self._feedback(result)
@@ -162,7 +164,7 @@ class Kscand:
         Visits at most mms_to_scan processes, looks at each listed one at most
         once: one pass's work is bounded by mms_to_scan x scan_size_max_bytes.
         """
-        topology = self.machine.topology()
+        topology: Topology | None = None  # read once, only when a process is due
         limit = self.tunables.mms_to_scan
         visited = 0
         for _ in range(len(self.mm_list)):
@@ -172,6 +174,8 @@ class Kscand:
             if slot is None:
                 break
             if self._due(slot):
+                if topology is None:
+                    topology = self.machine.topology()
                 self._scan_one(slot, topology)
                 visited += 1
             self.mm_list.advance()
