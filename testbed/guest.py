@@ -46,6 +46,11 @@ CONSOLE_LOG_NAME = "console.log"
 EXIT_NO_STATUS = 125
 EXIT_TIMEOUT = 124
 KILL_GRACE_S = 5.0
+# Boots that die before the guest script starts are retried: Debian's 6.12 kernel under
+# TCG with 2 vCPUs sometimes oopses in early boot ("Oops: int3" while patching a static
+# key; seen at 2 s, before init). A panic after the script started is never retried.
+BOOT_ATTEMPTS = 3
+BOOT_PANIC_MARKERS = ("Kernel panic", "Oops:")
 
 # QEMU 7.2's TCG mis-emulates an AVX2 instruction numpy's argsort uses (x86-simd-sort):
 # in the guest np.argsort / np.unique(return_inverse=True) return unsorted indices for
@@ -137,6 +142,7 @@ class GuestResult:
     accel: str
     vng_status: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    failed_boots: tuple[Path, ...] = ()  # consoles of boots that died before the script ran
 
     @property
     def status(self) -> int | None:
@@ -167,6 +173,9 @@ class GuestResult:
             f"kernel={self.kernel} accel={self.accel} elapsed={self.elapsed_s:.1f}s "
             f"timed_out={self.timed_out} rwdir={self.rwdir}"
         ]
+        if self.failed_boots:
+            names = ", ".join(path.name for path in self.failed_boots)
+            lines.append(f"retried after {len(self.failed_boots)} boot(s) that died early: {names}")
         for step in self.steps:
             lines.append(f"$ {step.command}  -> status {step.status}")
             lines += ["  " + line for line in _tail(step.stdout(), 20)]
@@ -282,6 +291,15 @@ def vng_argv(
     return argv
 
 
+def died_in_boot(rwdir: Path, console_path: Path) -> bool:
+    """The kernel panicked before the guest script ran its first command (a boot to retry)."""
+    first_out, _, _ = step_paths(rwdir, 0)
+    if first_out.exists():
+        return False
+    console = _read_text(console_path)
+    return any(marker in console for marker in BOOT_PANIC_MARKERS)
+
+
 def _read_status(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -338,7 +356,14 @@ class Guest:
         console_path = rwdir / CONSOLE_LOG_NAME
         argv = vng_argv(image, rwdir, script, self.topology, accel, self.venv)
         started = time.monotonic()
-        vng_status, timed_out = self._boot(argv, console_path)
+        failed_boots: list[Path] = []
+        while True:
+            vng_status, timed_out = self._boot(argv, console_path)
+            if len(failed_boots) + 1 >= BOOT_ATTEMPTS or not died_in_boot(rwdir, console_path):
+                break
+            kept = console_path.with_name(f"console.boot-{len(failed_boots) + 1}.log")
+            console_path.rename(kept)
+            failed_boots.append(kept)
         elapsed_s = time.monotonic() - started
         steps = []
         for index, command in enumerate(commands):
@@ -354,6 +379,7 @@ class Guest:
             accel=accel,
             vng_status=vng_status,
             extra={"argv": shlex.join(argv)},
+            failed_boots=tuple(failed_boots),
         )
 
     def run(self, command: str, rwdir: Path | str) -> GuestResult:

@@ -253,6 +253,29 @@ def write_sysfs(path: Path, value: object) -> None:
     path.write_text(f"{value}\n")
 
 
+@contextlib.contextmanager
+def numa_balancing(mode: int, result: Result) -> Iterator[None]:
+    """kernel.numa_balancing = mode for the scenario, restored after; records both values
+    and the NUMA hint faults taken meanwhile.
+
+    Debian's stock kernel boots with numa_balancing = 1 on a multi-node machine, and
+    mode 1 moves pages to the node of the CPU that touches them: on the two-tier
+    guest that promotes the hot set by itself. kscand's scenarios run with it at 0,
+    so every page on node 0 was moved by kscand.
+    """
+    previous = NUMA_BALANCING.read_text().strip()
+    write_sysfs(NUMA_BALANCING, mode)
+    hint_faults = vmstat().get("numa_hint_faults", 0)
+    result.data["numa_balancing"] = {"previous": previous, "mode": mode}
+    try:
+        yield
+    finally:
+        result.data["numa_balancing"]["hint_faults"] = (
+            vmstat().get("numa_hint_faults", 0) - hint_faults
+        )
+        write_sysfs(NUMA_BALANCING, previous)
+
+
 # --- the workload -----------------------------------------------------------------------------
 
 
@@ -730,7 +753,7 @@ def run_promote(
     # contiguous hot run, two edges (with 4 runs up to 6 % of the cold pages went along).
     layout = "scattered" if source == "page_idle" else "contiguous"
     tunables = {**FAST_TUNABLES[source], **(tunables or {})}
-    with recorded("promote", out) as result:
+    with recorded("promote", out) as result, numa_balancing(0, result):
         result.data.update(source=source, tunables=tunables, limits=limits.__dict__)
         daemon = Daemon(source, tunables, out)
         main = Workload(WorkloadSpec(name="main", layout=layout, shared_mib=8), out)
@@ -818,7 +841,7 @@ def run_full(
     whose 25 MiB hot set does not fit in what is left."""
     limits = limits or FullLimits()
     tunables = {**FAST_TUNABLES[source], **(tunables or {})}
-    with recorded("full", out) as result:
+    with recorded("full", out) as result, numa_balancing(0, result):
         result.data.update(source=source, tunables=tunables, limits=limits.__dict__)
         filler = Workload(
             WorkloadSpec(name="filler", node=0, keep_bind=True, hold=True, hot_pct=0.0001,
@@ -868,7 +891,9 @@ def run_compare(
     tunables: dict[str, int] | None = None,
 ) -> None:
     """One mechanism on the workload for duration_s from ready: placement over time, CPU."""
-    with recorded("compare", out) as result:
+    # Off for every mechanism but numab (which turns it on itself): pages move only by
+    # the mechanism under test.
+    with recorded("compare", out) as result, numa_balancing(0, result):
         mechanism = make_mechanism(mechanism_name, tunables)
         result.data.update(mechanism=mechanism_name, duration_s=duration_s, workload=spec.__dict__)
         before = vmstat()

@@ -80,3 +80,54 @@ def test_guest_run_without_kernel_raises_unavailable(
 def test_cli_rejects_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert guest.main(["run", "--rwdir", "/tmp/x", "--"]) == 2
     assert "no command given" in capsys.readouterr().err
+
+
+class ScriptedBoots:
+    """Guest._boot stand-in: each boot writes a console; boot i runs the script unless
+    it is listed in `panics` (then it dies before the first command, or after it)."""
+
+    def __init__(self, rwdir: Path, panics: dict[int, str]) -> None:
+        self.rwdir = rwdir
+        self.panics = panics  # boot index -> "early" | "late"
+        self.nr_boots = 0
+
+    def __call__(self, argv: list[str], console_path: Path) -> tuple[int | None, bool]:
+        index = self.nr_boots
+        self.nr_boots += 1
+        out, _, status = step_paths(self.rwdir, 0)
+        when = self.panics.get(index)
+        if when != "early":
+            out.write_text("ran\n")
+        if when is None:
+            status.write_text("0\n")
+        text = f"boot {index}\n" + ("Oops: int3: 0000 [#2]\nKernel panic\n" if when else "")
+        console_path.write_text(text)
+        return 0, False
+
+
+@pytest.mark.parametrize(
+    ("panics", "nr_boots", "ok"),
+    [
+        ({}, 1, True),
+        ({0: "early"}, 2, True),  # retried once, then the script ran
+        ({0: "early", 1: "early", 2: "early"}, guest.BOOT_ATTEMPTS, False),  # bounded
+        ({0: "late"}, 1, False),  # a panic while the test ran is a result, never retried
+    ],
+)
+def test_boots_that_die_before_the_script_are_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, panics: dict[int, str], nr_boots: int, ok: bool
+) -> None:
+    rwdir = tmp_path / "out"
+    rwdir.mkdir()
+    boots = ScriptedBoots(rwdir.resolve(), panics)
+    monkeypatch.setattr(guest, "kernel_path", lambda kind: tmp_path / "vmlinuz")
+    monkeypatch.setattr(Guest, "_boot", lambda self, argv, console: boots(argv, console))
+    result = Guest(kernel="stock", accel="tcg").run("true", rwdir)
+    assert boots.nr_boots == nr_boots
+    assert result.ok is ok
+    assert len(result.failed_boots) == nr_boots - 1
+    for index, path in enumerate(result.failed_boots):
+        assert path.read_text().startswith(f"boot {index}\n")  # every dead boot's console kept
+    assert result.console().startswith(f"boot {nr_boots - 1}\n")
+    if result.failed_boots:
+        assert "died early" in result.describe()

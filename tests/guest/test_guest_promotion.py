@@ -157,10 +157,21 @@ def test_workload_starts_on_the_slow_node(boot: Boot) -> None:
         assert share(first, group, 1) == 1.0, boot.promote.explain()
 
 
+def test_kscand_is_the_only_mechanism_moving_pages(boot: Boot) -> None:
+    """Debian's stock kernel boots with numa_balancing = 1, which promotes the hot set by
+    itself on this guest: the scenarios turn it off, and every page of the workload on
+    node 0 must be one kscand migrated."""
+    for scenario in (boot.promote, boot.full):
+        numab = scenario["numa_balancing"]
+        assert numab["mode"] == 0 and numab["hint_faults"] == 0, scenario.explain()
+        last = scenario.timeline[-1]
+        on_node0 = sum(last.get(group, {}).get("node0", 0) for group in ("hot", "cold", "shared"))
+        assert on_node0 <= scenario.totals.get("nr_kscand_migrated", 0), scenario.explain()
+
+
 # --- promotion ----------------------------------------------------------------------------
 
 
-@PAGE_IDLE_ONLY
 def test_hot_pages_reach_the_top_tier_in_time(boot: Boot) -> None:
     scenario = boot.promote
     reached = scenario["reached_90_s"]
@@ -207,7 +218,6 @@ def test_sigterm_stops_the_daemon_promptly(boot: Boot) -> None:
 # --- node 0 nearly full -----------------------------------------------------------------------
 
 
-@PAGE_IDLE_ONLY
 def test_full_top_tier_counts_refusals_and_keeps_running(boot: Boot) -> None:
     scenario = boot.full
     assert scenario["filler"]["node"] == 0
