@@ -160,3 +160,24 @@ def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o644)
     return path
+
+
+def two_tier_scenario(name: str, processes: str) -> str:
+    """A `kscand run --sim` scenario: node 0 (256 MiB, CPUs, tier 4), node 1 (256 MiB,
+    CPU-less, tier 67) and the given [[processes]] tables; 600 s long, seed 1."""
+    return f"""
+name = "{name}"
+seed = 1
+duration_s = 600
+sample_interval_s = 1
+[[nodes]]
+nid = 0
+capacity = "256MiB"
+cpus = true
+tier = 4
+[[nodes]]
+nid = 1
+capacity = "256MiB"
+cpus = false
+tier = 67
+{processes}"""

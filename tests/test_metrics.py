@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_fakes import DaemonThread, FakeMachine, fake_backend, fast_config
+from daemon_fakes import (
+    DaemonThread,
+    FakeMachine,
+    fake_backend,
+    fast_config,
+    two_tier_scenario,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from kscand.cli import main as cli_main
@@ -206,28 +212,17 @@ def test_numpy_status_values_do_not_break_the_exposition(tmp_path: Path) -> None
 
 # -- end to end: `kscand run --sim --metrics` scraped, its trace file parsed ------------------
 
-E2E_SCENARIO = """
-name = "metrics-e2e"
-seed = 1
-duration_s = 600
-sample_interval_s = 1
-[[nodes]]
-nid = 0
-capacity = "256MiB"
-cpus = true
-tier = 4
-[[nodes]]
-nid = 1
-capacity = "256MiB"
-cpus = false
-tier = 67
+E2E_SCENARIO = two_tier_scenario(
+    "metrics-e2e",
+    """
 [[processes]]
 name = "app"
 count = 2
 placement = "slow"
 workload = { kind = "hotset", hot_fraction = 0.10, hot_share = 0.95, rate_per_s = 2e6 }
 vmas = [{ kind = "anon", size = "32MiB" }]
-"""
+""",
+)
 
 
 @pytest.mark.parametrize("level", ["scan", "all"])

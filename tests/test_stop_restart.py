@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from daemon_fakes import FAST_TUNABLES, FakeMachine, fake_backend, fast_config, write_config
+from daemon_fakes import (
+    FAST_TUNABLES,
+    FakeMachine,
+    fake_backend,
+    fast_config,
+    two_tier_scenario,
+    write_config,
+)
 
 from kscand.cli import main as cli_main
 from kscand.config import parse_metrics_address
@@ -65,27 +72,16 @@ def test_sigterm_during_a_move_batch_finishes_it_and_exits_within_1s(tmp_path: P
         again.close()
 
 
-SCENARIO = """
-name = "restart"
-seed = 1
-duration_s = 600
-sample_interval_s = 1
-[[nodes]]
-nid = 0
-capacity = "256MiB"
-cpus = true
-tier = 4
-[[nodes]]
-nid = 1
-capacity = "256MiB"
-cpus = false
-tier = 67
+SCENARIO = two_tier_scenario(
+    "restart",
+    """
 [[processes]]
 name = "app"
 placement = "slow"
 workload = { kind = "uniform", rate_per_s = 1e9 }
 vmas = [{ kind = "anon", size = "16MiB" }]
-"""
+""",
+)
 
 
 def start(tmp_path: Path, metrics: str) -> subprocess.Popen[str]:

@@ -182,6 +182,7 @@ class Reporter:
         self.path = out / f"{name}.placement.jsonl"
         self.groups = groups
         self.ready_mono = time.monotonic()
+        self.ready_wall = time.time()  # the same instant on the wall clock
         self.last: dict[str, Any] = {}
 
     def report(self, passes: int) -> dict[str, Any]:
@@ -191,6 +192,7 @@ class Reporter:
         }
         for group, vaddrs in self.groups.items():
             line[group] = count_nodes(page_nodes(vaddrs))
+        line["t_end_s"] = round(time.monotonic() - self.ready_mono, 3)  # the queries took this long
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         self.last = line
@@ -277,7 +279,7 @@ def main(argv: list[str]) -> int:
         "thp": args.thp,
         "hold": args.hold,
         "numpy_sorts_right": numpy_sorts_right(),
-        "ready_wall": time.time(),
+        "ready_wall": reporter.ready_wall,
     }
     first = reporter.report(0)
     ready = args.out / f"{args.name}.ready"
