@@ -171,6 +171,9 @@ class AllYoung:
     def forget(self, proc: ProcessId) -> None:
         """Nothing kept per process."""
 
+    def counters(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         """Nothing to release."""
 

@@ -376,3 +376,14 @@ def test_kscand_scale_command(
     assert cli_main(["scale", *state, "7", "1"]) == 2
     assert capsys.readouterr().err == "kscand scale: pid 7 is not a process kscand scans\n"
     assert cli_main(["scale", "--state-dir", str(tmp_path), "101", "1"]) == 1
+
+
+def test_kscand_status_lists_the_access_source_counters() -> None:
+    from rich.console import Console
+
+    from kscand.cli.status import render
+
+    console = Console(record=True, width=200)
+    status = {"access_source": "damon", "access_source_counters": {"snapshots": 1234}}
+    render(console, status, "socket", 5)
+    assert "access source counters: snapshots 1,234" in console.export_text()

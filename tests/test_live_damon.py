@@ -115,7 +115,11 @@ def test_young_from_regions_reported_once_per_snapshot(kernel: FakeDamonKernel) 
     # After refresh_ms a new snapshot: accessed again.
     clock.advance_ms(1000)
     assert src.test_and_clear_young(P1, pages(0, 48)).tolist() == expect
-    assert src.nr_snapshots == 2
+    counters = src.counters()
+    assert counters["snapshots"] == 2 and counters["snapshot_requests"] == 2
+    assert counters["pages_tested"] == 3 * 48
+    assert counters["pages_stale"] == 48  # the second call: judged on a reported snapshot
+    assert counters["kdamonds_tracking"] == 1 and counters["snapshot_request_errors"] == 0
 
 
 def test_snapshot_that_arrives_late(kernel: FakeDamonKernel) -> None:

@@ -342,6 +342,7 @@ def test_page_idle_past_max_pfn_is_not_written(fake: FakeLinux) -> None:
         proc = m.process_id(PID)
         batch = m.read_range(proc, VMA, VMA + 2 * PAGE_SIZE)
         assert m.test_and_clear_young(proc, batch).tolist() == [True, False]
+        assert m.access_counters() == {"pages_tested": 2, "pages_past_bitmap": 1}
     assert bitmap.stat().st_size == size  # nothing written past the end
 
 

@@ -302,3 +302,19 @@ def test_run_sim_serves_metrics_and_writes_the_trace_level(tmp_path: Path, level
         assert sum(e["succeeded"] for e in migrates) > 0
     ts = [e["ts_ns"] for e in events]
     assert ts == sorted(ts)
+
+
+def test_access_source_counters_reach_the_status_and_the_exposition(tmp_path: Path) -> None:
+    import dataclasses
+
+    from kscand.prometheus import daemon_families
+
+    counters = {"snapshots": 7, "pages_stale": 3, "kdamonds_tracking": 2}
+    backend = dataclasses.replace(fake_backend(FakeMachine()), access_counters=lambda: counters)
+    daemon = Daemon(fast_config(tmp_path / "s"), backend)
+    status = daemon._build_snapshot("running")
+    assert status["access_source_counters"] == counters
+    families = {f.name: f for f in daemon_families(status)}
+    assert families["kscand_access_source_snapshots"].type == "counter"
+    assert families["kscand_access_source_kdamonds_tracking"].type == "gauge"
+    assert families["kscand_access_source_pages_stale"].samples[0].value == 3

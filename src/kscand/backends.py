@@ -54,6 +54,7 @@ def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys"
         access_source=machine.access_source_name,
         access_source_reason=machine.access_source_reason,
         close=machine.close,
+        access_counters=machine.access_counters,
     )
 
 

@@ -96,6 +96,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 
 
+def _no_counters() -> dict[str, int]:
+    return {}
+
+
 def _noop() -> None:
     return None
 
@@ -109,6 +113,8 @@ class Backend:
     access_source: str  # page_idle | damon | simulated
     access_source_reason: str  # one sentence: why this source
     close: Callable[[], None] = _noop
+    # The access source's own counters (DAMON snapshots, pages it could not judge, ...).
+    access_counters: Callable[[], dict[str, int]] = _no_counters
     # Simulated machines keep virtual time: told how long the daemon really slept.
     after_sleep: Callable[[int], None] | None = None
     # Tunables the machine comes with (a scenario's [tunables]), used without --config.
@@ -711,6 +717,7 @@ class Daemon:
             "machine": self.backend.kind,
             "access_source": self.backend.access_source,
             "access_source_reason": self.backend.access_source_reason,
+            "access_source_counters": self.backend.access_counters(),
             "config_path": str(self.config_path) if self.config_path else None,
             "metrics_url": self.metrics_url,
             "started_at": self._started_wall,

@@ -39,6 +39,8 @@ from kscand.stats import SERIES_COUNTERS
 
 CLIENT_TIMEOUT_S = 5.0  # a scraper that stalls is dropped after this long
 POLL_INTERVAL_S = 0.1  # how quickly close() stops the server thread
+# Access source counters that go up and down (the rest only grow).
+ACCESS_SOURCE_GAUGES = frozenset({"kdamonds_tracking", "processes_refused"})
 
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -106,6 +108,15 @@ def daemon_families(status: dict[str, Any]) -> Iterator[Metric]:
     for name, value in sorted(status.get("daemon", {}).items()):
         if isinstance(value, int) and not name.endswith(("_last", "_max")):
             yield CounterMetricFamily(f"kscand_daemon_{name}", f"daemon counter {name}",
+                                      value=value)
+    for name, value in sorted((status.get("access_source_counters") or {}).items()):
+        if not isinstance(value, int):
+            continue
+        if name in ACCESS_SOURCE_GAUGES:
+            yield GaugeMetricFamily(f"kscand_access_source_{name}", f"access source: {name}",
+                                    value=value)
+        else:
+            yield CounterMetricFamily(f"kscand_access_source_{name}", f"access source: {name}",
                                       value=value)
     queue = status.get("queue", {})
     yield GaugeMetricFamily("kscand_queued_folios", "promotion candidates queued now (folios)",

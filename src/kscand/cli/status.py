@@ -120,6 +120,10 @@ def render(console: Console, status: dict[str, Any], source: str, top: int) -> N
         f"access source: {status.get('access_source')} ({status.get('access_source_reason')})",
         highlight=False,
     )
+    access_counters = status.get("access_source_counters") or {}
+    if access_counters:
+        listed = ", ".join(f"{name} {value:,}" for name, value in access_counters.items())
+        console.print(f"access source counters: {listed}", highlight=False)
     if source != "socket":
         age = time.time() - float(status.get("written_at", time.time()))
         console.print(f"[yellow]from the {source}, written {age:.0f} s ago[/yellow]")

@@ -168,7 +168,11 @@ class DamonSource:
         self.io = io or DamonSysfs(os.path.join(sysfs, DAMON_KDAMONDS))
         self._now_ns = now_ns
         self.nr_untracked = 0  # batches of processes that got no kdamond (pool full)
-        self.nr_snapshots = 0
+        self.nr_snapshots = 0  # snapshots adopted
+        self.nr_requests = 0  # update_schemes_tried_regions written
+        self.nr_request_errors = 0  # ... and refused (busy, or the kdamond stopped)
+        self.nr_pages_tested = 0
+        self.nr_pages_stale = 0  # tested against a snapshot already reported: "not accessed"
         self._slots: list[KdamondSlot] = []
         self._by_proc: dict[ProcessId, KdamondSlot] = {}
         self._refused: set[ProcessId] = set()  # the kernel would not monitor them
@@ -303,9 +307,11 @@ class DamonSource:
             return
         slot.snapshot_ns = now
         slot.pending_since_ns = None
+        self.nr_requests += 1
         try:
             self._write(f"{slot.base}/state", "update_schemes_tried_regions")
         except (OSError, Unsupported):
+            self.nr_request_errors += 1
             return  # busy (another request) or stopped: keep the last snapshot
         if not self._adopt(slot, self._read_tried_regions(slot)):
             slot.pending_since_ns = now
@@ -352,8 +358,11 @@ class DamonSource:
         self._refresh(slot)
         if slot.regions is None:
             return young
-        young = regions_accessed(slot.regions, pages.vaddr) & ~slot.consumed.mask(pages.vaddr)
+        stale = slot.consumed.mask(pages.vaddr)
+        young = regions_accessed(slot.regions, pages.vaddr) & ~stale
         slot.consumed.add(int(pages.vaddr.min()), int(pages.vaddr.max()) + PAGE_SIZE)
+        self.nr_pages_tested += len(pages)
+        self.nr_pages_stale += int(np.count_nonzero(stale))
         return young
 
     def forget(self, proc: ProcessId) -> None:
@@ -365,6 +374,19 @@ class DamonSource:
 
     def tracked(self) -> list[ProcessId]:
         return list(self._by_proc)
+
+    def counters(self) -> dict[str, int]:
+        """Snapshots and requests, and the pages DAMON could not judge afresh."""
+        return {
+            "kdamonds_tracking": len(self._by_proc),
+            "processes_refused": len(self._refused),
+            "untracked_batches": self.nr_untracked,
+            "snapshot_requests": self.nr_requests,
+            "snapshot_request_errors": self.nr_request_errors,
+            "snapshots": self.nr_snapshots,
+            "pages_tested": self.nr_pages_tested,
+            "pages_stale": self.nr_pages_stale,
+        }
 
     def close(self) -> None:
         """Stop every kdamond of the pool and remove the pool."""

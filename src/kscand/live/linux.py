@@ -76,6 +76,10 @@ class AccessSource(Protocol):
 
     def forget(self, proc: ProcessId) -> None: ...
 
+    def counters(self) -> dict[str, int]:
+        """The source's own counters (snapshots, pages it could not judge, ...)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -92,6 +96,9 @@ class NoAccessSource:
 
     def forget(self, proc: ProcessId) -> None:
         """Nothing to forget."""
+
+    def counters(self) -> dict[str, int]:
+        return {}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -154,6 +161,10 @@ class LinuxMachine:
         else:
             self.access = NoAccessSource(reason)
         return name, reason
+
+    def access_counters(self) -> dict[str, int]:
+        """The access source's counters, for the daemon's status."""
+        return self.access.counters()
 
     def close(self) -> None:
         """Release the access source (kdamonds) and the open files."""

@@ -134,6 +134,8 @@ class PageIdleSource:
 
     def __init__(self, sysfs: str = "/sys") -> None:
         self.bitmap = PageIdleBitmap(os.path.join(sysfs, PAGE_IDLE_BITMAP))
+        self.nr_pages_tested = 0
+        self.nr_pages_past_bitmap = 0  # PFNs beyond the bitmap's end: never reported accessed
 
     def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
         """Accessed since the last call for each page (THP: its head PFN). -> bool (n,).
@@ -146,10 +148,18 @@ class PageIdleSource:
         values, valid = self.bitmap.read_words(words)
         young = young_from_words(values, inverse, pages.pfn) & valid[inverse]
         self.bitmap.write_words(words[valid], masks[valid])
+        self.nr_pages_tested += len(pages)
+        self.nr_pages_past_bitmap += int(np.count_nonzero(~valid[inverse]))
         return young
 
     def forget(self, proc: ProcessId) -> None:
         """Nothing is kept per process."""
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "pages_tested": self.nr_pages_tested,
+            "pages_past_bitmap": self.nr_pages_past_bitmap,
+        }
 
     def close(self) -> None:
         self.bitmap.close()
