@@ -89,6 +89,8 @@ class Scenario:
             f"last placement: {timeline[-1] if timeline else None}",
             f"counters: { {k: v for k, v in self.totals.items() if v} }",
             f"daemon counters: {self.daemon_counters}",
+            f"access source counters: {(self.get('status') or {}).get('access_source_counters')}",
+            f"numa_balancing: {self.get('numa_balancing')}",
             f"DAMON regions over the buffer (last): {(self.data.get('damon_regions') or [None])[-1]}",
             "--- daemon log (tail) ---",
             *self.daemon_log().splitlines()[-LOG_TAIL_LINES:],
