@@ -410,7 +410,7 @@ def test_no_access_source_says_why(fake: FakeLinux) -> None:
 
 
 def test_errno_mapping_of_move_pages() -> None:
-    from kscand.errors import AccessDenied, Unsupported
+    from kscand.errors import AccessDenied
     from kscand.live.move import move_pages_error
 
     assert isinstance(move_pages_error(errno.ESRCH, 1, 0), ProcessGone)
@@ -418,30 +418,80 @@ def test_errno_mapping_of_move_pages() -> None:
     assert isinstance(move_pages_error(errno.ENODEV, 1, 3), Unsupported)
 
 
-def _failing_move_call(moved_first: int, err: int):  # type: ignore[no-untyped-def]
-    """A move_pages(2) stand-in: reports node 0 for the first pages, then fails with err."""
+class FakeMovePages:
+    """move_pages(2) as do_pages_move() (mm/migrate.c) runs it for one target node: the
+    batch is one run, migrated at the end; its statuses are stored only if every page
+    moved. `enomem_at`: the target fills up at that page (the pages before it moved, the
+    call fails with ENOMEM); `stuck`: pages that stay (the call returns their count)."""
 
-    def call(nr: int, pid: int, count: int, pages: int, nodes: int | None, status: int,
-             flags: int) -> int:
+    def __init__(self, nodes: dict[int, int], enomem_at: int | None = None,
+                 stuck: frozenset[int] = frozenset(), gone: bool = False) -> None:
+        self.nodes = nodes  # vaddr -> node
+        self.enomem_at = enomem_at
+        self.stuck = stuck
+        self.gone = gone
+        self.calls: list[str] = []
+
+    def __call__(self, nr: int, pid: int, count: int, pages: int, nodes: int | None,
+                 status: int, flags: int) -> int:
+        vaddrs = list((ctypes.c_uint64 * count).from_address(pages))
         out = (ctypes.c_int * count).from_address(status)
-        for i in range(moved_first):
-            out[i] = 0
-        ctypes.set_errno(err)
-        return -1
+        self.calls.append("query" if nodes is None else "move")
+        if self.gone:
+            ctypes.set_errno(errno.ESRCH)
+            return -1
+        if nodes is None:
+            for i, vaddr in enumerate(vaddrs):
+                out[i] = self.nodes.get(vaddr, -errno.ENOENT)
+            return 0
+        target = (ctypes.c_int * count).from_address(nodes)[0]
+        for i, vaddr in enumerate(vaddrs):
+            if self.enomem_at is not None and i >= self.enomem_at:
+                ctypes.set_errno(errno.ENOMEM)
+                return -1
+            if vaddr in self.nodes and vaddr not in self.stuck:
+                self.nodes[vaddr] = target
+        if self.stuck:
+            return len(self.stuck)
+        for i in range(count):
+            out[i] = target
+        return 0
 
-    return call
+
+VADDRS = np.array([0x1000, 0x2000, 0x3000], dtype=np.uint64)
 
 
-def test_move_pages_out_of_memory_mid_call_fails_the_unreported_pages() -> None:
-    """The target node full: the kernel returns -ENOMEM for the call, not per page."""
+def _mover(kernel: FakeMovePages):  # type: ignore[no-untyped-def]
     from kscand.live.move import PageMover
 
     mover = PageMover()
-    mover._call = _failing_move_call(1, errno.ENOMEM)
-    vaddrs = np.array([0x1000, 0x2000, 0x3000], dtype=np.uint64)
-    assert mover.move(1, vaddrs, 0).tolist() == [0, -errno.ENOMEM, -errno.ENOMEM]
-    with pytest.raises(Unsupported):  # a query has nothing to fail per page
-        mover.query(1, vaddrs)
-    mover._call = _failing_move_call(0, errno.ESRCH)
+    mover._call = kernel
+    return mover
+
+
+def test_move_pages_out_of_memory_mid_call_reports_what_did_move() -> None:
+    """The target node fills up: the kernel returns -ENOMEM and stores no status, but the
+    first page moved; a query tells it apart from the pages that failed."""
+    kernel = FakeMovePages({0x1000: 1, 0x2000: 1, 0x3000: 1}, enomem_at=1)
+    assert _mover(kernel).move(7, VADDRS, 0).tolist() == [0, -errno.ENOMEM, -errno.ENOMEM]
+    assert kernel.calls == ["move", "query"]
+
+
+def test_move_pages_partly_failed_reports_moved_and_stayed_pages() -> None:
+    """A positive return (pages not migrated) stores no status for the run either."""
+    kernel = FakeMovePages({0x1000: 1, 0x2000: 1}, stuck=frozenset({0x2000}))
+    # 0x3000 is not mapped: the query says -ENOENT.
+    assert _mover(kernel).move(7, VADDRS, 0).tolist() == [0, 1, -errno.ENOENT]
+
+
+def test_move_pages_all_moved_needs_no_query_and_gone_process_is_named() -> None:
+    kernel = FakeMovePages({0x1000: 1, 0x2000: 1, 0x3000: 1})
+    mover = _mover(kernel)
+    assert mover.move(7, VADDRS, 0).tolist() == [0, 0, 0]
+    assert kernel.calls == ["move"]
+    assert mover.query(7, VADDRS).tolist() == [0, 0, 0]
+    kernel.gone = True
     with pytest.raises(ProcessGone):
-        mover.move(1, vaddrs, 0)
+        mover.move(7, VADDRS, 0)
+    with pytest.raises(ProcessGone):
+        mover.query(7, VADDRS)

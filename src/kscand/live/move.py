@@ -22,12 +22,16 @@ from kscand.machine import I32Array, U64Array
 SYS_MOVE_PAGES = {"x86_64": 279, "aarch64": 239}
 MPOL_MF_MOVE = 1 << 1
 MOVE_BATCH_PAGES = 16_384  # pages per syscall: bounds the time the kernel holds the mm
-# A status the kernel never writes: marks the entries a failed call left alone.
+# A status the kernel never writes: marks the entries a call left alone.
 STATUS_UNSET = -(1 << 30)
-# Whole-call errors that are about the pages, not the call: when the target node runs
-# out of memory, migrate_pages() returns -ENOMEM and do_pages_move() (mm/migrate.c)
-# returns it at once without storing the batch's status. The pages it did not report
-# fail with that errno, like a per-page status (the migrator counts move_fail_enomem).
+# do_pages_move() (mm/migrate.c) stores the status of a run of pages only once the
+# whole run migrated. When migrate_pages() fails part of a run, the call returns
+# without storing that run's status: -ENOMEM when the target node ran out of memory,
+# or the number of pages not migrated (> 0) when some stayed (busy, pinned, ...).
+# Some pages of that run did move. kscand then asks the kernel where each unreported
+# page is (query mode): on the target it moved; elsewhere it failed with the call's
+# errno (-ENOMEM) or, for a positive return, stayed where it is; a page gone since
+# reports its own -ENOENT/-EFAULT. Other whole-call errors are about the call.
 PER_PAGE_ERRNOS = frozenset({errno.ENOMEM})
 
 
@@ -75,6 +79,26 @@ class PageMover:
 
     def _batch(self, pid: int, vaddrs: U64Array, nid: int | None) -> I32Array:
         pages = np.ascontiguousarray(vaddrs, dtype=np.uint64)
+        status, ret, err = self._call_batch(pid, pages, nid)
+        if ret < 0 and (nid is None or err not in PER_PAGE_ERRNOS):
+            raise move_pages_error(err, pid, nid)
+        unset = status == STATUS_UNSET
+        if nid is None or not unset.any():
+            status[unset] = -errno.EINVAL  # never seen: every query status is stored
+            return status
+        where, ret_query, err_query = self._call_batch(pid, pages[unset], None)
+        if ret_query < 0:
+            raise move_pages_error(err_query, pid, None)
+        if ret < 0:  # out of memory: what did not reach the target failed with that errno
+            where[(where >= 0) & (where != nid)] = -err
+        status[unset] = where  # the target node: moved; another node: stayed; < 0: gone
+        status[status == STATUS_UNSET] = -errno.EINVAL  # even the query did not say
+        return status
+
+    def _call_batch(
+        self, pid: int, pages: U64Array, nid: int | None
+    ) -> tuple[I32Array, int, int]:
+        """One move_pages(2) call: (status, return value, errno when it is < 0)."""
         status = np.full(pages.shape, STATUS_UNSET, dtype=np.int32)
         nodes = None if nid is None else np.full(pages.shape, nid, dtype=np.int32)
         ret = self._call(
@@ -86,15 +110,7 @@ class PageMover:
             status.ctypes.data,
             0 if nid is None else MPOL_MF_MOVE,
         )
-        unset = status == STATUS_UNSET
-        if ret < 0:
-            err = ctypes.get_errno()
-            if nid is None or err not in PER_PAGE_ERRNOS:
-                raise move_pages_error(err, pid, nid)
-            status[unset] = -err
-            return status
-        status[unset] = -errno.EINVAL
-        return status
+        return status, int(ret), ctypes.get_errno() if ret < 0 else 0
 
 
 def move_pages_error(err: int, pid: int, nid: int | None) -> Exception:
