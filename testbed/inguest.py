@@ -296,6 +296,7 @@ class WorkloadSpec:
     keep_bind: bool = False
     fill_leave_mib: int | None = None
     report_interval_s: float = 1.0  # 0: no self-reports (a PlacementObserver samples)
+    flush_tlb: bool = False  # a TLB flush before each pass (TCG's TLB; see workload.py)
 
     def argv(self, out: Path, stop_file: Path) -> list[str]:
         argv = [
@@ -312,6 +313,7 @@ class WorkloadSpec:
             argv += ["--fill-leave-mib", str(self.fill_leave_mib)]
         argv += ["--hold"] if self.hold else []
         argv += ["--keep-bind"] if self.keep_bind else []
+        argv += ["--flush-tlb"] if self.flush_tlb else []
         return argv
 
 
@@ -756,14 +758,15 @@ def run_promote(
     with recorded("promote", out) as result, numa_balancing(0, result):
         result.data.update(source=source, tunables=tunables, limits=limits.__dict__)
         daemon = Daemon(source, tunables, out)
-        main = Workload(WorkloadSpec(name="main", layout=layout, shared_mib=8), out)
+        main = Workload(WorkloadSpec(name="main", layout=layout, shared_mib=8, flush_tlb=True), out)
         exiter: Workload | None = None
         try:
             result.data["main"] = main.wait_ready()
             daemon.wait_up()
             exiter = Workload(
                 WorkloadSpec(name="exiter", size_mib=64, hot_pct=100, layout="contiguous",
-                             comm=f"{WORKLOAD_COMM}-exit", exit_after_s=limits.exiter_life_s),
+                             comm=f"{WORKLOAD_COMM}-exit", exit_after_s=limits.exiter_life_s,
+                             flush_tlb=True),
                 out,
             )  # fmt: skip
             exiter_info = exiter.wait_ready()
@@ -851,16 +854,23 @@ def run_full(
         daemon: Daemon | None = None
         main: Workload | None = None
         free: list[tuple[float, float]] = []
+        regions: list[dict[str, Any]] = []  # DAMON's view of the buffer (diagnostics)
         try:
             result.data["filler"] = filler.wait_ready()
             result.data["node0_free_mib_after_filler"] = node_free_mib(0)
             daemon = Daemon(source, tunables, out)
-            main = Workload(WorkloadSpec(name="main", layout="contiguous"), out)
+            main = Workload(WorkloadSpec(name="main", layout="contiguous", flush_tlb=True), out)
             result.data["main"] = main.wait_ready()
             daemon.wait_up()
             t0 = time.monotonic()
+            lo, hi = (int(a) for a in main.info["buffer"])
+            polls = 0
             while time.monotonic() - t0 < limits.run_s and daemon.alive():
                 free.append((round(time.monotonic() - t0, 1), node_free_mib(0)))
+                if source == "damon" and polls % 3 == 0:
+                    t_s = round(time.monotonic() - t0, 1)
+                    regions.append({"t_s": t_s, "regions": damon_regions_of(main.pid, lo, hi)})
+                polls += 1
                 state = daemon.state() or {}
                 totals = state.get("totals", {})
                 refused = totals.get("drop_target_full", 0) + totals.get(
@@ -874,6 +884,8 @@ def run_full(
             result.data["status"] = daemon.fresh_state()
         finally:
             result.data["node0_free_mib"] = free
+            if regions:
+                result.data["damon_regions"] = regions
             if main is not None:
                 result.data["main_timeline"] = main.timeline()
                 result.data["main_exit_status"] = main.stop()

@@ -54,7 +54,7 @@ def test_count_nodes_splits_nodes_and_errors() -> None:
 
 def test_workload_runs_here_and_reports_where_its_pages_are(tmp_path: Path) -> None:
     """16 MiB on node 0 (every host has one) with a shared buffer, 1.5 s."""
-    spec = WorkloadSpec(name="t", size_mib=16, node=0, shared_mib=1, duration_s=1.5)
+    spec = WorkloadSpec(name="t", size_mib=16, node=0, shared_mib=1, duration_s=1.5, flush_tlb=True)
     argv = spec.argv(tmp_path, tmp_path / "t.stop")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
@@ -72,6 +72,16 @@ def test_workload_runs_here_and_reports_where_its_pages_are(tmp_path: Path) -> N
     assert lines[-1]["passes"] > 0
     done_info = json.loads((tmp_path / "t.done").read_text())
     assert done_info["stopped"] == "duration" and done_info["sharer_pid"] > 0
+
+
+def test_tlb_flusher_write_protects_and_restores_its_pages() -> None:
+    flusher = workload.TlbFlusher()
+    flusher.flush()
+    start = f"{flusher.addr:x}-"
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    line = next(line for line in maps if line.startswith(start))
+    assert line.split()[1] == "rw-p"  # read-only for an instant, writable again
+    assert int(line.split()[0].split("-")[1], 16) - flusher.addr == 64 * 4096
 
 
 def test_workload_exit_after_leaves_no_done_file(tmp_path: Path) -> None:
