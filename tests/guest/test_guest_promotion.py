@@ -44,7 +44,7 @@ pytestmark = pytest.mark.guest
 # (kernel, access source): page_idle where the kernel has the bitmap, DAMON on the stock one.
 CASES = (("idle", "page_idle"), ("stock", "damon"))
 HOT_DEADLINE_S = 180.0  # >= 90 % of the hot pages on node 0 within this, after ready (TCG;
-# measured 9-28 s with page_idle and 15 s with DAMON, the slowest on a loaded host)
+# measured 9-28 s with page_idle and 11-17 s with DAMON, the slowest on a loaded host)
 HOT_SHARE_MIN = 0.90
 COLD_STAY_MIN = 0.95
 STOP_DEADLINE_S = 10.0  # SIGTERM to exit (the daemon waits for at most one batch)
