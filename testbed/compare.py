@@ -153,7 +153,12 @@ def plot_residency(results: Sequence[dict[str, Any]], path: Path, title: str) ->
 
 
 def guest_commands(
-    mechanisms: Sequence[str], duration_s: float, layout: str, size_mib: int, fast: bool
+    mechanisms: Sequence[str],
+    duration_s: float,
+    layout: str,
+    size_mib: int,
+    fast: bool,
+    flush_tlb: bool = True,
 ) -> list[str]:
     """One guest command per mechanism; outputs under $KSCAND_RWDIR/<mechanism>."""
     commands = []
@@ -162,6 +167,7 @@ def guest_commands(
                 "--duration-s", f"{duration_s:g}", "--layout", layout,
                 "--size-mib", str(size_mib)]  # fmt: skip
         argv += ["--fast"] if fast else []
+        argv += ["--flush-tlb"] if flush_tlb else []
         commands.append(f'{shlex.join(argv)} --out "$KSCAND_RWDIR/{name}"')
     return commands
 
@@ -179,7 +185,9 @@ def write_report(
         f"Kernel {meta['kernel']} in a QEMU TCG guest (2 vCPUs; node 0: 1 GiB with the CPUs, "
         f"node 1: 1 GiB CPU-less, HMAT 80/300 ns). Workload: {meta['size_mib']} MiB bound to "
         f"node 1, hot 10 % ({meta['layout']}) written in a loop; {meta['duration_s']:g} s per "
-        f"mechanism from the moment it is ready. kscand with {tunables}.",
+        f"mechanism from the moment it is ready"
+        + ("; the workload flushes its TLB before each pass" if meta.get("flush_tlb") else "")
+        + f". kscand with {tunables}.",
         "",
         markdown_table(rows),
         "",
@@ -213,6 +221,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help=f"comma-separated, of {', '.join(MECHANISMS)}")
     parser.add_argument("--fast", action="store_true",
                         help="kscand with the end-to-end tests' tunables instead of the defaults")
+    parser.add_argument("--no-flush-tlb", dest="flush_tlb", action="store_false",
+                        help="the workload does not flush its TLB before each pass (runs before "
+                             "2026-11-27): under TCG, Accessed bits then go unseen for long")
     return parser.parse_args(argv)
 
 
@@ -235,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     timeout_s = BOOT_SLACK_S + len(mechanisms) * (args.duration_s + PER_RUN_SLACK_S)
     guest = Guest(kernel=args.kernel, timeout_s=timeout_s)
-    commands = guest_commands(mechanisms, args.duration_s, args.layout, args.size_mib, args.fast)
+    commands = guest_commands(
+        mechanisms, args.duration_s, args.layout, args.size_mib, args.fast, args.flush_tlb
+    )
     print(f"vm-compare: one {args.kernel} guest, {len(mechanisms)} runs of "
           f"{args.duration_s:g} s (TCG: expect ~{timeout_s / 60 * 0.6:.0f} min)", file=sys.stderr)
     try:
@@ -255,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "date": time.strftime("%Y-%m-%d"), "kernel": kernel, "duration_s": args.duration_s,
         "layout": args.layout, "size_mib": args.size_mib, "fast": args.fast,
+        "flush_tlb": args.flush_tlb,
         "mechanisms": mechanisms, "guest_elapsed_s": round(booted.elapsed_s, 1),
         "command": shlex.join(["python", "-m", "testbed.compare", *raw_argv]),
     }  # fmt: skip

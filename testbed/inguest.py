@@ -976,6 +976,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layout", default="chunks:4")
     p.add_argument("--hot-pct", type=float, default=10.0)
     p.add_argument("--fast", action="store_true", help="kscand with the end-to-end tunables")
+    p.add_argument("--flush-tlb", action="store_true",
+                   help="the workload flushes its TLB before each pass (see workload.py)")
     return parser.parse_args(argv)
 
 
@@ -990,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args.source, args.out, None, overrides)
     else:
         spec = WorkloadSpec(size_mib=args.size_mib, layout=args.layout, hot_pct=args.hot_pct,
-                            report_interval_s=0)
+                            report_interval_s=0, flush_tlb=args.flush_tlb)
         source = args.mechanism.removeprefix("kscand-")
         tunables = FAST_TUNABLES.get(source, {}) if args.fast else {}
         run_compare(args.mechanism, args.out, args.duration_s, spec, tunables)

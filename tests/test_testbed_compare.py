@@ -64,6 +64,9 @@ def test_guest_commands_name_each_mechanism_and_its_output() -> None:
     assert argv[-2:] == ["--out", "$KSCAND_RWDIR/kscand-damon"]
     assert "--fast" not in argv
     assert "--fast" in guest_commands(["none"], 60, "chunks:4", 256, fast=True)[0]
+    assert "--flush-tlb" in guest_commands(["none"], 60, "chunks:4", 256, fast=False)[0]
+    unflushed = guest_commands(["none"], 60, "chunks:4", 256, fast=False, flush_tlb=False)
+    assert "--flush-tlb" not in unflushed[0]
 
 
 def test_report_files(tmp_path: Path) -> None:
