@@ -279,6 +279,9 @@ def numa_balancing(mode: int, result: Result) -> Iterator[None]:
 # --- the workload -----------------------------------------------------------------------------
 
 
+WORKLOAD_OUTPUTS = (".stop", ".ready", ".done", ".placement.jsonl", ".hot.npy", ".cold.npy")
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     """Arguments of tests/guest/workload.py (see its docstring)."""
@@ -324,7 +327,10 @@ class Workload:
         self.spec = spec
         self.out = out
         self.stop_file = out / f"{spec.name}.stop"
-        self.stop_file.unlink(missing_ok=True)
+        # A reused output directory (vm-compare's) holds an earlier run's files: its ready
+        # file named a pid that no longer exists and every placement sample read "other".
+        for suffix in WORKLOAD_OUTPUTS:
+            (out / f"{spec.name}{suffix}").unlink(missing_ok=True)
         log = (out / f"{spec.name}.log").open("w")
         self.proc = subprocess.Popen(spec.argv(out, self.stop_file), stdout=log, stderr=log)
         log.close()
@@ -340,7 +346,7 @@ class Workload:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             info = read_json(path)
-            if info is not None:
+            if info is not None and info.get("pid") == self.pid:
                 self.info = info
                 return info
             if self.proc.poll() is not None:
