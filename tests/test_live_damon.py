@@ -43,11 +43,11 @@ def kernel(tmp_path: Path) -> FakeDamonKernel:
     # P1: pages 0-15 hot, 16-31 cold, 32-47 hot.
     k.regions[101] = [
         FakeRegion(BASE, BASE + 16 * PAGE_SIZE, nr_accesses=5),
-        FakeRegion(BASE + 16 * PAGE_SIZE, BASE + 32 * PAGE_SIZE, nr_accesses=0),
-        FakeRegion(BASE + 32 * PAGE_SIZE, BASE + 48 * PAGE_SIZE, nr_accesses=1),
+        FakeRegion(BASE + 16 * PAGE_SIZE, BASE + 32 * PAGE_SIZE, nr_accesses=4),  # < 5 of 20
+        FakeRegion(BASE + 32 * PAGE_SIZE, BASE + 48 * PAGE_SIZE, nr_accesses=20),
     ]
-    k.regions[102] = [FakeRegion(BASE, BASE + 64 * PAGE_SIZE, nr_accesses=2)]
-    k.regions[103] = [FakeRegion(BASE, BASE + 64 * PAGE_SIZE, nr_accesses=3)]
+    k.regions[102] = [FakeRegion(BASE, BASE + 64 * PAGE_SIZE, nr_accesses=12)]
+    k.regions[103] = [FakeRegion(BASE, BASE + 64 * PAGE_SIZE, nr_accesses=8)]
     return k
 
 
@@ -61,6 +61,14 @@ def test_regions_accessed_lookup() -> None:
     vaddr = np.array([5, 10, 19, 20, 30, 39, 45], dtype=np.uint64)
     assert regions_accessed(regions, vaddr).tolist() == [False, True, True, False, False, False,
                                                          False]
+    counts = Regions(regions.start, regions.end, np.array([4, 5], np.uint64))
+    assert regions_accessed(counts, vaddr, 5).tolist() == [False] * 4 + [True, True, False]
+
+
+def test_access_threshold_is_a_share_of_the_samples() -> None:
+    assert DamonSettings().min_nr_accesses == 5  # 25 % of 100 ms / 5 ms
+    assert DamonSettings(aggr_us=1_000_000).min_nr_accesses == 50
+    assert DamonSettings(min_access_share=0.0).min_nr_accesses == 1  # any access
 
 
 def test_consumed_ranges_merge() -> None:
@@ -190,7 +198,7 @@ def test_linux_machine_falls_back_to_damon(tmp_path: Path, monkeypatch: pytest.M
     kernel = FakeDamonKernel(
         base=Path(fake.sysfs) / "kernel/mm/damon/admin/kdamonds",
         live_pids={101},
-        regions={101: [FakeRegion(BASE, BASE + 48 * PAGE_SIZE, 4)]},
+        regions={101: [FakeRegion(BASE, BASE + 48 * PAGE_SIZE, 14)]},
     )
     monkeypatch.setattr(live_linux, "DamonSource",
                         lambda sysfs: DamonSource(sysfs, io=kernel))
