@@ -249,6 +249,25 @@ def damon_regions_of(pid: int, lo: int, hi: int) -> list[list[int]]:
     return sorted(rows)
 
 
+@dataclass
+class DamonRegionLog:
+    """DAMON's tried regions over a workload's buffer, every third poll (diagnostics)."""
+
+    pid: int
+    lo: int
+    hi: int
+    enabled: bool
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    polls: int = 0
+
+    def poll(self, t_s: float) -> None:
+        if self.enabled and self.polls % 3 == 0:
+            self.samples.append(
+                {"t_s": round(t_s, 1), "regions": damon_regions_of(self.pid, self.lo, self.hi)}
+            )
+        self.polls += 1
+
+
 def write_sysfs(path: Path, value: object) -> None:
     path.write_text(f"{value}\n")
 
@@ -802,14 +821,10 @@ def _poll_promotion(
     ready_wall = float(main.info["ready_wall"])
     reached_s: float | None = None
     alive_after_exit: list[bool] = []
-    regions: list[dict[str, Any]] = []
-    lo, hi = int(main.info["buffer"][0]), int(main.info["buffer"][1])
-    polls = 0
+    lo, hi = (int(a) for a in main.info["buffer"])
+    regions = DamonRegionLog(main.pid, lo, hi, enabled=daemon.source == "damon")
     while time.time() - ready_wall < limits.deadline_s:
-        if daemon.source == "damon" and polls % 3 == 0:
-            t_s = round(time.time() - ready_wall, 1)
-            regions.append({"t_s": t_s, "regions": damon_regions_of(main.pid, lo, hi)})
-        polls += 1
+        regions.poll(time.time() - ready_wall)
         timeline = main.timeline()
         if reached_s is None:
             reached_s = first_time_at(timeline, "hot", 0, 0.9)
@@ -823,8 +838,8 @@ def _poll_promotion(
             break
         _wait(POLL_S)
     result.data["daemon_alive_after_exiter"] = alive_after_exit
-    if regions:
-        result.data["damon_regions"] = regions
+    if regions.samples:
+        result.data["damon_regions"] = regions.samples
     return reached_s
 
 
@@ -860,7 +875,7 @@ def run_full(
         daemon: Daemon | None = None
         main: Workload | None = None
         free: list[tuple[float, float]] = []
-        regions: list[dict[str, Any]] = []  # DAMON's view of the buffer (diagnostics)
+        regions: DamonRegionLog | None = None
         try:
             result.data["filler"] = filler.wait_ready()
             result.data["node0_free_mib_after_filler"] = node_free_mib(0)
@@ -870,13 +885,10 @@ def run_full(
             daemon.wait_up()
             t0 = time.monotonic()
             lo, hi = (int(a) for a in main.info["buffer"])
-            polls = 0
+            regions = DamonRegionLog(main.pid, lo, hi, enabled=source == "damon")
             while time.monotonic() - t0 < limits.run_s and daemon.alive():
                 free.append((round(time.monotonic() - t0, 1), node_free_mib(0)))
-                if source == "damon" and polls % 3 == 0:
-                    t_s = round(time.monotonic() - t0, 1)
-                    regions.append({"t_s": t_s, "regions": damon_regions_of(main.pid, lo, hi)})
-                polls += 1
+                regions.poll(time.monotonic() - t0)
                 state = daemon.state() or {}
                 totals = state.get("totals", {})
                 refused = totals.get("drop_target_full", 0) + totals.get(
@@ -890,8 +902,8 @@ def run_full(
             result.data["status"] = daemon.fresh_state()
         finally:
             result.data["node0_free_mib"] = free
-            if regions:
-                result.data["damon_regions"] = regions
+            if regions is not None and regions.samples:
+                result.data["damon_regions"] = regions.samples
             if main is not None:
                 result.data["main_timeline"] = main.timeline()
                 result.data["main_exit_status"] = main.stop()

@@ -83,16 +83,12 @@ class PageMover:
         if ret < 0 and (nid is None or err not in PER_PAGE_ERRNOS):
             raise move_pages_error(err, pid, nid)
         unset = status == STATUS_UNSET
-        if nid is None or not unset.any():
-            status[unset] = -errno.EINVAL  # never seen: every query status is stored
-            return status
-        where, ret_query, err_query = self._call_batch(pid, pages[unset], None)
-        if ret_query < 0:
-            raise move_pages_error(err_query, pid, None)
-        if ret < 0:  # out of memory: what did not reach the target failed with that errno
-            where[(where >= 0) & (where != nid)] = -err
-        status[unset] = where  # the target node: moved; another node: stayed; < 0: gone
-        status[status == STATUS_UNSET] = -errno.EINVAL  # even the query did not say
+        if nid is not None and unset.any():
+            where = self._batch(pid, pages[unset], None)  # query: where did they end up?
+            if ret < 0:  # out of memory: what did not reach the target failed with that errno
+                where[(where >= 0) & (where != nid)] = -err
+            status[unset] = where  # the target node: moved; another node: stayed; < 0: gone
+        status[status == STATUS_UNSET] = -errno.EINVAL  # not seen: the kernel said nothing
         return status
 
     def _call_batch(
