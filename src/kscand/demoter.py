@@ -1,22 +1,42 @@
-"""Optional demotion of cold top-tier pages, to make room for hot ones.
+"""Demotion: cold top-tier pages to the slow tier, to make room for hotter ones.
 
-kscand in the series relies on reclaim to free the top tier; memtierd and
-DAMOS migrate_cold demote instead. Off by default: while a top-tier node's
-free memory is under demote_watermark_pct of its capacity, the scanner queues
-the top-tier folios of scanned processes that were idle in each of the last
-demote_idle_scans scans, and the demoter moves just enough of them to the
-slow-tier node with the most room to bring the node back to its watermark.
+Two ways in. Exchange (on by default, rank mode): when a top-tier node is
+short (kscand.placement), the scanner queues its residents colder than the
+node's threshold; when the node has no room for the promotion candidates,
+the demoter moves the coldest queued residents to the slow tier, one for
+each candidate at least exchange_margin_bins hotter, pairing the hottest
+candidate with the coldest resident (MEMTIS and TPP make room the same way;
+the kernel's kswapd demotes the inactive LRU tail instead). Watermark
+(demote_watermark_pct > 0): while a top-tier node's free memory is under the
+watermark, folios idle in each of the last demote_idle_scans scans are
+queued, and just enough of them are demoted to bring the node back to it
+(DAMOS migrate_cold and memtierd do this proactively).
+
+Both revalidate each folio right before moving it (same process, still
+present, same pfn, still on that top-tier node), spend a token bucket at the
+promotion rate limit, and count every outcome by reason.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from kscand.errors import AccessDenied, ProcessGone
-from kscand.machine import BoolArray, I64Array, Machine, ProcessId, Topology
-from kscand.migrator import CandidateQueue, Candidates, fit_in_room, move_fail_counter, room_pages
+from kscand.hotness import exchange_pairs
+from kscand.machine import BoolArray, I32Array, I64Array, Machine, PageBatch, ProcessId, Topology
+from kscand.migrator import (
+    CandidateQueue,
+    Candidates,
+    RateLimiter,
+    fit_in_room,
+    move_fail_counter,
+    room_pages,
+)
 from kscand.stats import MigrateDrop, Stats
 from kscand.tunables import Tunables
+
+U8Array = npt.NDArray[np.uint8]
 
 
 def deficit_pages(topology: Topology, watermark_pct: float) -> dict[int, int]:
@@ -46,76 +66,180 @@ def demotion_target(topology: Topology, tunables: Tunables) -> int | None:
     return best.nid if room_pages(best, tunables.target_free_min_pct) > 0 else None
 
 
-class Demoter:
-    """A bounded queue of cold top-tier folios and the moves that demote them."""
+def pages_to_cover(nr_pages: I64Array, need: int) -> BoolArray:
+    """The leading folios whose pages, in order, first reach need. int64 (n,) -> bool (n,)."""
+    return (np.cumsum(nr_pages) - nr_pages) < need
 
-    def __init__(self, machine: Machine, stats: Stats, queue_max: int) -> None:
+
+class Demoter:
+    """Per top-tier node bounded queues of cold folios, and the moves that demote them."""
+
+    def __init__(self, machine: Machine, stats: Stats, queue_max: int, rate_mbps: int) -> None:
         self.machine = machine
         self.stats = stats
-        self.queue = CandidateQueue(stats, queue_max, "nr_kscand_demote_added")
+        self.queue_max = queue_max
+        self.limiter = RateLimiter(machine.clock, rate_mbps)
+        self.queues: dict[int, CandidateQueue] = {}
+
+    @property
+    def nr_queued(self) -> int:
+        return sum(q.nr_queued for q in self.queues.values())
+
+    def set_queue_max(self, queue_max: int) -> None:
+        self.queue_max = queue_max
+        for queue in self.queues.values():
+            queue.queue_max = queue_max
+
+    def _queue(self, nid: int) -> CandidateQueue:
+        queue = self.queues.get(nid)
+        if queue is None:
+            queue = CandidateQueue(
+                self.stats, self.queue_max, "nr_kscand_demote_added", "drop_demote_queue_full"
+            )
+            self.queues[nid] = queue
+        return queue
+
+    def add(
+        self,
+        proc: ProcessId,
+        folios: PageBatch,
+        nr_pages: I64Array,
+        heat: U8Array | None,
+        now_ns: int,
+    ) -> None:
+        """Queue cold top-tier folios of proc, by the node they are on."""
+        heat = heat if heat is not None else np.zeros(len(folios), dtype=np.uint8)
+        for nid in np.unique(folios.nid).tolist():
+            at = np.flatnonzero(folios.nid == nid)
+            self._queue(int(nid)).add(proc, folios.take(at), nr_pages[at], heat[at], now_ns)
+
+    def drop(self, proc: ProcessId, reason: MigrateDrop = MigrateDrop.PROC_GONE) -> None:
+        for queue in self.queues.values():
+            queue.drop(proc, reason)
+
+    def expire(self, older_than_ns: int) -> None:
+        """Forget cold folios queued before older_than_ns: a rescan queues them afresh."""
+        for queue in self.queues.values():
+            queue.expire(older_than_ns, "drop_demote_stale")
 
     def wanted(self, topology: Topology, tunables: Tunables) -> bool:
-        """Whether cold folios are worth queueing now (some top-tier node is short)."""
+        """Whether the watermark demoter wants cold folios now (some top-tier node is short)."""
         if tunables.demote_watermark_pct <= 0:
             return False
         return bool(deficit_pages(topology, tunables.demote_watermark_pct))
 
-    def demote(self, topology: Topology, tunables: Tunables) -> int:
+    # --- exchange -------------------------------------------------------------------------
+
+    def exchange(
+        self,
+        nid: int,
+        cand_heat: U8Array,
+        need_pages: int,
+        topology: Topology,
+        tunables: Tunables,
+    ) -> list[tuple[ProcessId, Candidates]]:
+        """Demote up to need_pages of nid's coldest queued residents for hotter candidates.
+
+        cand_heat: the heat of the candidates waiting for nid, hottest first.
+        Returns the folios demoted, per process.
+        """
+        queue = self.queues.get(nid)
+        target = demotion_target(topology, tunables)
+        if queue is None or not queue.nr_queued or need_pages <= 0 or target is None:
+            return []
+        taken = [(proc, queue.queued_ns(proc), queue.take(proc)) for proc in queue.procs()]
+        parts = [(proc, at, c) for proc, at, c in taken if c is not None]
+        heat = np.concatenate([c.heat for _, _, c in parts])
+        nr_pages = np.concatenate([c.nr_pages for _, _, c in parts])
+        order = np.argsort(heat, kind="stable")  # coldest first
+        nr_pairs = exchange_pairs(cand_heat, heat[order], tunables.exchange_margin_bins)
+        chosen = order[:nr_pairs]
+        chosen = chosen[pages_to_cover(nr_pages[chosen], need_pages)]
+        use = np.zeros(heat.size, dtype=np.bool_)
+        use[chosen] = True
+        moved = []
+        offset = 0
+        for proc, queued_ns, cands in parts:
+            mine = use[offset : offset + len(cands)]
+            offset += len(cands)
+            queue.requeue(proc, cands.select(~mine), queued_ns)
+            if not mine.any():
+                continue
+            done = self._demote_proc(proc, cands.select(mine), nid, target, tunables)
+            if done is not None and len(done):
+                self.stats.add(proc, "nr_kscand_exchange_demoted", int(done.nr_pages.sum()))
+                moved.append((proc, done))
+        return moved
+
+    # --- watermark ------------------------------------------------------------------------
+
+    def demote(self, topology: Topology, tunables: Tunables) -> list[tuple[ProcessId, Candidates]]:
         """Demote queued cold folios until each top-tier node is back at its watermark."""
         deficits = deficit_pages(topology, tunables.demote_watermark_pct)
         target = demotion_target(topology, tunables)
-        demoted = 0
-        for proc in self.queue.procs():
-            cands = self.queue.take(proc)
-            if cands is None:
-                continue
-            if not deficits or target is None:
-                self.stats.add(proc, "drop_demote_not_needed", int(cands.nr_pages.sum()))
-                continue
-            try:
-                demoted += self._demote_proc(proc, cands, deficits, target, tunables)
-            except ProcessGone:
-                self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
-            except AccessDenied:
-                self.stats.add(proc, "demote_move_fail_eperm", int(cands.nr_pages.sum()))
-        return demoted
+        moved = []
+        for nid, queue in self.queues.items():
+            for proc in queue.procs():
+                cands = queue.take(proc)
+                if cands is None:
+                    continue
+                need = deficits.get(nid, 0)
+                if need <= 0 or target is None or tunables.demote_watermark_pct <= 0:
+                    self.stats.add(proc, "drop_demote_not_needed", int(cands.nr_pages.sum()))
+                    continue
+                chosen = cands.select(pages_to_cover(cands.nr_pages, need))
+                done = self._demote_proc(proc, chosen, nid, target, tunables)
+                if done is None or not len(done):
+                    continue
+                deficits[nid] = need - int(done.nr_pages.sum())
+                moved.append((proc, done))
+        return moved
+
+    # --- moves ----------------------------------------------------------------------------
 
     def _demote_proc(
-        self,
-        proc: ProcessId,
-        cands: Candidates,
-        deficits: dict[int, int],
-        target: int,
-        tunables: Tunables,
-    ) -> int:
-        if not self.machine.is_alive(proc):
-            raise ProcessGone(str(proc))
-        now = self.machine.read_pages(proc, cands.vaddr)
-        still = (now.nid >= 0) & (now.pfn == cands.pfn)
-        take = np.zeros(len(cands), dtype=np.bool_)
-        for nid, need in list(deficits.items()):
-            on_node = np.flatnonzero(still & (now.nid == nid))
-            fits = fit_in_room(cands.nr_pages[on_node], need)
-            take[on_node[fits]] = True
-            deficits[nid] = need - int(cands.nr_pages[on_node[fits]].sum())
-            if deficits[nid] <= 0:
-                del deficits[nid]
-        room = room_pages(self.machine.topology().node(target), tunables.target_free_min_pct)
-        chosen = cands.select(take)
-        chosen = chosen.select(fit_in_room(chosen.nr_pages, room))
-        if not len(chosen):
-            return 0
-        status = self.machine.move_pages(proc, chosen.vaddr, target)
-        return self._account(proc, status, chosen.nr_pages, target)
+        self, proc: ProcessId, cands: Candidates, nid: int, target: int, tunables: Tunables
+    ) -> Candidates | None:
+        """Revalidate, rate-limit and move; returns the folios demoted (None: proc gone)."""
+        try:
+            if not self.machine.is_alive(proc):
+                raise ProcessGone(str(proc))
+            now = self.machine.read_pages(proc, cands.vaddr)
+            still = (now.nid == nid) & (now.pfn == cands.pfn)
+            self.stats.add(proc, "drop_demote_changed", int(cands.nr_pages[~still].sum()))
+            cands = cands.select(still)
+            room = room_pages(self.machine.topology().node(target), tunables.target_free_min_pct)
+            fits = fit_in_room(cands.nr_pages, room)
+            self.stats.add(proc, "drop_demote_target_full", int(cands.nr_pages[~fits].sum()))
+            cands = cands.select(fits)
+            self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
+            ok = self.limiter.allow(cands.nr_pages)
+            self.stats.add(proc, "drop_demote_rate_limited", int(cands.nr_pages[~ok].sum()))
+            cands = cands.select(ok)
+            if not len(cands):
+                return cands
+            moved = np.zeros(len(cands), dtype=np.bool_)
+            batch = tunables.migrate_batch_folios
+            for lo in range(0, len(cands), batch):
+                part = cands.select(np.arange(lo, min(lo + batch, len(cands))))
+                status = self.machine.move_pages(proc, part.vaddr, target)
+                moved[lo : lo + len(part)] = self._account(proc, status, part.nr_pages, target)
+            return cands.select(moved)
+        except ProcessGone:
+            self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
+        except AccessDenied:
+            self.stats.add(proc, "demote_move_fail_eperm", int(cands.nr_pages.sum()))
+        return None
 
-    def _account(self, proc: ProcessId, status: np.ndarray, nr_pages: I64Array, target: int) -> int:
+    def _account(
+        self, proc: ProcessId, status: I32Array, nr_pages: I64Array, target: int
+    ) -> BoolArray:
         moved = status == target
-        pages = int(nr_pages[moved].sum())
-        self.stats.add(proc, "nr_kscand_demoted", pages)
+        self.stats.add(proc, "nr_kscand_demoted", int(nr_pages[moved].sum()))
         failed = status < 0
         for code in np.unique(status[failed]).tolist():
             self.stats.add(
                 proc, "demote_" + move_fail_counter(int(code)),
                 int(nr_pages[status == code].sum()),
             )
-        return pages
+        return np.asarray(moved)

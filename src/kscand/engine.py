@@ -19,10 +19,20 @@ import numpy as np
 
 from kscand import throttle
 from kscand.demoter import Demoter
+from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import Machine, ProcessId, Topology
-from kscand.migrator import MigrateResult, Migrator
-from kscand.mmlist import MmList, MmSlot
-from kscand.scanner import ScanEnd, Scanner
+from kscand.migrator import (
+    Candidates,
+    MigrateResult,
+    Migrator,
+    default_target,
+    room_pages,
+    target_order,
+)
+from kscand.mmlist import MmList, MmSlot, note_moves
+from kscand.placement import HeatLedger, ScanContext, moved_histogram, plan_nodes
+from kscand.reprobe import ReprobeQueue
+from kscand.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner
 from kscand.stats import MigrateDrop, Stats
 from kscand.tunables import Tunables
 
@@ -58,7 +68,7 @@ def preferred_target(slot: MmSlot, topology: Topology) -> int | None:
 
 
 class Kscand:
-    """Scanner + migrator + mm list, driven one step at a time."""
+    """Scanner + migrator + demoter + mm list, driven one step at a time."""
 
     def __init__(
         self,
@@ -74,18 +84,26 @@ class Kscand:
         self.trace: Tracer = trace or _no_trace
         self.scale_policy = scale_policy
         self.mm_list = MmList()
+        self.ledger = HeatLedger()
+        self.reprobes = ReprobeQueue(tunables.migrate_queue_max)
         self.migrator = Migrator(
             machine, self.stats, tunables.migrate_queue_max, tunables.promote_rate_limit_mbps
         )
-        self.demoter = Demoter(machine, self.stats, tunables.migrate_queue_max)
-        self.scanner = Scanner(machine, self.migrator, self.stats, self.demoter)
-        self.scanner.drain = self._migrate
+        self.demoter = Demoter(
+            machine, self.stats, tunables.migrate_queue_max, tunables.promote_rate_limit_mbps
+        )
+        self.scanner = Scanner(
+            machine, self.migrator, self.stats, self.demoter,
+            ledger=self.ledger, reprobes=self.reprobes, drain=self._migrate,
+        )
+        self._ctx: ScanContext | None = None  # this step's, built when first needed
 
     def set_tunables(self, tunables: Tunables) -> None:
         """Apply new tunables; they take effect from the next step (the sysfs analog)."""
         self.tunables = tunables
         self.migrator.queue_max = tunables.migrate_queue_max
-        self.demoter.queue.queue_max = tunables.migrate_queue_max
+        self.demoter.set_queue_max(tunables.migrate_queue_max)
+        self.reprobes.queue_max = tunables.migrate_queue_max
 
     def set_scale(self, proc: ProcessId, scale: int) -> bool:
         """Set a running process's scale (the prctl analog); False if it is not listed."""
@@ -98,28 +116,139 @@ class Kscand:
         return True
 
     def step(self) -> StepResult:
-        """One wake-up: sync the mm list, scan the processes that are due, migrate."""
+        """One wake-up: sync the mm list, re-probe, scan the processes that are due, migrate."""
+        self._ctx = None
         entered, exited = self._sync()
         if not self.tunables.scan_enabled:
             return StepResult(0, 0, entered, exited)
         promoted_before = self.stats.total["nr_kscand_migrated"]
+        self._reprobe()
         nr_scanned = self.scan_pass()
         self._migrate()
         promoted = self.stats.total["nr_kscand_migrated"] - promoted_before
         return StepResult(nr_scanned, promoted, entered, exited)
 
+    def context(self) -> ScanContext:
+        """This step's scan context: the topology and each top-tier node's plan.
+
+        Read at most once a step, and only when there is work (it re-reads
+        every node's meminfo on the live machine).
+        """
+        if self._ctx is not None:
+            return self._ctx
+        topology = self.machine.topology()
+        t = self.tunables
+        plans = plan_nodes(topology, self.ledger, t) if t.rank_hotness else {}
+        self._ctx = ScanContext(
+            now_ns=self.machine.clock.now_ns(),
+            topology=topology,
+            toptier=topology.toptier_table(),
+            plans=plans,
+            default_target=default_target(topology, t),
+            tunables=t,
+            demote_wanted=self.demoter.wanted(topology, t),
+        )
+        return self._ctx
+
     def _migrate(self) -> None:
-        """Demote what must make room (when asked to), then promote what is queued."""
-        if self.demoter.queue.nr_queued:
-            self.demoter.demote(self.machine.topology(), self.tunables)
-        if not self.migrator.nr_queued:
+        """Demote what must make room, then promote what is queued, hottest first."""
+        t = self.tunables
+        now_ns = self.machine.clock.now_ns()
+        if self.demoter.nr_queued:
+            self.demoter.expire(now_ns - 2 * t.scan_period_max_ms * 1_000_000)
+        if not self.migrator.nr_queued and not self.demoter.nr_queued:
             return  # nothing queued: no topology read (it re-reads every node's meminfo)
-        results = self.migrator.migrate(self.machine.topology(), self.tunables, self._preferred)
+        topology = self.machine.topology()
+        if self.demoter.nr_queued and self.demoter.wanted(topology, t):
+            self._note_demoted(self.demoter.demote(topology, t))
+            topology = self.machine.topology()
+        if not self.migrator.nr_queued:
+            return
+        exchange = t.rank_hotness and t.exchange_enabled and self.demoter.nr_queued
+        if exchange and self._exchange(topology):
+            topology = self.machine.topology()
+        results = self.migrator.migrate(topology, t, self._preferred)
         for result in results:
             self._feedback(result)
+            if result.moved is not None and result.target_nid is not None:
+                self._note_moves(result.proc, result.moved, result.target_nid, promoted=True)
+
+    def _exchange(self, topology: Topology) -> bool:
+        """Per top-tier node without room for its candidates: demote colder residents."""
+        t = self.tunables
+        wanting: dict[int, list[Candidates]] = {}
+        for proc in self.migrator.queue.procs():
+            order = target_order(self._preferred(proc), topology, t)
+            cands = self.migrator.queue.peek(proc)
+            if order and cands is not None:
+                wanting.setdefault(order[0], []).append(cands)
+        demoted = False
+        for nid, parts in wanting.items():
+            heat = np.concatenate([p.heat for p in parts])
+            need = int(sum(int(p.nr_pages.sum()) for p in parts))
+            need -= room_pages(topology.node(nid), t.target_free_min_pct)
+            if need <= 0:
+                continue
+            hottest = np.sort(heat)[::-1]
+            moved = self.demoter.exchange(nid, hottest, need, topology, t)
+            self._note_demoted(moved)
+            demoted = demoted or bool(moved)
+        return demoted
+
+    def _note_demoted(self, moved: list[tuple[ProcessId, Candidates]]) -> None:
+        for proc, cands in moved:
+            self._note_moves(proc, cands, None, promoted=False)
+
+    def _note_moves(
+        self, proc: ProcessId, cands: Candidates, target: int | None, promoted: bool
+    ) -> None:
+        """Record moved folios: the ping-pong count, their move times, the heat ledger."""
+        slot = self.mm_list.get(proc)
+        if slot is None or not len(cands):
+            return
+        now_s = self.machine.clock.now_ns() / 1e9
+        nr_ping_pong = note_moves(slot, cands.vaddr, cands.nr_pages, now_s, PING_PONG_WINDOW_S)
+        self.stats.add(proc, "nr_kscand_ping_pong", nr_ping_pong)
+        self.stats.add(proc, "nr_kscand_moved", int(cands.nr_pages.sum()))
+        if not self.tunables.rank_hotness:
+            return
+        counts = moved_histogram(cands.heat, cands.nr_pages)
+        if promoted and target is not None:
+            src, dst = (target, False), (target, True)
+        else:
+            ctx = self.context()
+            home = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
+            if home is None:
+                return
+            src, dst = (home, True), (home, False)
+        self.ledger.sub(src, counts)
+        self.ledger.add(dst, counts)
+        for key, sign in ((src, -1), (dst, 1)):
+            cur = slot.heat_contrib.get(key)
+            if cur is None:
+                slot.heat_contrib[key] = np.maximum(counts * sign, 0)
+            else:
+                np.maximum(cur + counts * sign, 0, out=cur)
+
+    def _reprobe(self) -> None:
+        """The second look at folios found accessed reprobe_delay_ms ago."""
+        due = self.reprobes.due(self.machine.clock.now_ns())
+        if not due:
+            return
+        ctx = self.context()
+        for entry in due:
+            slot = self.mm_list.get(entry.proc)
+            if slot is None or slot.dead:
+                self.stats.add(None, "drop_reprobe_proc_gone", len(entry))
+                continue
+            try:
+                self.scanner.reprobe(slot, entry, ctx)
+            except ProcessGone:
+                self._release(entry.proc)
+            except AccessDenied:
+                self.stats.add(entry.proc, "scan_access_denied")
 
     # --- the mm list ------------------------------------------------------------------------
-
     def _new_slot(self, proc: ProcessId) -> MmSlot:
         t = self.tunables
         scale = self.scale_policy(proc) if self.scale_policy is not None else None
@@ -138,20 +267,35 @@ class Kscand:
         return slot
 
     def _sync(self) -> tuple[tuple[ProcessId, ...], tuple[ProcessId, ...]]:
-        entered, exited = self.mm_list.sync(self.machine.processes(), self._new_slot)
+        entered, exited = self.mm_list.sync(
+            self.machine.processes(), self._new_slot, self._retire
+        )
         for proc in exited:
-            self.migrator.drop(proc, MigrateDrop.PROC_GONE)
-            self.demoter.queue.drop(proc, MigrateDrop.PROC_GONE)
+            self._forget(proc)
             self.trace("mm_exit", {"mm": str(proc)})
         self.stats.add(None, "nr_kscand_mm_enter", len(entered))
         self.stats.add(None, "nr_kscand_mm_exit", len(exited))
         return tuple(entered), tuple(exited)
 
-    def _release(self, proc: ProcessId) -> None:
-        """A process vanished under the scanner: free its slot and drop its queue."""
-        self.mm_list.exit(proc)
+    def _retire(self, slot: MmSlot) -> None:
+        """A slot leaves the list: its histograms leave the engine's totals."""
+        self.ledger.replace(slot.heat_contrib, {})
+        slot.heat_contrib.clear()
+        slot.heat_cur.clear()
+
+    def _forget(self, proc: ProcessId) -> None:
         self.migrator.drop(proc, MigrateDrop.PROC_GONE)
-        self.demoter.queue.drop(proc, MigrateDrop.PROC_GONE)
+        self.demoter.drop(proc, MigrateDrop.PROC_GONE)
+        dropped = self.reprobes.drop(proc)
+        self.stats.add(proc, "drop_reprobe_proc_gone", dropped)
+
+    def _release(self, proc: ProcessId) -> None:
+        """A process vanished under the scanner: free its slot and drop its queues."""
+        slot = self.mm_list.get(proc)
+        if slot is not None:
+            self._retire(slot)
+        self.mm_list.exit(proc)
+        self._forget(proc)
         self.stats.add(None, "nr_kscand_mm_exit")
         self.stats.add(proc, "scan_proc_gone")
         self.trace("mm_exit", {"mm": str(proc)})
@@ -164,7 +308,6 @@ class Kscand:
         Visits at most mms_to_scan processes, looks at each listed one at most
         once: one pass's work is bounded by mms_to_scan x scan_size_max_bytes.
         """
-        topology: Topology | None = None  # read once, only when a process is due
         limit = self.tunables.mms_to_scan
         visited = 0
         for _ in range(len(self.mm_list)):
@@ -174,9 +317,7 @@ class Kscand:
             if slot is None:
                 break
             if self._due(slot):
-                if topology is None:
-                    topology = self.machine.topology()
-                self._scan_one(slot, topology)
+                self._scan_one(slot, self.context())
                 visited += 1
             self.mm_list.advance()
         return visited
@@ -187,11 +328,11 @@ class Kscand:
             return False
         return self.machine.clock.now_ns() >= slot.next_scan_ns
 
-    def _scan_one(self, slot: MmSlot, topology: Topology) -> None:
+    def _scan_one(self, slot: MmSlot, ctx: ScanContext) -> None:
         start_vaddr = slot.resume_vaddr
         self.trace("scan_mm_start", {"mm": str(slot.proc), "start": start_vaddr})
         before = self.stats.of(slot.proc)["nr_kscand_ptes_scanned"]
-        end = self.scanner.scan_mm(slot, self.tunables, topology)
+        end = self.scanner.scan_mm(slot, ctx)
         if end is ScanEnd.GONE:
             self._release(slot.proc)
             return
@@ -199,7 +340,7 @@ class Kscand:
             retry_ns = self.tunables.scan_period_max_ms * 1_000_000
             slot.next_scan_ns = self.machine.clock.now_ns() + retry_ns
             return
-        self._adapt(slot, topology)
+        self._adapt(slot, ctx.topology, end is ScanEnd.WRAPPED)
         scanned = self.stats.of(slot.proc)["nr_kscand_ptes_scanned"] - before
         self.trace(
             "scan_mm_end",
@@ -213,25 +354,49 @@ class Kscand:
             },
         )
 
-    def _adapt(self, slot: MmSlot, topology: Topology) -> None:
-        """After a scan: the next period and size, the next due time, the target node."""
+    def _adapt(self, slot: MmSlot, topology: Topology, wrapped: bool) -> None:
+        """After a visit: the next period and size, the next due time, the target node.
+
+        The series' X/Y rule judges a whole pass over the address space (a
+        short tail visit must not stretch the period 8x); only "work appeared"
+        (the last pass found none, this one already has) speeds up at once.
+        """
         t = self.tunables
-        slot.prev_useful = slot.useful
-        slot.useful = throttle.smooth_useful(slot.useful, slot.useful_this_scan)
-        rate = throttle.next_scan_rate(
-            throttle.ScanRate(slot.scan_period_ms, slot.scan_size_bytes),
-            slot.prev_useful,
-            slot.useful,
-            throttle.failure_ratio_pct(slot.migrate_succeeded, slot.migrate_failed),
-            (t.scan_period_min_ms, t.scan_period_max_ms),
-            (t.scan_size_min_bytes, t.scan_size_max_bytes),
-        )
+        slot.useful_this_pass += slot.useful_this_scan
+        rate = throttle.ScanRate(slot.scan_period_ms, slot.scan_size_bytes)
+        if wrapped:
+            slot.prev_useful = slot.useful
+            slot.useful = throttle.smooth_useful(slot.useful, slot.useful_this_pass)
+            slot.useful_this_pass = 0
+            rate = throttle.next_scan_rate(
+                rate,
+                slot.prev_useful,
+                slot.useful,
+                throttle.failure_ratio_pct(slot.migrate_succeeded, slot.migrate_failed),
+                (t.scan_period_min_ms, t.scan_period_max_ms),
+                (t.scan_size_min_bytes, t.scan_size_max_bytes),
+            )
+            self._end_pass(slot)
+        elif throttle.work_appeared(slot.useful, slot.useful_this_pass):
+            rate = throttle.next_scan_rate(
+                rate, 0, slot.useful_this_pass, 0.0,
+                (t.scan_period_min_ms, t.scan_period_max_ms),
+                (t.scan_size_min_bytes, t.scan_size_max_bytes),
+            )
+            slot.useful = throttle.smooth_useful(slot.useful, slot.useful_this_pass)
         slot.scan_period_ms, slot.scan_size_bytes = rate.period_ms, rate.size_bytes
         period_ns = throttle.scaled_period_ms(rate.period_ms, slot.scale) * 1e6
         slot.next_scan_ns = self.machine.clock.now_ns() + int(period_ns)
         preferred = preferred_target(slot, topology)
         if preferred is not None:
             slot.target_nid = preferred
+
+    def _end_pass(self, slot: MmSlot) -> None:
+        """A pass completed: its histograms replace the previous pass's in the totals."""
+        if slot.full_scans > 1:
+            self.ledger.replace(slot.heat_contrib, slot.heat_cur)
+            slot.heat_contrib = slot.heat_cur
+        slot.heat_cur = {}
 
     # --- migration ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import (
@@ -33,30 +34,42 @@ from kscand.machine import (
 from kscand.stats import MigrateDrop, Stats
 from kscand.tunables import Tunables
 
+U8Array = npt.NDArray[np.uint8]
+
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Queued folios of one process: arrays of shape (n,)."""
+    """Queued folios of one process: arrays of shape (n,).
+
+    heat is the folio's heat bin when it was queued (kscand.hotness; 0 in the
+    series' mode, where every hot folio is equal).
+    """
 
     vaddr: U64Array
     pfn: U64Array
     nr_pages: I64Array
+    heat: U8Array
 
     def __len__(self) -> int:
         return int(self.vaddr.shape[0])
 
-    def select(self, mask: BoolArray) -> Candidates:
-        return Candidates(self.vaddr[mask], self.pfn[mask], self.nr_pages[mask])
+    def select(self, mask: BoolArray | npt.NDArray[np.intp]) -> Candidates:
+        return Candidates(self.vaddr[mask], self.pfn[mask], self.nr_pages[mask], self.heat[mask])
+
+    def hottest_first(self) -> Candidates:
+        """The same folios, hottest first (stable: by address within a bin)."""
+        return self.select(np.argsort(-self.heat.astype(np.int16), kind="stable"))
 
     @staticmethod
     def concat(parts: list[Candidates]) -> Candidates:
-        """One sorted, de-duplicated batch from several queued parts."""
-        vaddr = np.concatenate([p.vaddr for p in parts])
+        """One sorted, de-duplicated batch from several queued parts (the newest part wins)."""
+        vaddr = np.concatenate([p.vaddr for p in reversed(parts)])
         vaddr_sorted, first = np.unique(vaddr, return_index=True)
         return Candidates(
             vaddr_sorted,
-            np.concatenate([p.pfn for p in parts])[first],
-            np.concatenate([p.nr_pages for p in parts])[first],
+            np.concatenate([p.pfn for p in reversed(parts)])[first],
+            np.concatenate([p.nr_pages for p in reversed(parts)])[first],
+            np.concatenate([p.heat for p in reversed(parts)])[first],
         )
 
 
@@ -112,6 +125,23 @@ class MigrateResult:
     target_nid: int | None  # the first node tried
     succeeded: int  # base pages promoted
     failed: int  # base pages whose move failed
+    moved: Candidates | None = None  # the folios that moved, with their heat
+
+
+def empty_candidates() -> Candidates:
+    empty_u = np.zeros(0, dtype=np.uint64)
+    return Candidates(empty_u, empty_u, np.zeros(0, np.int64), np.zeros(0, np.uint8))
+
+
+def heat_cutoff(heat: U8Array, nr_pages: I64Array, room: int) -> int:
+    """The lowest heat bin whose folios, hottest first, still fit room (whole bins)."""
+    if not heat.size:
+        return 0
+    pages = np.bincount(heat, weights=nr_pages, minlength=256)[::-1]
+    fits = np.cumsum(pages) <= room  # index i: bins >= 255 - i fit together
+    if not fits.any():
+        return 255
+    return 255 - int(np.flatnonzero(fits)[-1])
 
 
 class RateLimiter:
@@ -149,11 +179,19 @@ class RateLimiter:
 class CandidateQueue:
     """Per-process queues of candidate folios under one cap (never an unbounded list)."""
 
-    def __init__(self, stats: Stats, queue_max: int, added_counter: str) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        queue_max: int,
+        added_counter: str,
+        full_counter: str = MigrateDrop.QUEUE_FULL.value,
+    ) -> None:
         self.stats = stats
         self.queue_max = queue_max
         self.added_counter = added_counter
+        self.full_counter = full_counter
         self._queues: dict[ProcessId, deque[Candidates]] = {}
+        self._queued_ns: dict[ProcessId, int] = {}  # when each process's oldest part was queued
         self.nr_queued = 0  # folios over all queues, <= queue_max
 
     def procs(self) -> list[ProcessId]:
@@ -162,15 +200,29 @@ class CandidateQueue:
     def queued(self, proc: ProcessId) -> int:
         return sum(len(part) for part in self._queues.get(proc, ()))
 
-    def add(self, proc: ProcessId, folios: PageBatch, nr_pages: I64Array) -> int:
+    def add(
+        self,
+        proc: ProcessId,
+        folios: PageBatch,
+        nr_pages: I64Array,
+        heat: U8Array | None = None,
+        now_ns: int = 0,
+    ) -> int:
         """Queue candidate folios of proc; what exceeds queue_max is counted and dropped."""
         room = max(0, self.queue_max - self.nr_queued)
         take = min(room, len(folios))
         if take < len(folios):
-            self.stats.add(proc, MigrateDrop.QUEUE_FULL.value, int(nr_pages[take:].sum()))
+            self.stats.add(proc, self.full_counter, int(nr_pages[take:].sum()))
         if not take:
             return 0
-        part = Candidates(folios.vaddr[:take].copy(), folios.pfn[:take].copy(), nr_pages[:take])
+        heat_part = (
+            heat[:take].copy() if heat is not None else np.zeros(take, dtype=np.uint8)
+        )
+        part = Candidates(
+            folios.vaddr[:take].copy(), folios.pfn[:take].copy(), nr_pages[:take], heat_part
+        )
+        if proc not in self._queues:
+            self._queued_ns[proc] = now_ns
         self._queues.setdefault(proc, deque()).append(part)
         self.nr_queued += take
         self.stats.add(proc, self.added_counter, int(nr_pages[:take].sum()))
@@ -179,6 +231,7 @@ class CandidateQueue:
     def drop(self, proc: ProcessId, reason: MigrateDrop = MigrateDrop.PROC_GONE) -> int:
         """Drop every queued folio of proc (it exited); returns the folios dropped."""
         parts = self._queues.pop(proc, None)
+        self._queued_ns.pop(proc, None)
         if not parts:
             return 0
         nr_folios = sum(len(p) for p in parts)
@@ -189,10 +242,45 @@ class CandidateQueue:
     def take(self, proc: ProcessId) -> Candidates | None:
         """Remove and return proc's queued folios, sorted by address, de-duplicated."""
         parts = self._queues.pop(proc, None)
+        self._queued_ns.pop(proc, None)
         if not parts:
             return None
         self.nr_queued -= sum(len(p) for p in parts)
         return Candidates.concat(list(parts))
+
+    def peek(self, proc: ProcessId) -> Candidates | None:
+        """proc's queued folios (sorted, de-duplicated), left queued."""
+        parts = self._queues.get(proc)
+        if not parts:
+            return None
+        merged = Candidates.concat(list(parts))
+        self.nr_queued -= sum(len(p) for p in parts) - len(merged)
+        self._queues[proc] = deque([merged])
+        return merged
+
+    def requeue(self, proc: ProcessId, cands: Candidates, queued_ns: int) -> None:
+        """Put back folios take() returned and nothing used (they were within the cap)."""
+        if not len(cands):
+            return
+        self._queues.setdefault(proc, deque()).appendleft(cands)
+        self._queued_ns[proc] = min(queued_ns, self._queued_ns.get(proc, queued_ns))
+        self.nr_queued += len(cands)
+
+    def queued_ns(self, proc: ProcessId) -> int:
+        """When proc's oldest queued part was queued (0 when nothing is)."""
+        return self._queued_ns.get(proc, 0)
+
+    def expire(self, older_than_ns: int, reason: str) -> None:
+        """Drop the queues whose oldest part was queued before older_than_ns (stale)."""
+        for proc, queued_ns in list(self._queued_ns.items()):
+            if queued_ns >= older_than_ns:
+                continue
+            parts = self._queues.pop(proc, None)
+            del self._queued_ns[proc]
+            if not parts:
+                continue
+            self.nr_queued -= sum(len(p) for p in parts)
+            self.stats.add(proc, reason, int(sum(int(p.nr_pages.sum()) for p in parts)))
 
 
 class Migrator:
@@ -219,9 +307,16 @@ class Migrator:
     def queued(self, proc: ProcessId) -> int:
         return self.queue.queued(proc)
 
-    def add(self, proc: ProcessId, folios: PageBatch, nr_pages: I64Array) -> int:
+    def add(
+        self,
+        proc: ProcessId,
+        folios: PageBatch,
+        nr_pages: I64Array,
+        heat: U8Array | None = None,
+        now_ns: int = 0,
+    ) -> int:
         """Queue promotion candidates (bounded; overflow counted as drop_queue_full)."""
-        return self.queue.add(proc, folios, nr_pages)
+        return self.queue.add(proc, folios, nr_pages, heat, now_ns)
 
     def drop(self, proc: ProcessId, reason: MigrateDrop = MigrateDrop.PROC_GONE) -> int:
         return self.queue.drop(proc, reason)
@@ -232,9 +327,15 @@ class Migrator:
         tunables: Tunables,
         preferred: Callable[[ProcessId], int | None] = lambda proc: None,
     ) -> list[MigrateResult]:
-        """Drain every queue: revalidate, pick targets with room, rate-limit, move."""
+        """Drain every queue: revalidate, pick targets with room, rate-limit, move.
+
+        Hottest first: when the candidates for a node do not all fit its room,
+        the coldest heat bins are dropped (drop_target_full) before any move,
+        whichever process they belong to.
+        """
         self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
-        results = []
+        taken: dict[ProcessId, Candidates] = {}
+        orders: dict[ProcessId, list[int]] = {}
         for proc in self.queue.procs():
             cands = self.queue.take(proc)
             if cands is None:
@@ -243,9 +344,45 @@ class Migrator:
             if not order:
                 self.stats.add(proc, MigrateDrop.NO_TARGET.value, int(cands.nr_pages.sum()))
                 continue
-            results.append(self._migrate_proc(proc, cands, order, topology, tunables))
+            taken[proc] = cands.hottest_first()
+            orders[proc] = order
+        cutoffs = self._cutoffs(taken, orders, topology, tunables)
+        results = []
+        for proc, cands in taken.items():
+            cutoff = cutoffs.get(orders[proc][0], 0)
+            if cutoff:
+                keep = cands.heat >= cutoff
+                self._count(proc, MigrateDrop.TARGET_FULL, cands.nr_pages, ~keep)
+                cands = cands.select(keep)
+            results.append(self._migrate_proc(proc, cands, orders[proc], topology, tunables))
             topology = self.machine.topology()
         return results
+
+    def _cutoffs(
+        self,
+        taken: dict[ProcessId, Candidates],
+        orders: dict[ProcessId, list[int]],
+        topology: Topology,
+        tunables: Tunables,
+    ) -> dict[int, int]:
+        """Per first-choice node, the lowest heat bin worth trying (0: all fit)."""
+        by_node: dict[int, list[Candidates]] = {}
+        for proc, cands in taken.items():
+            by_node.setdefault(orders[proc][0], []).append(cands)
+        cutoffs = {}
+        for nid, parts in by_node.items():
+            heat = np.concatenate([p.heat for p in parts])
+            nr_pages = np.concatenate([p.nr_pages for p in parts])
+            room = sum(
+                room_pages(topology.node(other), tunables.target_free_min_pct)
+                for other in {nid, *topology.top_tier_nids}
+                if tunables.target_node < 0 or other == nid
+            )
+            if int(nr_pages.sum()) <= room:
+                continue
+            # Whole bins at or above the cutoff fit; the bin under it fills what is left.
+            cutoffs[nid] = max(0, heat_cutoff(heat, nr_pages, room) - 1)
+        return cutoffs
 
     def _migrate_proc(
         self,
@@ -256,20 +393,23 @@ class Migrator:
         tunables: Tunables,
     ) -> MigrateResult:
         succeeded = failed = 0
+        moved: list[Candidates] = []
         try:
             if not self.machine.is_alive(proc):
                 raise ProcessGone(str(proc))
             cands = self._revalidate(proc, cands, topology)
             for nid, part in self._assign_targets(proc, cands, order, topology, tunables):
                 part = part.select(self._rate_limit(proc, part))
-                moved, lost = self._move(proc, part, nid, tunables.migrate_batch_folios)
-                succeeded += moved
+                ok, lost = self._move(proc, part, nid, tunables.migrate_batch_folios)
+                succeeded += int(ok.nr_pages.sum())
                 failed += lost
+                moved.append(ok)
         except ProcessGone:
             self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
         except AccessDenied:
             self.stats.add(proc, MigrateDrop.ACCESS_DENIED.value, int(cands.nr_pages.sum()))
-        return MigrateResult(proc, order[0], succeeded, failed)
+        done = Candidates.concat(moved) if moved else None
+        return MigrateResult(proc, order[0], succeeded, failed, done)
 
     def _assign_targets(
         self,
@@ -311,9 +451,11 @@ class Migrator:
 
     def _move(
         self, proc: ProcessId, cands: Candidates, target: int, batch_folios: int
-    ) -> tuple[int, int]:
-        """Move in batches; returns (pages promoted, pages failed)."""
-        promoted = failed = 0
+    ) -> tuple[Candidates, int]:
+        """Move in batches (by address); returns (the folios promoted, pages failed)."""
+        cands = cands.select(np.argsort(cands.vaddr, kind="stable"))
+        moved = np.zeros(len(cands), dtype=np.bool_)
+        failed = 0
         for lo in range(0, len(cands), batch_folios):
             vaddr = cands.vaddr[lo : lo + batch_folios]
             nr_pages = cands.nr_pages[lo : lo + batch_folios]
@@ -323,17 +465,17 @@ class Migrator:
                 self.stats.add(
                     proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages[lo:].sum())
                 )
-                return promoted, failed
+                break
             except AccessDenied:
                 # EPERM for the whole call: count every page of the rest as failed, stop.
                 lost = int(cands.nr_pages[lo:].sum())
                 self.stats.add(proc, "nr_kscand_migrate_failed", lost)
                 self.stats.add(proc, "move_fail_eperm", lost)
-                return promoted, failed + lost
-            moved, lost = self._account_moves(proc, status, nr_pages, target)
-            promoted += moved
-            failed += lost
-        return promoted, failed
+                failed += lost
+                break
+            moved[lo : lo + batch_folios] = status == target
+            failed += self._account_moves(proc, status, nr_pages, target)[1]
+        return cands.select(moved), failed
 
     def _account_moves(
         self, proc: ProcessId, status: I32Array, nr_pages: I64Array, target: int

@@ -62,12 +62,40 @@ class MmSlot:
         default_factory=lambda: np.zeros(0, dtype=np.int64)
     )
 
-    # Scans each page was seen in (saturating), kept only while demotion is on.
+    # Scans each page was seen in (saturating at 255).
     seen: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
+    # Re-probe shift registers (kscand.hotness): one bit per scan, the page's
+    # Accessed bit reprobe_delay_ms after the scan cleared it (0 when idle).
+    short: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
+    # The last two move times of each page (virtual or monotonic seconds,
+    # -inf when never moved), only for chunks where a page moved: row 0 the
+    # latest, row 1 the one before (the ping-pong guard reads them).
+    moves: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
+    # A pass is one walk of the whole address space; the interval between the
+    # starts of two passes is the interval between two scans of each page.
+    pass_start_ns: int | None = None
+    pass_interval_s: float = 0.0  # 0: not measured yet (the period stands in)
+    useful_this_pass: int = 0  # accessed slow-tier pages found over the current pass
+    # The heat histograms (kscand.placement) this process contributes to the
+    # engine's totals, and the one its current pass is building.
+    heat_contrib: dict[tuple[int, bool], npt.NDArray[np.int64]] = field(default_factory=dict)
+    heat_cur: dict[tuple[int, bool], npt.NDArray[np.int64]] = field(default_factory=dict)
 
     def seen_chunk(self, chunk_base: int) -> npt.NDArray[np.uint8]:
         """The seen-count array of the chunk at chunk_base (created zeroed)."""
         return _chunk(self.seen, chunk_base)
+
+    def short_chunk(self, chunk_base: int) -> npt.NDArray[np.uint8]:
+        """The re-probe history array of the chunk at chunk_base (created zeroed)."""
+        return _chunk(self.short, chunk_base)
+
+    def moves_chunk(self, chunk_base: int) -> npt.NDArray[np.float32]:
+        """The (2, pages) last-move times of the chunk at chunk_base (created -inf)."""
+        chunk = self.moves.get(chunk_base)
+        if chunk is None:
+            chunk = np.full((2, HISTORY_CHUNK_PAGES), -np.inf, dtype=np.float32)
+            self.moves[chunk_base] = chunk
+        return chunk
 
     def begin_scan(self) -> None:
         """Start a scan visit: forget the previous visit's per-node accessed counts."""
@@ -92,6 +120,26 @@ class MmSlot:
         return _chunk(self.history, chunk_base)
 
 
+def note_moves(
+    slot: MmSlot, vaddrs: npt.NDArray[np.uint64], nr_pages: npt.NDArray[np.int64],
+    now_s: float, window_s: float,
+) -> int:
+    """Record that the folios at vaddrs moved at now_s; returns the base pages among
+    them that moved more than twice within window_s (a ping-pong)."""
+    nr_ping_pong = 0
+    chunk_of = vaddrs >> np.uint64(HISTORY_CHUNK_SHIFT)
+    for chunk in np.unique(chunk_of).tolist():
+        mine = chunk_of == chunk
+        chunk_base = int(chunk) << HISTORY_CHUNK_SHIFT
+        offsets = ((vaddrs[mine] - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(np.intp)
+        moves = slot.moves_chunk(chunk_base)
+        ping = now_s - moves[1, offsets] <= window_s
+        nr_ping_pong += int(nr_pages[mine][ping].sum())
+        moves[1, offsets] = moves[0, offsets]
+        moves[0, offsets] = now_s
+    return nr_ping_pong
+
+
 class MmList:
     """Slots of every process being scanned, and the cursor over them."""
 
@@ -99,6 +147,7 @@ class MmList:
         self._by_proc: dict[ProcessId, MmSlot] = {}
         self._ring: deque[MmSlot] = deque()
         self._nr_dead_in_ring = 0
+        self._cursor_slot: MmSlot | None = None  # what cursor() last returned
 
     def __len__(self) -> int:
         return len(self._by_proc)
@@ -130,6 +179,8 @@ class MmList:
         slot.dead = True
         slot.history.clear()
         slot.seen.clear()
+        slot.short.clear()
+        slot.moves.clear()
         self._nr_dead_in_ring += 1
         # Keep the ring bounded under churn: compact it when dead slots dominate.
         if self._nr_dead_in_ring > len(self._by_proc) + 64:
@@ -138,15 +189,21 @@ class MmList:
         return slot
 
     def sync(
-        self, procs: Iterable[ProcessId], new_slot: Callable[[ProcessId], MmSlot] | None = None
+        self,
+        procs: Iterable[ProcessId],
+        new_slot: Callable[[ProcessId], MmSlot] | None = None,
+        on_exit: Callable[[MmSlot], None] | None = None,
     ) -> tuple[list[ProcessId], list[ProcessId]]:
         """Enter new processes and exit vanished ones; returns (entered, exited).
 
-        new_slot, when given, builds the slot of a new process (initial state).
+        new_slot, when given, builds the slot of a new process (initial state);
+        on_exit sees each vanished process's slot before it is released.
         """
         alive = set(procs)
         exited = [proc for proc in self._by_proc if proc not in alive]
         for proc in exited:
+            if on_exit is not None:
+                on_exit(self._by_proc[proc])
             self.exit(proc)
         entered = [proc for proc in sorted(alive) if proc not in self._by_proc]
         for proc in entered:
@@ -160,12 +217,22 @@ class MmList:
         while self._ring and self._ring[0].dead:
             self._ring.popleft()
             self._nr_dead_in_ring -= 1
-        return self._ring[0] if self._ring else None
+        self._cursor_slot = self._ring[0] if self._ring else None
+        return self._cursor_slot
 
     def advance(self) -> None:
-        """Move the cursor past the current slot (to the back of the ring)."""
+        """Move the cursor past the current slot (to the back of the ring).
+
+        When that slot was released and a compaction took it out of the ring
+        meanwhile, the front is already the next slot: it stays there, to be
+        scanned next (khugepaged moves its cursor before freeing, to the same end).
+        """
         if not self._ring:
             return
+        if self._cursor_slot is not None and self._ring[0] is not self._cursor_slot:
+            self._cursor_slot = None
+            return
+        self._cursor_slot = None
         slot = self._ring.popleft()
         if slot.dead:
             self._nr_dead_in_ring -= 1

@@ -15,23 +15,26 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kscand import throttle
 from kscand.demoter import Demoter, cold_mask
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes, vma_skip_reason
+from kscand.hotness import heat_histogram, heat_of
 from kscand.machine import (
     PAGE_SHIFT,
     PMD_SIZE,
     BoolArray,
     I64Array,
     Machine,
+    PageBatch,
     ProcessId,
-    Topology,
     Vma,
 )
 from kscand.migrator import Migrator
 from kscand.mmlist import HISTORY_CHUNK_BYTES, MmSlot
+from kscand.placement import HeatKey, HeatLedger, ScanContext, add_into
+from kscand.reprobe import Reprobe, ReprobeQueue
 from kscand.stats import PageSkip, Stats, VmaSkip
-from kscand.tunables import Tunables
 
 
 class ScanEnd(enum.Enum):
@@ -147,37 +150,80 @@ def plan_scan(vmas: Sequence[Vma], resume_vaddr: int, budget_bytes: int) -> Scan
     return ScanPlan(tuple(ranges), tuple(skipped), nr_vmas, 0, True)
 
 
+PING_PONG_WINDOW_S = 60.0  # a page moved more than twice within this is a ping-pong
+EXCHANGE_MIN_SEEN = 2  # scans a top-tier page must have been seen in to be exchanged
+
+
+def _idx(offsets: slice | npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
+    """Offsets as an index array."""
+    if isinstance(offsets, slice):
+        return np.arange(offsets.start, offsets.start + n, dtype=np.intp)
+    return offsets
+
+
+def _sub(nr_pages: I64Array | None, mask: BoolArray) -> I64Array | None:
+    return None if nr_pages is None else nr_pages[mask]
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """Folios of one range whose heat is known now (a scan, or its re-probe)."""
+
+    slot: MmSlot
+    chunk_base: int
+    offsets: npt.NDArray[np.intp]
+    folios: PageBatch
+    nr_pages: I64Array | None
+    young: BoolArray
+
+
 class Scanner:
-    """Walks one process's address space per call, within the scan budget."""
+    """Walks one process's address space per call, within the scan budget.
+
+    What a scan finds goes to three sinks: the migrator's queue (promotion
+    candidates), the demoter's queue (exchange and watermark demotion) and the
+    re-probe queue; drain() is called when the candidate queue would overflow
+    mid-scan (kmigrated running beside kscand), so a large scan does not drop
+    what it found.
+    """
 
     def __init__(
-        self, machine: Machine, migrator: Migrator, stats: Stats, demoter: Demoter | None = None
+        self,
+        machine: Machine,
+        migrator: Migrator,
+        stats: Stats,
+        demoter: Demoter | None = None,
+        *,
+        ledger: HeatLedger | None = None,
+        reprobes: ReprobeQueue | None = None,
+        drain: Callable[[], None] | None = None,
     ) -> None:
         self.machine = machine
         self.migrator = migrator
         self.stats = stats
         self.demoter = demoter
-        self.demote = False  # queue cold top-tier folios in this scan (set per scan_mm)
-        # Called when the candidate queue would overflow mid-scan: the engine
-        # migrates what is queued (kmigrated running beside kscand), so a large
-        # scan does not drop what it found.
-        self.drain: Callable[[], None] | None = None
+        self.ledger = ledger if ledger is not None else HeatLedger()
+        self.reprobes = reprobes
+        self.drain = drain
 
-    def scan_mm(self, slot: MmSlot, tunables: Tunables, topology: Topology) -> ScanEnd:
+    def scan_mm(self, slot: MmSlot, ctx: ScanContext) -> ScanEnd:
         """Scan slot's process from its resume address for up to scan_size_bytes."""
         proc = slot.proc
+        tunables = ctx.tunables
         self.stats.add(proc, "nr_kscand_mm_scans")
         slot.begin_scan()
-        self.demote = self.demoter is not None and self.demoter.wanted(topology, tunables)
+        if slot.resume_vaddr == 0:  # a pass begins: the interval since the last one began
+            if slot.pass_start_ns is not None and ctx.now_ns > slot.pass_start_ns:
+                slot.pass_interval_s = (ctx.now_ns - slot.pass_start_ns) / 1e9
+            slot.pass_start_ns = ctx.now_ns
         try:
             budget = slot.scan_size_bytes or tunables.scan_size_bytes
             plan = plan_scan(self.machine.vmas(proc), slot.resume_vaddr, budget)
             for reason in plan.skipped:
                 self.stats.add(proc, reason.value)
             self.stats.add(proc, "nr_kscand_vma_scans", plan.nr_vmas)
-            toptier = topology.toptier_table()
             for start, end in plan.ranges:
-                self.scan_range(slot, start, end, tunables, toptier)
+                self.scan_range(slot, start, end, ctx)
         except ProcessGone:
             return ScanEnd.GONE
         except AccessDenied:
@@ -190,21 +236,15 @@ class Scanner:
         slot.full_scans += 1
         return ScanEnd.WRAPPED
 
-    def scan_range(
-        self,
-        slot: MmSlot,
-        start: int,
-        end: int,
-        tunables: Tunables,
-        toptier: BoolArray,
-    ) -> None:
+    def scan_range(self, slot: MmSlot, start: int, end: int, ctx: ScanContext) -> None:
         """Scan [start, end), inside one VMA and one history chunk. No per-page loop.
 
         read the pages -> filter -> test-and-clear Accessed bits -> shift them
-        into the history -> count -> queue hot slow-tier folios (and, when
-        demotion is wanted, cold top-tier ones).
+        into the history -> count -> judge (now, or accessed folios after their
+        re-probe): queue candidates for promotion and for exchange.
         """
         proc = slot.proc
+        tunables = ctx.tunables
         batch = self.machine.read_range(proc, start, end)
         self.stats.add(proc, "nr_kscand_ptes_scanned", len(batch))
         codes = page_skip_codes(batch.flags)
@@ -228,31 +268,232 @@ class Scanner:
         history = slot.history_chunk(chunk_base)
         pushed = push_history(history[offsets], young)
         history[offsets] = pushed
-        hot = young & hot_mask(pushed, tunables.hot_history_depth)
-        on_top = is_toptier(folios.nid, toptier)
-        self._count_folios(proc, nr_pages, young, hot, on_top)
-
-        candidates = np.flatnonzero(hot & ~on_top)
-        if candidates.size:
-            if self.drain is not None and (
-                self.migrator.nr_queued + candidates.size > self.migrator.queue_max
-            ):
-                self.drain()  # kmigrated's turn: the queue would overflow
-            self.migrator.add(proc, folios.take(candidates), _sizes(nr_pages, candidates))
-        if self.demote and self.demoter is not None:
-            seen = slot.seen_chunk(chunk_base)
-            seen[offsets] = np.minimum(seen[offsets], np.uint8(254)) + np.uint8(1)
-            cold_top = on_top & cold_mask(pushed, seen[offsets], tunables.demote_idle_scans)
-            cold = np.flatnonzero(cold_top)
-            if cold.size:
-                self.demoter.queue.add(proc, folios.take(cold), _sizes(nr_pages, cold))
+        seen = slot.seen_chunk(chunk_base)
+        seen[offsets] = np.minimum(seen[offsets], np.uint8(254)) + np.uint8(1)
+        on_top = is_toptier(folios.nid, ctx.toptier)
+        self._count_tiers(proc, nr_pages, young, on_top)
         slot.useful_this_scan += pages_in(young & ~on_top, nr_pages)
-        if self.demote:
+        if ctx.demote_wanted or any(p.short for p in ctx.plans.values()):
             # While the top tier wants room, its idle pages are work too: without
             # this, a process living on the top tier is throttled down to one scan
             # every few seconds and its cold pages take minutes to qualify.
             slot.useful_this_scan += pages_in(on_top & ~young, nr_pages)
         slot.note_accessed(folios.nid[young], None if nr_pages is None else nr_pages[young])
+        if not tunables.rank_hotness:
+            self._judge_series(slot, chunk_base, offsets, folios, nr_pages, young, pushed, ctx)
+            return
+        idx = _idx(offsets, len(folios))
+        if tunables.reprobe_delay_ms <= 0 or self.reprobes is None:
+            self.judge(Judged(slot, chunk_base, idx, folios, nr_pages, young), ctx)
+            return
+        short = slot.short_chunk(chunk_base)
+        idle = ~young
+        if idle.any():
+            short[idx[idle]] = short[idx[idle]] << np.uint8(1)
+            self.judge(
+                Judged(slot, chunk_base, idx[idle], folios.take(np.flatnonzero(idle)),
+                       _sub(nr_pages, idle), young[idle]),
+                ctx,
+            )
+        if not young.any():
+            return
+        at = np.flatnonzero(young)
+        now = Judged(slot, chunk_base, idx[at], folios.take(at), _sub(nr_pages, young), young[at])
+        # Promote on the evidence at hand (room is latency wasted); the re-probe
+        # ranks them and decides the rest.
+        queued = self._promote_now(now, ctx)
+        due_ns = self.machine.clock.now_ns() + tunables.reprobe_delay_ms * 1_000_000
+        entry = Reprobe(due_ns, proc, chunk_base, now.offsets, now.folios, now.nr_pages, queued)
+        if self.reprobes.add(entry):
+            self.stats.add(proc, "nr_kscand_reprobe_queued", pages_in(young, nr_pages))
+            return
+        # No room to look again: judge on the scan alone (its short bit unknown, kept).
+        self.stats.add(proc, "reprobe_queue_full", pages_in(young, nr_pages))
+        self.judge(now, ctx, queued)
+
+    def reprobe(self, slot: MmSlot, entry: Reprobe, ctx: ScanContext) -> None:
+        """The second look at folios found accessed: shift it in, then judge them."""
+        young = self.machine.test_and_clear_young(slot.proc, entry.folios)
+        short = slot.short_chunk(entry.chunk_base)
+        short[entry.offsets] = (short[entry.offsets] << np.uint8(1)) | young.astype(np.uint8)
+        self.stats.add(slot.proc, "nr_kscand_reprobe_young", pages_in(young, entry.nr_pages))
+        judged = Judged(
+            slot, entry.chunk_base, entry.offsets, entry.folios, entry.nr_pages,
+            np.ones(len(entry), dtype=np.bool_),
+        )
+        self.judge(judged, ctx, entry.queued)
+
+    def _heat(self, j: Judged, ctx: ScanContext) -> npt.NDArray[np.uint8]:
+        """The heat bins of judged folios, from their registers."""
+        t = ctx.tunables
+        slot = j.slot
+        seen = slot.seen_chunk(j.chunk_base)[j.offsets]
+        interval_s = slot.pass_interval_s or (
+            throttle.scaled_period_ms(slot.scan_period_ms or t.mm_scan_period_ms, slot.scale)
+            / 1e3
+        )
+        heat = heat_of(
+            slot.history_chunk(j.chunk_base)[j.offsets],
+            slot.short_chunk(j.chunk_base)[j.offsets]
+            if t.reprobe_delay_ms > 0
+            else np.zeros_like(seen),
+            seen,
+            interval_s,
+            t.reprobe_delay_ms / 1e3,
+        )
+        return heat
+
+    def _promote_now(self, j: Judged, ctx: ScanContext) -> BoolArray:
+        """Queue the slow-tier folios that qualify already; returns which were queued."""
+        heat = self._heat(j, ctx)
+        slot = j.slot
+        target = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
+        want = ~is_toptier(j.folios.nid, ctx.toptier) & (heat > 0)
+        want &= heat.astype(np.int16) >= ctx.threshold_for(target)
+        pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
+        if pinned is not None:
+            want &= ~pinned
+        self._queue_promote(slot.proc, j, np.flatnonzero(want), heat, ctx)
+        return want
+
+    def judge(self, j: Judged, ctx: ScanContext, queued: BoolArray | None = None) -> None:
+        """Heat of the folios -> the histograms -> promotion and exchange candidates.
+
+        queued: folios already queued for promotion on an earlier look (not again).
+        """
+        t = ctx.tunables
+        slot, proc = j.slot, j.slot.proc
+        seen = slot.seen_chunk(j.chunk_base)[j.offsets]
+        heat = self._heat(j, ctx)
+        on_top = is_toptier(j.folios.nid, ctx.toptier)
+        target = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
+        threshold = np.full(len(j.folios), ctx.threshold_for(target), dtype=np.int16)
+        self._account_heat(slot, heat, j.nr_pages, on_top, j.folios.nid, target, threshold, ctx)
+        hot = j.young & (heat.astype(np.int16) >= threshold) & (heat > 0)
+        hot_pages = pages_in(hot, j.nr_pages)
+        self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
+        self.stats.add(proc, "nr_kscand_coldpage", pages_in(j.young, j.nr_pages) - hot_pages)
+        pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
+        want = hot & ~on_top
+        if queued is not None:
+            want &= ~queued
+        if pinned is not None and (want & pinned).any():
+            self.stats.add(proc, "skip_ping_pong_guard", pages_in(want & pinned, j.nr_pages))
+            want &= ~pinned
+        self._queue_promote(proc, j, np.flatnonzero(want), heat, ctx)
+        if self.demoter is None or not t.exchange_enabled:
+            return
+        # Residents of a short node (threshold > 1) colder than the threshold by the
+        # margin may make room; pages with no evidence of access always may.
+        limit = np.where(threshold > 1, np.maximum(threshold - t.exchange_margin_bins, 1), 0)
+        cold = on_top & (heat.astype(np.int16) < limit) & (seen >= EXCHANGE_MIN_SEEN)
+        if pinned is not None:
+            cold &= ~pinned
+        if cold.any():
+            at = np.flatnonzero(cold)
+            self.demoter.add(
+                proc, j.folios.take(at), _sizes(j.nr_pages, at), heat[at], ctx.now_ns
+            )
+
+    def _account_heat(
+        self,
+        slot: MmSlot,
+        heat: npt.NDArray[np.uint8],
+        nr_pages: I64Array | None,
+        on_top: BoolArray,
+        nids: npt.NDArray[np.int32],
+        target: int | None,
+        threshold: npt.NDArray[np.int16],
+        ctx: ScanContext,
+    ) -> None:
+        """Add the folios to this pass's histograms; a resident's threshold is its node's."""
+        parts: list[tuple[HeatKey, BoolArray]] = []
+        if on_top.any():
+            for nid in ctx.plans:
+                mine = on_top & (nids == nid)
+                if mine.any():
+                    parts.append(((nid, True), mine))
+                    threshold[mine] = ctx.plans[nid].threshold
+        if target is not None and not on_top.all():
+            parts.append(((target, False), ~on_top))
+        first_pass = slot.full_scans == 0
+        for key, mask in parts:
+            counts = heat_histogram(heat[mask], _sub(nr_pages, mask))
+            add_into(slot.heat_cur, key, counts)
+            if first_pass:  # no complete pass yet: what was seen so far stands for the process
+                add_into(slot.heat_contrib, key, counts)
+                self.ledger.add(key, counts)
+
+    def _pinned(
+        self, slot: MmSlot, chunk_base: int, offsets: npt.NDArray[np.intp], now_s: float
+    ) -> BoolArray | None:
+        """Folios moved twice in the last PING_PONG_WINDOW_S: a third move would ping-pong."""
+        moves = slot.moves.get(chunk_base)
+        if moves is None:
+            return None
+        return np.asarray(now_s - moves[1, offsets] < PING_PONG_WINDOW_S)
+
+    def _queue_promote(
+        self,
+        proc: ProcessId,
+        j: Judged,
+        at: npt.NDArray[np.intp],
+        heat: npt.NDArray[np.uint8] | None,
+        ctx: ScanContext,
+    ) -> None:
+        if not at.size:
+            return
+        if self.drain is not None and (
+            self.migrator.nr_queued + at.size > self.migrator.queue_max
+        ):
+            self.drain()  # kmigrated's turn: the queue would overflow
+        self.migrator.add(
+            proc, j.folios.take(at), _sizes(j.nr_pages, at),
+            None if heat is None else heat[at], ctx.now_ns,
+        )
+
+    def _judge_series(
+        self,
+        slot: MmSlot,
+        chunk_base: int,
+        offsets: slice | npt.NDArray[np.intp],
+        folios: PageBatch,
+        nr_pages: I64Array | None,
+        young: BoolArray,
+        pushed: npt.NDArray[np.uint8],
+        ctx: ScanContext,
+    ) -> None:
+        """The series' rule: hot = accessed in each of the last hot_history_depth scans."""
+        proc = slot.proc
+        t = ctx.tunables
+        hot = young & hot_mask(pushed, t.hot_history_depth)
+        on_top = is_toptier(folios.nid, ctx.toptier)
+        hot_pages = pages_in(hot, nr_pages)
+        self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
+        self.stats.add(proc, "nr_kscand_coldpage", pages_in(young, nr_pages) - hot_pages)
+        idx = _idx(offsets, len(folios))
+        j = Judged(slot, chunk_base, idx, folios, nr_pages, young)
+        self._queue_promote(proc, j, np.flatnonzero(hot & ~on_top), None, ctx)
+        self._queue_watermark_cold(slot, j, pushed, on_top, ctx)
+
+    def _queue_watermark_cold(
+        self,
+        slot: MmSlot,
+        j: Judged,
+        pushed: npt.NDArray[np.uint8],
+        on_top: BoolArray,
+        ctx: ScanContext,
+    ) -> None:
+        """Proactive demotion (demote_watermark_pct): top-tier folios idle for a while."""
+        if not ctx.demote_wanted or self.demoter is None:
+            return
+        seen = slot.seen_chunk(j.chunk_base)[j.offsets]
+        cold_top = on_top & cold_mask(pushed, seen, ctx.tunables.demote_idle_scans)
+        cold = np.flatnonzero(cold_top)
+        if cold.size:
+            self.demoter.add(
+                slot.proc, j.folios.take(cold), _sizes(j.nr_pages, cold), None, ctx.now_ns
+            )
 
     def _count_skips(self, proc: ProcessId, codes: npt.NDArray[np.uint8]) -> tuple[int, int]:
         """Count the skip reasons; returns (eligible base pages, eligible THP heads)."""
@@ -264,21 +505,17 @@ class Scanner:
             self.stats.add(proc, PageSkip(code).counter, int(counts[code]))
         return nr_base, int(counts[PageSkip.ELIGIBLE_THP])
 
-    def _count_folios(
+    def _count_tiers(
         self,
         proc: ProcessId,
         nr_pages: I64Array | None,
         young: BoolArray,
-        hot: BoolArray,
         on_top: BoolArray,
     ) -> None:
-        """Add the series' per-page counters."""
+        """Add the series' per-page counters known at scan time (hot/cold: at judgement)."""
         total = young.shape[0] if nr_pages is None else int(nr_pages.sum())
         young_pages = pages_in(young, nr_pages)
-        hot_pages = pages_in(hot, nr_pages)
         top_pages = pages_in(on_top, nr_pages)
         self.stats.add(proc, "nr_kscand_idlepage", total - young_pages)
-        self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
-        self.stats.add(proc, "nr_kscand_coldpage", young_pages - hot_pages)
         self.stats.add(proc, "nr_kscand_toptier", top_pages)
         self.stats.add(proc, "nr_kscand_slowtier", total - top_pages)

@@ -81,6 +81,11 @@ def next_scan_rate(
     return ScanRate(clamp(period, *period_ms_range), max(size, PMD_SIZE))
 
 
+def work_appeared(pass_useful_smoothed: int, this_pass_so_far: int) -> bool:
+    """The last passes found no work and the current pass already has (X = 0, Y > 0)."""
+    return pass_useful_smoothed < USEFUL_MIN_PAGES <= this_pass_so_far
+
+
 def scaled_period_ms(period_ms: float, scale: int) -> float:
     """The period stretched by the per-process scale (1 = as is, 10 = twice as long)."""
     return period_ms + period_ms * (scale - 1) / 9

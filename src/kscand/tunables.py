@@ -55,16 +55,34 @@ class Tunables:
         5000, 1, 600_000, "ms", "upper clamp of a process's adaptive scan period"
     )
     scan_delay_ms: int = _knob(
-        2000, 0, 600_000, "ms", "a new process is first scanned this long after it appears"
+        1000, 0, 600_000, "ms", "a new process is first scanned this long after it appears "
+        "(numa_balancing_scan_delay_ms is 1000; the series used 2000)"
     )
     mms_to_scan: int = _knob(4096, 1, 1_000_000, "processes", "processes visited per pass")
+    rank_hotness: bool = _knob(
+        True, None, None, "bool", "rank pages by estimated access rate and promote those whose "
+        "heat is at or above the threshold at which they fit the top tier; false = the series' "
+        "rule (hot_history_depth consecutive accessed scans, first come first served)"
+    )
+    reprobe_delay_ms: int = _knob(
+        100, 0, 10_000, "ms", "test an accessed page again this long after its scan cleared "
+        "the bit, to rank pages touched in every scan; 0 = no re-probe"
+    )
+    exchange_enabled: bool = _knob(
+        True, None, None, "bool", "when a top-tier node is short, demote its coldest pages to "
+        "the slow tier to make room for candidates hotter by exchange_margin_bins (rank mode)"
+    )
+    exchange_margin_bins: int = _knob(
+        3, 0, 32, "bins", "how much hotter a candidate must be than the page it replaces "
+        "(3 bins = twice the access rate)"
+    )
     hot_history_depth: int = _knob(
         2,
         1,
         8,
         "scans",
-        "consecutive scans a page must be found accessed in to be hot "
-        "(2 = the series' second access; 1 = first touch promotes)",
+        "series rule (rank_hotness = false): consecutive scans a page must be found accessed "
+        "in to be hot (2 = the series' second access; 1 = first touch promotes)",
     )
     target_node: int = _knob(
         -1, -1, 1023, "nid", "promotion target; -1 = the first top-tier node (must be top tier)"
@@ -90,8 +108,9 @@ class Tunables:
         "0 = never scan"
     )
     demote_watermark_pct: float = _knob(
-        0.0, 0.0, 50.0, "%", "demote cold top-tier pages while the top tier's free memory is "
-        "under this percent of its capacity; 0 = never demote"
+        0.0, 0.0, 50.0, "%", "proactive demotion: demote idle top-tier pages while a top-tier "
+        "node's free memory is under this percent of its capacity (exchange, which demotes only "
+        "for hotter candidates, is separate); 0 = off"
     )
     demote_idle_scans: int = _knob(
         4, 1, 8, "scans", "consecutive scans a top-tier page must be idle in to be demoted"

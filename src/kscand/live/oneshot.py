@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from kscand.errors import ProcessGone, Unsupported
 from kscand.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
@@ -36,6 +37,7 @@ from kscand.machine import (
 )
 from kscand.migrator import Migrator, default_target
 from kscand.mmlist import MmSlot
+from kscand.placement import series_context
 from kscand.scanner import ScanEnd, Scanner, plan_scan
 from kscand.stats import PageSkip, Stats
 from kscand.tunables import Tunables
@@ -137,12 +139,19 @@ class RecordingMigrator(Migrator):
         super().__init__(machine, stats, queue_max=1 << 24, rate_mbps=1 << 30)
         self.observer = machine
 
-    def add(self, proc: ProcessId, folios: PageBatch, nr_pages: I64Array) -> int:
+    def add(
+        self,
+        proc: ProcessId,
+        folios: PageBatch,
+        nr_pages: I64Array,
+        heat: npt.NDArray[np.uint8] | None = None,
+        now_ns: int = 0,
+    ) -> int:
         record = self.observer.current
         record.hot.append(folios)
         record.hot_nr_pages.append(nr_pages)
         _add_by_nid(record.hot_by_nid, folios.nid, nr_pages)
-        return super().add(proc, folios, nr_pages)
+        return super().add(proc, folios, nr_pages, heat, now_ns)
 
 
 @dataclass(frozen=True)
@@ -210,7 +219,9 @@ def scan_process(
     ProcessGone if the process exits meanwhile.
     """
     base = tunables or Tunables()
-    tunables = base.replace(scan_size_bytes=WHOLE_PROCESS_BYTES)
+    # The series' rule (hot = accessed in the last hot_history_depth passes): a
+    # one-shot report has no re-probes to rank by and moves nothing.
+    tunables = base.replace(scan_size_bytes=WHOLE_PROCESS_BYTES, rank_hotness=False)
     observer = ObservingMachine(machine)
     stats = Stats()
     topology = machine.topology()
@@ -225,7 +236,8 @@ def scan_process(
             before = Counter(stats.of(proc))
             record = observer.begin_pass()
             started = time.monotonic()
-            if scanner.scan_mm(slot, tunables, _all_slow(topology)) is ScanEnd.GONE:
+            ctx = series_context(_all_slow(topology), tunables, machine.clock.now_ns())
+            if scanner.scan_mm(slot, ctx) is ScanEnd.GONE:
                 raise ProcessGone(f"process {proc} exited during the scan")
             record.accessed_by_nid.update(
                 {nid: int(n) for nid, n in enumerate(slot.accessed_by_nid.tolist()) if n}

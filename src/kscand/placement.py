@@ -1,0 +1,139 @@
+"""Capacity-aware placement: per top-tier node, which heat bins deserve the node.
+
+Every scanned page counts, by heat bin (kscand.hotness), in the histogram of
+one top-tier node: a resident of that node under its own nid, a slow-tier
+page under the node its process would promote to. A process contributes the
+histograms of its last complete pass (during its first pass, what it has seen
+so far); moves shift their pages from "wants" to "holds" and back.
+
+From the histograms and the node's free memory, a NodePlan per top-tier
+node: the threshold (the lowest bin such that the pages at or above it fit
+what the node can hold for scanned processes) and whether the node is short
+(not everything with evidence of access fits). While a node has room the
+threshold is bin 1: first evidence promotes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from kscand.hotness import NR_HEAT_BINS, threshold_bin
+from kscand.machine import BoolArray, Topology
+from kscand.migrator import room_pages
+from kscand.tunables import Tunables
+
+I64Array = npt.NDArray[np.int64]
+# A histogram key: (top-tier nid, resident?) -- False: slow-tier pages that want the node.
+HeatKey = tuple[int, bool]
+
+
+def _zeros() -> I64Array:
+    return np.zeros(NR_HEAT_BINS, dtype=np.int64)
+
+
+def add_into(hists: dict[HeatKey, I64Array], key: HeatKey, counts: I64Array) -> None:
+    """hists[key] += counts (created zeroed)."""
+    cur = hists.get(key)
+    if cur is None:
+        hists[key] = counts.copy()
+    else:
+        cur += counts
+
+
+class HeatLedger:
+    """The engine's total heat histograms per (top-tier node, resident?)."""
+
+    def __init__(self) -> None:
+        self.hists: dict[HeatKey, I64Array] = {}
+
+    def of(self, key: HeatKey) -> I64Array:
+        return self.hists.get(key, _zeros())
+
+    def add(self, key: HeatKey, counts: I64Array) -> None:
+        add_into(self.hists, key, counts)
+
+    def sub(self, key: HeatKey, counts: I64Array) -> None:
+        cur = self.hists.get(key)
+        if cur is None:
+            return
+        np.subtract(cur, counts, out=cur)
+        np.maximum(cur, 0, out=cur)
+
+    def replace(
+        self, old: dict[HeatKey, I64Array], new: dict[HeatKey, I64Array]
+    ) -> None:
+        """A process's contribution changes from old to new."""
+        for key, counts in old.items():
+            self.sub(key, counts)
+        for key, counts in new.items():
+            self.add(key, counts)
+
+
+def moved_histogram(heat: npt.NDArray[np.uint8], nr_pages: I64Array) -> I64Array:
+    """Pages per heat bin of moved folios. (n,) -> int64 (NR_HEAT_BINS,)."""
+    return np.bincount(heat, weights=nr_pages, minlength=NR_HEAT_BINS).astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """What one top-tier node takes now."""
+
+    nid: int
+    threshold: int  # promote at or above this heat bin; residents below it may be exchanged
+    short: bool  # more pages with evidence of access want the node than it can hold
+    usable_pages: int  # what the node can hold for scanned processes
+
+
+def node_plan(
+    nid: int, ledger: HeatLedger, free_pages: int, reserve_pages: int
+) -> NodePlan:
+    """The plan of one node: its residents count as room they could give back."""
+    resident = ledger.of((nid, True))
+    wanting = ledger.of((nid, False))
+    usable = max(0, free_pages - reserve_pages) + int(resident.sum())
+    hist = resident + wanting
+    threshold = threshold_bin(hist, usable)
+    return NodePlan(nid, threshold, threshold > 1, usable)
+
+
+def plan_nodes(topology: Topology, ledger: HeatLedger, tunables: Tunables) -> dict[int, NodePlan]:
+    """A NodePlan per top-tier node."""
+    plans = {}
+    for node in topology.nodes:
+        if not node.top_tier:
+            continue
+        reserve = node.free_pages - room_pages(node, tunables.target_free_min_pct)
+        plans[node.nid] = node_plan(node.nid, ledger, node.free_pages, reserve)
+    return plans
+
+
+@dataclass(frozen=True, slots=True)
+class ScanContext:
+    """What every layer of one step's scans reads: fixed for the step."""
+
+    now_ns: int
+    topology: Topology
+    toptier: BoolArray  # by nid + 1 (Topology.toptier_table)
+    plans: dict[int, NodePlan]
+    default_target: int | None  # the target of a process with no preference
+    tunables: Tunables
+    demote_wanted: bool  # the watermark demoter wants cold top-tier folios
+
+    @property
+    def now_s(self) -> float:
+        return self.now_ns / 1e9
+
+    def threshold_for(self, target_nid: int | None) -> int:
+        """The promotion threshold of the node a process promotes to."""
+        plan = self.plans.get(target_nid if target_nid is not None else -1)
+        if plan is None and self.default_target is not None:
+            plan = self.plans.get(self.default_target)
+        return plan.threshold if plan is not None else NR_HEAT_BINS
+
+
+def series_context(topology: Topology, tunables: Tunables, now_ns: int) -> ScanContext:
+    """A context with no placement plan (the series' rule, or a scan that moves nothing)."""
+    return ScanContext(now_ns, topology, topology.toptier_table(), {}, None, tunables, False)
