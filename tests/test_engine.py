@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from simkit import COLD, HOT, machine_and_engine, moved_vaddrs, run_steps, scenario
 
 from kscand.machine import PAGE_SIZE, ProcessId
@@ -77,7 +78,7 @@ def one_touch_engine(depth: int):
             {"name": "cold", "placement": "slow", "workload": COLD,
              "vmas": [{"kind": "anon", "size": "4MiB"}]},
         ],
-        tunables={"hot_history_depth": depth},
+        tunables={"hot_history_depth": depth, "rank_hotness": False},
     )
     machine, engine = machine_and_engine(sc)
     once = machine.procs[machine.processes()[0].pid]
@@ -114,7 +115,8 @@ def test_cold_pages_on_the_slow_node_are_never_promoted() -> None:
 def test_candidate_list_is_capped_and_overflow_counted() -> None:
     sc = scenario([{"name": "hot", "placement": "slow", "workload": HOT,
                     "vmas": [{"kind": "anon", "size": "64MiB"}]}],
-                  tunables={"migrate_queue_max": 100, "hot_history_depth": 1})
+                  tunables={"migrate_queue_max": 100, "hot_history_depth": 1,
+                            "rank_hotness": False})
     _machine, engine = machine_and_engine(sc)
     peak = 0
     original_add = engine.migrator.add
@@ -133,7 +135,10 @@ def test_candidate_list_is_capped_and_overflow_counted() -> None:
     assert engine.migrator.nr_queued == 0
 
 
-def test_target_full_stops_at_the_watermark_and_counts() -> None:
+@pytest.mark.parametrize("exchange", [False, True])
+def test_target_full_stops_at_the_watermark_and_counts(exchange: bool) -> None:
+    """The target fills exactly to its watermark; with exchange, the cold filler is
+    demoted first (every page of it: the hot process wants far more than the node)."""
     nodes = [
         {"nid": 0, "capacity": "64MiB", "cpus": True, "tier": 4},
         {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67},
@@ -143,7 +148,7 @@ def test_target_full_stops_at_the_watermark_and_counts() -> None:
           "vmas": [{"kind": "anon", "size": "40MiB"}]},
          {"name": "hot", "placement": "slow", "workload": HOT,
           "vmas": [{"kind": "anon", "size": "256MiB"}]}],
-        nodes=nodes, tunables={"target_free_min_pct": 10},
+        nodes=nodes, tunables={"target_free_min_pct": 10, "exchange_enabled": exchange},
     )
     machine, engine = machine_and_engine(sc)
     run_steps(machine, engine, 10)
@@ -151,7 +156,13 @@ def test_target_full_stops_at_the_watermark_and_counts() -> None:
     reserve = int(np.ceil(top.capacity_pages * 0.10))
     assert top.free_pages == reserve  # filled exactly to the watermark, not beyond
     assert engine.stats.total["drop_target_full"] > 0
-    assert engine.stats.total["nr_kscand_migrated"] == (64 - 40) * MiB // PAGE_SIZE - reserve
+    filler = 40 * MiB // PAGE_SIZE
+    demoted = filler if exchange else 0
+    assert engine.stats.total["nr_kscand_demoted"] == demoted
+    assert engine.stats.total["nr_kscand_exchange_demoted"] == demoted
+    assert engine.stats.total["nr_kscand_migrated"] == (
+        (64 - 40) * MiB // PAGE_SIZE - reserve + demoted
+    )
 
 
 def test_move_failures_are_counted_by_errno() -> None:
@@ -208,7 +219,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
 def test_identity_is_checked_before_moving() -> None:
     sc = scenario([{"name": "hot", "placement": "slow", "workload": HOT,
                     "vmas": [{"kind": "anon", "size": "4MiB"}]}],
-                  tunables={"hot_history_depth": 1})
+                  tunables={"hot_history_depth": 1, "rank_hotness": False})
     machine, engine = machine_and_engine(sc)
     proc = machine.processes()[0]
     engine.mm_list.sync(machine.processes())

@@ -131,7 +131,9 @@ class ScanContext:
         plan = self.plans.get(target_nid if target_nid is not None else -1)
         if plan is None and self.default_target is not None:
             plan = self.plans.get(self.default_target)
-        return plan.threshold if plan is not None else NR_HEAT_BINS
+        # No plan (no valid target): evidence is enough to queue, and the migrator
+        # counts the drop (drop_no_target) instead of losing it without a word.
+        return plan.threshold if plan is not None else 1
 
 
 def series_context(topology: Topology, tunables: Tunables, now_ns: int) -> ScanContext:

@@ -381,6 +381,9 @@ class Scanner:
             self.stats.add(proc, "skip_ping_pong_guard", pages_in(want & pinned, j.nr_pages))
             want &= ~pinned
         self._queue_promote(proc, j, np.flatnonzero(want), heat, ctx)
+        if ctx.demote_wanted:
+            history = slot.history_chunk(j.chunk_base)[j.offsets]
+            self._queue_watermark_cold(slot, j, history, on_top, ctx)
         if self.demoter is None or not t.exchange_enabled:
             return
         # Residents of a short node (threshold > 1) colder than the threshold by the
