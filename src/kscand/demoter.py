@@ -134,13 +134,14 @@ class Demoter:
         self,
         nid: int,
         cand_heat: U8Array,
+        cand_pages: I64Array,
         need_pages: int,
         topology: Topology,
         tunables: Tunables,
     ) -> list[tuple[ProcessId, Candidates]]:
         """Demote up to need_pages of nid's coldest queued residents for hotter candidates.
 
-        cand_heat: the heat of the candidates waiting for nid, hottest first.
+        cand_heat, cand_pages: the candidates waiting for nid, hottest first.
         Returns the folios demoted, per process.
         """
         queue = self.queues.get(nid)
@@ -152,7 +153,9 @@ class Demoter:
         heat = np.concatenate([c.heat for _, _, c in parts])
         nr_pages = np.concatenate([c.nr_pages for _, _, c in parts])
         order = np.argsort(heat, kind="stable")  # coldest first
-        nr_pairs = exchange_pairs(cand_heat, heat[order], tunables.exchange_margin_bins)
+        nr_pairs = exchange_pairs(
+            cand_heat, cand_pages, heat[order], nr_pages[order], tunables.exchange_margin_bins
+        )
         chosen = order[:nr_pairs]
         chosen = chosen[pages_to_cover(nr_pages[chosen], need_pages)]
         use = np.zeros(heat.size, dtype=np.bool_)

@@ -185,12 +185,14 @@ class Kscand:
         demoted = False
         for nid, parts in wanting.items():
             heat = np.concatenate([p.heat for p in parts])
-            need = int(sum(int(p.nr_pages.sum()) for p in parts))
-            need -= room_pages(topology.node(nid), t.target_free_min_pct)
+            nr_pages = np.concatenate([p.nr_pages for p in parts])
+            need = int(nr_pages.sum()) - room_pages(topology.node(nid), t.target_free_min_pct)
             if need <= 0:
                 continue
-            hottest = np.sort(heat)[::-1]
-            moved = self.demoter.exchange(nid, hottest, need, topology, t)
+            hottest = np.argsort(-heat.astype(np.int16), kind="stable")
+            moved = self.demoter.exchange(
+                nid, heat[hottest], nr_pages[hottest], need, topology, t
+            )
             self._note_demoted(moved)
             demoted = demoted or bool(moved)
         return demoted

@@ -23,6 +23,8 @@ demotes residents below it by a margin.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -53,7 +55,7 @@ def rate_per_s(nr_accessed: U8Array, nr_observed: U8Array, interval_s: float) ->
     """Poisson rate estimate from k accessed of n observations over interval_s each."""
     k = nr_accessed.astype(np.float64)
     n = nr_observed.astype(np.float64)
-    p = (k + 0.5) / (n + 1.0)
+    p = np.minimum((k + 0.5) / (n + 1.0), 1.0 - 1e-9)
     return -np.log1p(-p) / max(interval_s, 1e-6)
 
 
@@ -71,6 +73,53 @@ def rate_of_bin(heat: int) -> float:
     return HEAT_RATE_FLOOR_PER_S * 2.0 ** ((heat - 1) / HEAT_BINS_PER_OCTAVE)
 
 
+_SIDE = HISTORY_BITS + 1
+_NR_KN = _SIDE**2  # (k, n) pairs of one register: k accessed of n valid bits
+
+
+def _kn_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """KN[seen * 256 + register] = k * 9 + n, for the long and the short register.
+
+    The long register has min(seen - 1, 8) valid bits (its first bit covers
+    everything since the page was populated), the short one min(seen, 8).
+    """
+    seen = np.arange(256)[:, None]
+    reg = np.arange(256)[None, :]
+    out = []
+    for n in (np.clip(seen - 1, 0, HISTORY_BITS), np.minimum(seen, HISTORY_BITS)):
+        k = _POPCOUNT[reg & ((1 << n) - 1)].astype(np.int64)
+        out.append((k * _SIDE + n).astype(np.uint8).ravel())
+    return out[0], out[1]
+
+
+_KN_LONG, _KN_SHORT = _kn_tables()
+
+
+@functools.lru_cache(maxsize=256)
+def _heat_table_cached(interval_ms: int, reprobe_ms: int) -> U8Array:
+    return heat_table(interval_ms / 1e3, reprobe_ms / 1e3)
+
+
+def heat_table(interval_s: float, reprobe_s: float) -> U8Array:
+    """Heat bin of every (k_long, n_long, k_short, n_short): uint8 (_NR_KN ** 2,).
+
+    The estimate is the long scale's, raised to the short scale's once the
+    short one has seen an access; no access at either scale is bin 0.
+    """
+    kn = np.arange(_NR_KN)
+    k, n = kn // _SIDE, kn % _SIDE
+    valid = k <= n
+    k8, n8 = k.astype(np.uint8), n.astype(np.uint8)
+    long_rate = np.where(valid, rate_per_s(k8, n8, interval_s), 0.0)
+    if reprobe_s > 0:
+        short_rate = np.where(valid & (k > 0), rate_per_s(k8, n8, reprobe_s), 0.0)
+    else:
+        short_rate = np.zeros(_NR_KN)
+    rate = np.maximum(long_rate[:, None], short_rate[None, :])
+    evidence = ((k > 0) & valid)[:, None] | ((k > 0) & valid & (reprobe_s > 0))[None, :]
+    return np.where(evidence, heat_bins(rate), np.uint8(0)).astype(np.uint8).ravel()
+
+
 def heat_of(
     long_hist: U8Array,
     short_hist: U8Array,
@@ -84,19 +133,13 @@ def heat_of(
     long bit is not evidence (it covers everything since the page was
     populated), so the long register has nr_seen - 1 valid bits and the short
     one nr_seen (a re-probe follows a clear). Pages with no accessed valid bit
-    are bin 0. All arrays (n,) uint8 -> uint8 (n,).
+    are bin 0. All arrays (n,) uint8 -> uint8 (n,); one table lookup per page.
     """
-    long_valid = np.maximum(nr_seen.astype(np.int16) - 1, 0).astype(np.uint8)
-    k_long = popcount8(long_hist & valid_mask(long_valid))
-    k_short = popcount8(short_hist & valid_mask(nr_seen)) if reprobe_s > 0 else None
-    rate = rate_per_s(k_long, np.minimum(long_valid, HISTORY_BITS), interval_s)
-    if k_short is not None:
-        short = rate_per_s(k_short, np.minimum(nr_seen, HISTORY_BITS), reprobe_s)
-        rate = np.where(k_short > 0, np.maximum(rate, short), rate)
-        evidence = (k_long > 0) | (k_short > 0)
-    else:
-        evidence = k_long > 0
-    return np.where(evidence, heat_bins(rate), np.uint8(0)).astype(np.uint8)
+    row = nr_seen.astype(np.uint16) << np.uint16(8)
+    kn_long = _KN_LONG[row | long_hist].astype(np.uint16)
+    kn_short = _KN_SHORT[row | short_hist]
+    table = _heat_table_cached(max(1, round(interval_s * 1e3)), max(0, round(reprobe_s * 1e3)))
+    return table[kn_long * np.uint16(_NR_KN) + kn_short]
 
 
 def heat_histogram(heat: U8Array, nr_pages: npt.NDArray[np.int64] | None) -> npt.NDArray[np.int64]:
@@ -120,15 +163,26 @@ def threshold_bin(hist: npt.NDArray[np.int64], usable_pages: int) -> int:
 
 
 def exchange_pairs(
-    cand_heat: U8Array, resident_heat: U8Array, margin_bins: int
+    cand_heat: U8Array,
+    cand_pages: npt.NDArray[np.int64],
+    resident_heat: U8Array,
+    resident_pages: npt.NDArray[np.int64],
+    margin_bins: int,
 ) -> int:
-    """How many residents to demote for candidates, pairing hottest with coldest.
+    """How many residents to demote for candidates, pairing hottest with coldest, by pages.
 
-    cand_heat sorted descending, resident_heat ascending: pair i is worth it
-    while the candidate is at least margin_bins hotter than the resident.
+    cand_* sorted hottest first, resident_* coldest first: resident i is worth
+    demoting when the candidate that would take its place (the one covering the
+    same page position, so one THP candidate stands for 512 base residents) is at
+    least margin_bins hotter. Returns the length of that prefix of residents.
     """
-    n = min(cand_heat.size, resident_heat.size)
-    if not n:
+    if not cand_heat.size or not resident_heat.size:
         return 0
-    gain = cand_heat[:n].astype(np.int16) - resident_heat[:n].astype(np.int16)
-    return int(np.count_nonzero(gain >= margin_bins))
+    cand_end = np.cumsum(cand_pages)
+    res_start = np.cumsum(resident_pages) - resident_pages
+    j = np.searchsorted(cand_end, res_start, side="right")
+    inside = j < cand_heat.size
+    gain = np.full(resident_heat.size, -1, dtype=np.int16)
+    gain[inside] = cand_heat[j[inside]].astype(np.int16) - resident_heat[inside].astype(np.int16)
+    worth = gain >= margin_bins
+    return int(np.argmin(worth)) if not worth.all() else int(worth.size)
