@@ -20,7 +20,7 @@ import numpy as np
 from kscand import throttle
 from kscand.demoter import Demoter
 from kscand.errors import AccessDenied, ProcessGone
-from kscand.machine import Machine, ProcessId, Topology
+from kscand.machine import PAGE_SHIFT, Machine, ProcessId, Topology
 from kscand.migrator import (
     Candidates,
     MigrateResult,
@@ -30,7 +30,13 @@ from kscand.migrator import (
     target_order,
 )
 from kscand.mmlist import MmList, MmSlot, note_moves
-from kscand.placement import HeatLedger, ScanContext, moved_histogram, plan_nodes
+from kscand.placement import (
+    HeatLedger,
+    ScanContext,
+    moved_histogram,
+    plan_nodes,
+    reprobe_delay_s,
+)
 from kscand.reprobe import ReprobeQueue
 from kscand.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner
 from kscand.stats import MigrateDrop, Stats
@@ -51,6 +57,15 @@ class StepResult:
     nr_promoted_pages: int
     entered: tuple[ProcessId, ...]
     exited: tuple[ProcessId, ...]
+
+
+REPROBE_QUEUE_MAX = 1 << 21  # folios: ~64 MiB of re-probe entries at most
+
+
+def reprobe_queue_max(tunables: Tunables) -> int:
+    """Room for the accessed folios of the largest visit (a visit's re-probes must fit)."""
+    return min(REPROBE_QUEUE_MAX, max(tunables.migrate_queue_max,
+                                      tunables.scan_size_max_bytes >> PAGE_SHIFT))
 
 
 def _no_trace(event: str, fields: dict[str, Any]) -> None:
@@ -85,7 +100,7 @@ class Kscand:
         self.scale_policy = scale_policy
         self.mm_list = MmList()
         self.ledger = HeatLedger()
-        self.reprobes = ReprobeQueue(tunables.migrate_queue_max)
+        self.reprobes = ReprobeQueue(reprobe_queue_max(tunables))
         self.migrator = Migrator(
             machine, self.stats, tunables.migrate_queue_max, tunables.promote_rate_limit_mbps
         )
@@ -103,7 +118,7 @@ class Kscand:
         self.tunables = tunables
         self.migrator.queue_max = tunables.migrate_queue_max
         self.demoter.set_queue_max(tunables.migrate_queue_max)
-        self.reprobes.queue_max = tunables.migrate_queue_max
+        self.reprobes.queue_max = reprobe_queue_max(tunables)
 
     def set_scale(self, proc: ProcessId, scale: int) -> bool:
         """Set a running process's scale (the prctl analog); False if it is not listed."""
@@ -147,6 +162,7 @@ class Kscand:
             default_target=default_target(topology, t),
             tunables=t,
             demote_wanted=self.demoter.wanted(topology, t),
+            reprobe_s=reprobe_delay_s(plans, t) if t.rank_hotness else 0.0,
         )
         return self._ctx
 

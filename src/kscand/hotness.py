@@ -100,24 +100,52 @@ def _heat_table_cached(interval_ms: int, reprobe_ms: int) -> U8Array:
     return heat_table(interval_ms / 1e3, reprobe_ms / 1e3)
 
 
+def bin_rates_per_s() -> F64Array:
+    """The middle rate of each heat bin 1..NR_HEAT_BINS-1 (geometric centre)."""
+    bins = np.arange(1, NR_HEAT_BINS)
+    return HEAT_RATE_FLOOR_PER_S * 2.0 ** ((bins - 0.5) / HEAT_BINS_PER_OCTAVE)
+
+
 def heat_table(interval_s: float, reprobe_s: float) -> U8Array:
     """Heat bin of every (k_long, n_long, k_short, n_short): uint8 (_NR_KN ** 2,).
 
-    The estimate is the long scale's, raised to the short scale's once the
-    short one has seen an access; no access at either scale is bin 0.
+    The joint maximum-likelihood Poisson rate of both registers (k accessed of n
+    looks at each scale, a look at interval t accessed with probability
+    1 - exp(-r t)), over the bins' rates: the long scale ranks what the short one
+    never sees, the short one what the long one always sees. No access at either
+    scale is bin 0.
     """
     kn = np.arange(_NR_KN)
-    k, n = kn // _SIDE, kn % _SIDE
+    k, n = (kn // _SIDE).astype(np.float64), (kn % _SIDE).astype(np.float64)
     valid = k <= n
-    k8, n8 = k.astype(np.uint8), n.astype(np.uint8)
-    long_rate = np.where(valid, rate_per_s(k8, n8, interval_s), 0.0)
-    if reprobe_s > 0:
-        short_rate = np.where(valid & (k > 0), rate_per_s(k8, n8, reprobe_s), 0.0)
-    else:
-        short_rate = np.zeros(_NR_KN)
-    rate = np.maximum(long_rate[:, None], short_rate[None, :])
-    evidence = ((k > 0) & valid)[:, None] | ((k > 0) & valid & (reprobe_s > 0))[None, :]
-    return np.where(evidence, heat_bins(rate), np.uint8(0)).astype(np.uint8).ravel()
+    rates = bin_rates_per_s()[None, :]
+
+    def loglik(t_s: float) -> F64Array:
+        if t_s <= 0:
+            return np.zeros((_NR_KN, rates.shape[1]))
+        hit = np.log(-np.expm1(-rates * t_s))
+        return k[:, None] * hit - (n - k)[:, None] * rates * t_s
+
+    long_ll = loglik(interval_s)
+    short_ll = loglik(reprobe_s) if reprobe_s > 0 else np.zeros_like(long_ll)
+    total = long_ll[:, None, :] + short_ll[None, :, :]  # (kn_long, kn_short, bins)
+    best = (np.argmax(total, axis=2) + 1).astype(np.uint8)
+    short_hit = (k > 0) & valid & (reprobe_s > 0)
+    evidence = ((k > 0) & valid)[:, None] | short_hit[None, :]
+    ok = valid[:, None] & valid[None, :]
+    return np.where(evidence & ok, best, np.uint8(0)).astype(np.uint8).ravel()
+
+
+def probe_delay_s(threshold: int, lo_s: float, hi_s: float) -> float:
+    """The re-probe delay that best tells pages around the threshold bin apart.
+
+    A look at interval 1/r finds a page of rate r accessed with probability
+    1 - 1/e: the most informative interval for rates near the threshold's.
+    """
+    rate = rate_of_bin(threshold)
+    if rate <= 0:
+        return hi_s
+    return min(hi_s, max(lo_s, 1.0 / rate))
 
 
 def heat_of(

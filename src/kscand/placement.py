@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kscand.hotness import NR_HEAT_BINS, threshold_bin
+from kscand.hotness import NR_HEAT_BINS, probe_delay_s, threshold_bin
 from kscand.machine import BoolArray, Topology
 from kscand.migrator import room_pages
 from kscand.tunables import Tunables
@@ -121,6 +121,7 @@ class ScanContext:
     default_target: int | None  # the target of a process with no preference
     tunables: Tunables
     demote_wanted: bool  # the watermark demoter wants cold top-tier folios
+    reprobe_s: float = 0.0  # this step's re-probe delay (0: no re-probe)
 
     @property
     def now_s(self) -> float:
@@ -134,6 +135,20 @@ class ScanContext:
         # No plan (no valid target): evidence is enough to queue, and the migrator
         # counts the drop (drop_no_target) instead of losing it without a word.
         return plan.threshold if plan is not None else 1
+
+
+def reprobe_delay_s(plans: dict[int, NodePlan], tunables: Tunables) -> float:
+    """This step's re-probe delay: reprobe_delay_ms while every node has room; when a
+    node is short, the interval that best ranks pages around its threshold (kept
+    between one step and half the shortest scan period, at most a second)."""
+    if tunables.reprobe_delay_ms <= 0:
+        return 0.0
+    short = [p.threshold for p in plans.values() if p.short and p.threshold < NR_HEAT_BINS]
+    if not short:
+        return tunables.reprobe_delay_ms / 1e3
+    lo_s = max(tunables.scan_sleep_ms, 1) / 1e3
+    hi_s = max(lo_s, min(1.0, tunables.scan_period_min_ms / 2e3))
+    return probe_delay_s(min(short), lo_s, hi_s)
 
 
 def series_context(topology: Topology, tunables: Tunables, now_ns: int) -> ScanContext:

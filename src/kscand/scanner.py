@@ -283,7 +283,7 @@ class Scanner:
             self._judge_series(slot, chunk_base, offsets, folios, nr_pages, young, pushed, ctx)
             return
         idx = _idx(offsets, len(folios))
-        if tunables.reprobe_delay_ms <= 0 or self.reprobes is None:
+        if ctx.reprobe_s <= 0 or self.reprobes is None:
             self.judge(Judged(slot, chunk_base, idx, folios, nr_pages, young), ctx)
             return
         short = slot.short_chunk(chunk_base)
@@ -302,7 +302,7 @@ class Scanner:
         # Promote on the evidence at hand (room is latency wasted); the re-probe
         # ranks them and decides the rest.
         queued = self._promote_now(now, ctx)
-        due_ns = self.machine.clock.now_ns() + tunables.reprobe_delay_ms * 1_000_000
+        due_ns = self.machine.clock.now_ns() + int(ctx.reprobe_s * 1e9)
         entry = Reprobe(due_ns, proc, chunk_base, now.offsets, now.folios, now.nr_pages, queued)
         if self.reprobes.add(entry):
             self.stats.add(proc, "nr_kscand_reprobe_queued", pages_in(young, nr_pages))
@@ -335,11 +335,11 @@ class Scanner:
         heat = heat_of(
             slot.history_chunk(j.chunk_base)[j.offsets],
             slot.short_chunk(j.chunk_base)[j.offsets]
-            if t.reprobe_delay_ms > 0
+            if ctx.reprobe_s > 0
             else np.zeros_like(seen),
             seen,
             interval_s,
-            t.reprobe_delay_ms / 1e3,
+            ctx.reprobe_s,
         )
         return heat
 
