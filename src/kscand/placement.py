@@ -82,9 +82,11 @@ class NodePlan:
     """What one top-tier node takes now."""
 
     nid: int
-    threshold: int  # promote at or above this heat bin; residents below it may be exchanged
+    threshold: int  # the pages at or above this heat bin fit; residents below may be exchanged
     short: bool  # more pages with evidence of access want the node than it can hold
     usable_pages: int  # what the node can hold for scanned processes
+    promote_min: int = 1  # candidates from this bin on are queued: the threshold, or the
+    # bin under it that fits only in part (who of it gets in, exchange and room decide)
 
 
 def node_plan(
@@ -96,7 +98,9 @@ def node_plan(
     usable = max(0, free_pages - reserve_pages) + int(resident.sum())
     hist = resident + wanting
     threshold = threshold_bin(hist, usable)
-    return NodePlan(nid, threshold, threshold > 1, usable)
+    below = np.flatnonzero(hist[1:threshold]) + 1
+    promote_min = int(below[-1]) if below.size else threshold
+    return NodePlan(nid, threshold, threshold > 1, usable, min(promote_min, threshold))
 
 
 def plan_nodes(topology: Topology, ledger: HeatLedger, tunables: Tunables) -> dict[int, NodePlan]:
@@ -128,13 +132,13 @@ class ScanContext:
         return self.now_ns / 1e9
 
     def threshold_for(self, target_nid: int | None) -> int:
-        """The promotion threshold of the node a process promotes to."""
+        """The lowest heat bin queued for the node a process promotes to."""
         plan = self.plans.get(target_nid if target_nid is not None else -1)
         if plan is None and self.default_target is not None:
             plan = self.plans.get(self.default_target)
         # No plan (no valid target): evidence is enough to queue, and the migrator
         # counts the drop (drop_no_target) instead of losing it without a word.
-        return plan.threshold if plan is not None else 1
+        return plan.promote_min if plan is not None else 1
 
 
 def reprobe_delay_s(plans: dict[int, NodePlan], tunables: Tunables) -> float:

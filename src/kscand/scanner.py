@@ -367,9 +367,12 @@ class Scanner:
         heat = self._heat(j, ctx)
         on_top = is_toptier(j.folios.nid, ctx.toptier)
         target = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
-        threshold = np.full(len(j.folios), ctx.threshold_for(target), dtype=np.int16)
-        self._account_heat(slot, heat, j.nr_pages, on_top, j.folios.nid, target, threshold, ctx)
-        hot = j.young & (heat.astype(np.int16) >= threshold) & (heat > 0)
+        promote_min = np.full(len(j.folios), ctx.threshold_for(target), dtype=np.int16)
+        threshold = np.ones(len(j.folios), dtype=np.int16)
+        self._account_heat(
+            slot, heat, j.nr_pages, on_top, j.folios.nid, target, (threshold, promote_min), ctx
+        )
+        hot = j.young & (heat.astype(np.int16) >= promote_min) & (heat > 0)
         hot_pages = pages_in(hot, j.nr_pages)
         self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
         self.stats.add(proc, "nr_kscand_coldpage", pages_in(j.young, j.nr_pages) - hot_pages)
@@ -406,10 +409,12 @@ class Scanner:
         on_top: BoolArray,
         nids: npt.NDArray[np.int32],
         target: int | None,
-        threshold: npt.NDArray[np.int16],
+        thresholds: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]],
         ctx: ScanContext,
     ) -> None:
-        """Add the folios to this pass's histograms; a resident's threshold is its node's."""
+        """Add the folios to this pass's histograms; set each resident's threshold and
+        promotion minimum (thresholds, updated in place) to its node's."""
+        threshold, promote_min = thresholds
         parts: list[tuple[HeatKey, BoolArray]] = []
         if on_top.any():
             for nid in ctx.plans:
@@ -417,6 +422,7 @@ class Scanner:
                 if mine.any():
                     parts.append(((nid, True), mine))
                     threshold[mine] = ctx.plans[nid].threshold
+                    promote_min[mine] = ctx.plans[nid].promote_min
         if target is not None and not on_top.all():
             parts.append(((target, False), ~on_top))
         first_pass = slot.full_scans == 0
