@@ -100,7 +100,10 @@ def node_plan(
     threshold = threshold_bin(hist, usable)
     below = np.flatnonzero(hist[1:threshold]) + 1
     promote_min = int(below[-1]) if below.size else threshold
-    return NodePlan(nid, threshold, threshold > 1, usable, min(promote_min, threshold))
+    # Short: not everything with evidence fits, or what wants in does not fit the free
+    # room (residents without evidence of access must make it).
+    short = threshold > 1 or int(wanting[1:].sum()) > max(0, free_pages - reserve_pages)
+    return NodePlan(nid, threshold, short, usable, min(promote_min, threshold))
 
 
 def plan_nodes(topology: Topology, ledger: HeatLedger, tunables: Tunables) -> dict[int, NodePlan]:

@@ -368,7 +368,7 @@ class Scanner:
         on_top = is_toptier(j.folios.nid, ctx.toptier)
         target = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
         promote_min = np.full(len(j.folios), ctx.threshold_for(target), dtype=np.int16)
-        threshold = np.ones(len(j.folios), dtype=np.int16)
+        threshold = np.zeros(len(j.folios), dtype=np.int16)  # a resident's, when short
         self._account_heat(
             slot, heat, j.nr_pages, on_top, j.folios.nid, target, (threshold, promote_min), ctx
         )
@@ -389,9 +389,9 @@ class Scanner:
             self._queue_watermark_cold(slot, j, history, on_top, ctx)
         if self.demoter is None or not t.exchange_enabled:
             return
-        # Residents of a short node (threshold > 1) colder than the threshold by the
-        # margin may make room; pages with no evidence of access always may.
-        limit = np.where(threshold > 1, np.maximum(threshold - t.exchange_margin_bins, 1), 0)
+        # Residents of a short node colder than its threshold by the margin may make
+        # room; pages with no evidence of access always may.
+        limit = np.where(threshold > 0, np.maximum(threshold - t.exchange_margin_bins, 1), 0)
         cold = on_top & (heat.astype(np.int16) < limit) & (seen >= EXCHANGE_MIN_SEEN)
         if pinned is not None:
             cold &= ~pinned
@@ -421,8 +421,9 @@ class Scanner:
                 mine = on_top & (nids == nid)
                 if mine.any():
                     parts.append(((nid, True), mine))
-                    threshold[mine] = ctx.plans[nid].threshold
-                    promote_min[mine] = ctx.plans[nid].promote_min
+                    plan = ctx.plans[nid]
+                    threshold[mine] = plan.threshold if plan.short else 0
+                    promote_min[mine] = plan.promote_min
         if target is not None and not on_top.all():
             parts.append(((target, False), ~on_top))
         first_pass = slot.full_scans == 0

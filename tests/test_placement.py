@@ -1,0 +1,234 @@
+"""Placement when the top tier is short: ranking, the threshold, exchange, hysteresis,
+the per-pass throttle and reaction time, with exact counts on small seeded scenarios."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from simkit import COLD, machine_and_engine, run_steps, scenario
+
+from kscand import hotness
+from kscand.engine import Kscand
+from kscand.machine import PAGE_SIZE
+from kscand.placement import HeatLedger, node_plan
+from kscand.sim.machine import SimMachine
+from kscand.tunables import Tunables
+
+MiB = 1 << 20
+PAGES_PER_MIB = MiB // PAGE_SIZE
+SERIES_PERIODS = {"scan_delay_ms": 0, "mm_scan_period_ms": 500, "scan_period_min_ms": 500,
+                  "scan_period_max_ms": 500, "default_scale": 1}
+
+
+def run_for(machine: SimMachine, engine: Kscand, seconds: float) -> None:
+    end_ns = machine.clock.now_ns() + int(seconds * 1e9)
+    while machine.clock.now_ns() < end_ns:
+        run_steps(machine, engine, 1)
+
+
+def per_page(rate_per_s: float, size_mib: int) -> dict[str, object]:
+    """A uniform workload whose every page is accessed rate_per_s times a second."""
+    return {"kind": "uniform", "rate_per_s": rate_per_s * size_mib * PAGES_PER_MIB}
+
+
+# --- the pure parts --------------------------------------------------------------------------
+
+def test_heat_grows_with_evidence_at_either_scale() -> None:
+    table = hotness.heat_table(2.0, 0.25)
+    side = hotness.HISTORY_BITS + 1
+
+    def heat(k_long: int, n_long: int, k_short: int, n_short: int) -> int:
+        return int(table[((k_long * side + n_long) * side + k_short) * side + n_short])
+
+    long_only = [heat(k, 8, 0, 8) for k in range(9)]
+    short_too = [heat(8, 8, k, 8) for k in range(9)]
+    assert long_only[0] == 0  # never accessed: no evidence
+    assert all(a < b for a, b in itertools.pairwise(long_only[1:]))
+    assert all(a < b for a, b in itertools.pairwise(short_too))
+    assert long_only[-1] == short_too[0]  # the short scale ranks what the long one saturates
+
+
+def test_threshold_is_the_lowest_bin_whose_pages_fit() -> None:
+    hist = np.zeros(hotness.NR_HEAT_BINS, dtype=np.int64)
+    hist[[0, 5, 10, 20]] = [1000, 300, 200, 100]
+    # Bin 0 (no evidence of access) never claims room.
+    assert hotness.threshold_bin(hist, 600) == 1  # 300 + 200 + 100 fit: everything with evidence
+    assert hotness.threshold_bin(hist, 599) == 6  # 200 + 100 fit, the 300 of bin 5 do not
+    assert hotness.threshold_bin(hist, 99) == 21  # not even the hottest bin fits
+    plan = node_plan(0, _ledger(hist), free_pages=99, reserve_pages=0)
+    assert (plan.threshold, plan.short, plan.usable_pages) == (21, True, 99)
+    assert plan.promote_min == 20  # the hottest bin, though it fits only in part
+    roomy = node_plan(0, _ledger(hist), free_pages=700, reserve_pages=50)
+    assert (roomy.threshold, roomy.short, roomy.promote_min) == (1, False, 1)
+
+
+def _ledger(hist: np.ndarray) -> HeatLedger:
+    ledger = HeatLedger()
+    ledger.add((0, False), hist)
+    return ledger
+
+
+def test_exchange_pairs_hottest_candidates_with_coldest_residents_by_pages() -> None:
+    u8 = np.uint8
+    cand_heat = np.array([30, 20, 12], dtype=u8)
+    cand_pages = np.array([512, 1, 1], dtype=np.int64)  # one THP, two base pages
+    res_heat = np.array([0] * 600 + [10, 25], dtype=u8)
+    res_pages = np.ones(602, dtype=np.int64)
+    # 512 base residents make room for the THP, the next two for the base pages
+    # (20 and 12 are >= 3 hotter than 0); 10 vs nothing left; 25 is never demoted.
+    assert hotness.exchange_pairs(cand_heat, cand_pages, res_heat, res_pages, 3) == 514
+    assert hotness.exchange_pairs(cand_heat[:1], cand_pages[:1], res_heat, res_pages, 3) == 512
+    # 10 and 25 both sit where the THP (30) would go: both are >= 3 colder.
+    assert hotness.exchange_pairs(cand_heat, cand_pages, res_heat[600:], res_pages[600:], 3) == 2
+    assert hotness.exchange_pairs(cand_heat, cand_pages, res_heat[600:], res_pages[600:], 6) == 1
+
+
+# --- on the simulated machine ----------------------------------------------------------------
+
+def short_top_tier(**tunables: object) -> tuple[SimMachine, Kscand]:
+    """A 32 MiB top node; a hot 8 MiB, a warm 64 MiB and a cold 64 MiB process, slow."""
+    sc = scenario(
+        [{"name": "hot", "placement": "slow", "workload": per_page(40.0, 8),
+          "vmas": [{"kind": "anon", "size": "8MiB"}]},
+         {"name": "warm", "placement": "slow", "workload": per_page(1.0, 64),
+          "vmas": [{"kind": "anon", "size": "64MiB"}]},
+         {"name": "cold", "placement": "slow", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "64MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={**SERIES_PERIODS, "target_free_min_pct": 0, **tunables},
+    )
+    return machine_and_engine(sc)
+
+
+def test_the_threshold_fills_the_node_exactly_hottest_first() -> None:
+    machine, engine = short_top_tier()
+    run_for(machine, engine, 20.0)
+    hot, warm, cold = (machine.procs[p.pid] for p in machine.processes())
+    top = machine.topology().node(0)
+    assert top.free_pages == 0  # filled to the last page (target_free_min_pct = 0)
+    assert int((hot.vmas[0].nid == 0).sum()) == 8 * PAGES_PER_MIB  # all of the hottest
+    assert int((warm.vmas[0].nid == 0).sum()) == 24 * PAGES_PER_MIB  # the rest: warm ones
+    assert int((cold.vmas[0].nid == 0).sum()) == 0  # never a page without access
+    plan = engine.context().plans[0]
+    assert plan.short and plan.threshold > 1
+
+
+def test_exchange_demotes_the_warm_for_the_hot_without_ping_pong() -> None:
+    """The warm process comes first and fills the node; the hot one arrives later and
+    takes its place by exchange; a minute of steady state moves no page back and forth."""
+    sc = scenario(
+        [{"name": "warm", "placement": "slow", "workload": per_page(1.0, 64),
+          "vmas": [{"kind": "anon", "size": "64MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
+          "vmas": [{"kind": "anon", "size": "8MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={**SERIES_PERIODS, "target_free_min_pct": 0},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 60.0)
+    warm, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert int((hot.vmas[0].nid == 0).sum()) == 8 * PAGES_PER_MIB
+    assert int((warm.vmas[0].nid == 0).sum()) == 24 * PAGES_PER_MIB
+    total = engine.stats.total
+    assert engine.stats.of(warm.proc)["nr_kscand_exchange_demoted"] >= 8 * PAGES_PER_MIB
+    assert total["nr_kscand_ping_pong"] == 0
+    assert total["nr_kscand_moved"] == total["nr_kscand_migrated"] + total["nr_kscand_demoted"]
+    # Traffic within 1.5x the minimum (fill the node once, then swap 8 MiB in and out).
+    minimum = 32 * PAGES_PER_MIB + 2 * 8 * PAGES_PER_MIB
+    assert total["nr_kscand_moved"] <= 1.5 * minimum, total["nr_kscand_moved"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_exchange_makes_room_in_a_node_filled_first_by_a_cold_process(exchange: bool) -> None:
+    sc = scenario(
+        [{"name": "filler", "placement": "fast", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "24MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 16),
+          "vmas": [{"kind": "anon", "size": "16MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={**SERIES_PERIODS, "target_free_min_pct": 0, "exchange_enabled": exchange},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 15.0)
+    filler, hot = (machine.procs[p.pid] for p in machine.processes())
+    on_top = int((hot.vmas[0].nid == 0).sum())
+    if not exchange:
+        assert on_top == 8 * PAGES_PER_MIB  # what was free, no more
+        assert engine.stats.total["nr_kscand_demoted"] == 0
+        return
+    assert on_top == 16 * PAGES_PER_MIB
+    # Exactly as much of the filler as the hot set needed: 8 MiB, the rest stays.
+    assert engine.stats.of(filler.proc)["nr_kscand_demoted"] == 8 * PAGES_PER_MIB
+    assert int((filler.vmas[0].nid == 0).sum()) == 16 * PAGES_PER_MIB
+
+
+def test_the_throttle_judges_a_whole_pass_not_a_tail_visit() -> None:
+    """160 MiB in 64 MiB visits: 64 + 64 + a 32 MiB tail. Idle pages everywhere: the
+    per-visit rule stretched the period at each visit (x1.15 three times); per pass it
+    is stretched once, when the pass ends."""
+    size = 64 * MiB
+    sc = scenario(
+        [{"name": "idle", "placement": "slow", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "160MiB"}]}],
+        tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 100, "scan_period_min_ms": 1,
+                  "scan_period_max_ms": 10_000, "default_scale": 1, "scan_size_bytes": size,
+                  "scan_size_min_bytes": size, "scan_size_max_bytes": size},
+    )
+    machine, engine = machine_and_engine(sc)
+    slot = None
+    periods = []
+    while len(periods) < 6:
+        before = engine.stats.total["nr_kscand_mm_scans"]
+        run_steps(machine, engine, 1)
+        if engine.stats.total["nr_kscand_mm_scans"] > before:
+            slot = engine.mm_list.get(machine.processes()[0])
+            assert slot is not None
+            periods.append(round(slot.scan_period_ms, 6))
+    assert periods == [100.0, 100.0, 115.0, 115.0, 115.0, 132.25]
+
+
+def test_a_hot_head_keeps_the_period_though_the_tail_visit_finds_nothing() -> None:
+    size = 64 * MiB
+    sc = scenario(
+        [{"name": "app", "placement": "slow",
+          "vmas": [{"kind": "anon", "size": "128MiB", "workload": per_page(20.0, 128)},
+                   {"kind": "anon", "size": "32MiB", "workload": COLD}]}],
+        # A top tier too small to take the hot head: every pass finds slow-tier work.
+        nodes=[{"nid": 0, "capacity": "2MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "4GiB", "cpus": False, "tier": 67}],
+        tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 1000, "scan_period_min_ms": 1,
+                  "scan_period_max_ms": 10_000, "default_scale": 1, "scan_size_bytes": size,
+                  "scan_size_min_bytes": size, "scan_size_max_bytes": size,
+                  "exchange_enabled": False},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 12.0)
+    slot = engine.mm_list.get(machine.processes()[0])
+    assert slot is not None and slot.full_scans >= 2
+    # Never the 8x of "work dried up": every pass found work in its head.
+    assert slot.scan_period_ms <= 1000.0
+
+
+def test_first_promotion_comes_as_soon_as_numa_balancing_would() -> None:
+    """numa_balancing_scan_delay_ms is 1000: the first hint faults, hence the first
+    promotions, come after it. kscand's first scan comes then too, and its re-probe
+    promotes what it finds accessed since (default tunables)."""
+    sc = scenario(
+        [{"name": "hot", "placement": "slow", "workload": per_page(40.0, 16),
+          "vmas": [{"kind": "anon", "size": "16MiB"}]}],
+    )
+    sc_default = dataclasses.replace(sc, tunables=Tunables())
+    machine = SimMachine(sc_default)
+    engine = Kscand(machine, sc_default.tunables)
+    first_s = None
+    while machine.clock.now_s < 5.0 and first_s is None:
+        run_steps(machine, engine, 1)
+        if engine.stats.total["nr_kscand_migrated"]:
+            first_s = machine.clock.now_s
+    assert first_s is not None and first_s <= 1.5, first_s
