@@ -95,9 +95,30 @@ def _kn_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
 _KN_LONG, _KN_SHORT = _kn_tables()
 
 
+CONFIDENCE_COUNTS = 2  # the bounds: each register's accessed count moved by this much
+
+
+def _shifted_kn(delta: int) -> npt.NDArray[np.intp]:
+    """For every (kn_long, kn_short) index, the index with both k moved by delta (clamped
+    to 0..n): the table read there is a pessimistic (delta < 0) or optimistic bound."""
+    kn = np.arange(_NR_KN)
+    k, n = kn // _SIDE, kn % _SIDE
+    shifted = np.clip(k + delta, 0, n) * _SIDE + n
+    return (shifted[:, None] * _NR_KN + shifted[None, :]).ravel()
+
+
+_KN_LOWER = _shifted_kn(-CONFIDENCE_COUNTS)
+_KN_UPPER = _shifted_kn(CONFIDENCE_COUNTS)
+
+
 @functools.lru_cache(maxsize=256)
-def _heat_table_cached(interval_ms: int, reprobe_ms: int) -> U8Array:
-    return heat_table(interval_ms / 1e3, reprobe_ms / 1e3)
+def _heat_table_cached(interval_ms: int, reprobe_ms: int, bound: int) -> U8Array:
+    table = heat_table(interval_ms / 1e3, reprobe_ms / 1e3)
+    if bound < 0:
+        return table[_KN_LOWER]
+    if bound > 0:
+        return table[_KN_UPPER]
+    return table
 
 
 def bin_rates_per_s() -> F64Array:
@@ -154,8 +175,14 @@ def heat_of(
     nr_seen: U8Array,
     interval_s: float,
     reprobe_s: float,
+    bound: int = 0,
 ) -> U8Array:
     """Heat bin of each page from its two shift registers.
+
+    bound -1 / +1: a lower / upper confidence bound instead of the estimate (each
+    register's accessed count moved by CONFIDENCE_COUNTS): exchange swaps a page in
+    only when its lower bound beats the upper bound of the page it replaces, so
+    noise in the estimates of equally warm pages does not move them back and forth.
 
     nr_seen counts the scans of the page including this one. The first scan's
     long bit is not evidence (it covers everything since the page was
@@ -166,7 +193,9 @@ def heat_of(
     row = nr_seen.astype(np.uint16) << np.uint16(8)
     kn_long = _KN_LONG[row | long_hist].astype(np.uint16)
     kn_short = _KN_SHORT[row | short_hist]
-    table = _heat_table_cached(max(1, round(interval_s * 1e3)), max(0, round(reprobe_s * 1e3)))
+    table = _heat_table_cached(
+        max(1, round(interval_s * 1e3)), max(0, round(reprobe_s * 1e3)), bound
+    )
     return table[kn_long * np.uint16(_NR_KN) + kn_short]
 
 

@@ -134,6 +134,12 @@ def note_moves(
         offsets = ((vaddrs[mine] - np.uint64(chunk_base)) >> np.uint64(PAGE_SHIFT)).astype(np.intp)
         moves = slot.moves_chunk(chunk_base)
         ping = now_s - moves[1, offsets] <= window_s
+        # A moved page starts its evidence afresh where it landed: it is not judged
+        # again (exchanged back) on what it did before the move.
+        for registers in (slot.seen, slot.history, slot.short):
+            chunk_regs = registers.get(chunk_base)
+            if chunk_regs is not None:
+                chunk_regs[offsets] = 0
         nr_ping_pong += int(nr_pages[mine][ping].sum())
         moves[1, offsets] = moves[0, offsets]
         moves[0, offsets] = now_s

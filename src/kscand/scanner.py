@@ -151,7 +151,9 @@ def plan_scan(vmas: Sequence[Vma], resume_vaddr: int, budget_bytes: int) -> Scan
 
 
 PING_PONG_WINDOW_S = 60.0  # a page moved more than twice within this is a ping-pong
-EXCHANGE_MIN_SEEN = 2  # scans a top-tier page must have been seen in to be exchanged
+# Scans a top-tier page must have been seen in (since it arrived) to be exchanged: a
+# whole register of evidence, so that noise in a young estimate does not swap equals.
+EXCHANGE_MIN_SEEN = 4
 
 
 def _idx(offsets: slice | npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
@@ -323,8 +325,8 @@ class Scanner:
         )
         self.judge(judged, ctx, entry.queued)
 
-    def _heat(self, j: Judged, ctx: ScanContext) -> npt.NDArray[np.uint8]:
-        """The heat bins of judged folios, from their registers."""
+    def _heat(self, j: Judged, ctx: ScanContext, bound: int = 0) -> npt.NDArray[np.uint8]:
+        """The heat bins of judged folios, from their registers (or a bound of them)."""
         t = ctx.tunables
         slot = j.slot
         seen = slot.seen_chunk(j.chunk_base)[j.offsets]
@@ -340,6 +342,7 @@ class Scanner:
             seen,
             interval_s,
             ctx.reprobe_s,
+            bound,
         )
         return heat
 
@@ -353,7 +356,8 @@ class Scanner:
         pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
         if pinned is not None:
             want &= ~pinned
-        self._queue_promote(slot.proc, j, np.flatnonzero(want), heat, ctx)
+        lower = self._heat(j, ctx, -1)
+        self._queue_promote(slot.proc, j, np.flatnonzero(want), lower, ctx)
         return want
 
     def judge(self, j: Judged, ctx: ScanContext, queued: BoolArray | None = None) -> None:
@@ -383,7 +387,8 @@ class Scanner:
         if pinned is not None and (want & pinned).any():
             self.stats.add(proc, "skip_ping_pong_guard", pages_in(want & pinned, j.nr_pages))
             want &= ~pinned
-        self._queue_promote(proc, j, np.flatnonzero(want), heat, ctx)
+        # Queued with their lower bounds: exchange and the room cut-off rank by them.
+        self._queue_promote(proc, j, np.flatnonzero(want), self._heat(j, ctx, -1), ctx)
         if ctx.demote_wanted:
             history = slot.history_chunk(j.chunk_base)[j.offsets]
             self._queue_watermark_cold(slot, j, history, on_top, ctx)
@@ -397,8 +402,9 @@ class Scanner:
             cold &= ~pinned
         if cold.any():
             at = np.flatnonzero(cold)
+            upper = self._heat(j, ctx, 1)  # residents are queued with their upper bounds
             self.demoter.add(
-                proc, j.folios.take(at), _sizes(j.nr_pages, at), heat[at], ctx.now_ns
+                proc, j.folios.take(at), _sizes(j.nr_pages, at), upper[at], ctx.now_ns
             )
 
     def _account_heat(

@@ -73,8 +73,8 @@ class Tunables:
         "the slow tier to make room for candidates hotter by exchange_margin_bins (rank mode)"
     )
     exchange_margin_bins: int = _knob(
-        3, 0, 32, "bins", "how much hotter a candidate must be than the page it replaces "
-        "(3 bins = twice the access rate)"
+        3, 0, 32, "bins", "how much hotter a candidate (its lower confidence bound) must be "
+        "than the page it replaces (its upper bound); 3 bins = twice the access rate"
     )
     hot_history_depth: int = _knob(
         2,
