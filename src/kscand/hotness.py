@@ -99,12 +99,22 @@ CONFIDENCE_COUNTS = 2  # the bounds: each register's accessed count moved by thi
 
 
 def _shifted_kn(delta: int) -> npt.NDArray[np.intp]:
-    """For every (kn_long, kn_short) index, the index with both k moved by delta (clamped
-    to 0..n): the table read there is a pessimistic (delta < 0) or optimistic bound."""
+    """For every (kn_long, kn_short) index, the index with each k moved by delta (clamped
+    to 0..n): the table read there is a pessimistic (delta < 0) or optimistic bound.
+
+    The optimistic bound leaves a short register that saw no access as it is: only
+    pages accessed at the long scale are re-probed, so a page idle at both scales
+    stays cold at its upper bound too.
+    """
     kn = np.arange(_NR_KN)
     k, n = kn // _SIDE, kn % _SIDE
-    shifted = np.clip(k + delta, 0, n) * _SIDE + n
-    return (shifted[:, None] * _NR_KN + shifted[None, :]).ravel()
+    long_kn = np.clip(k + delta, 0, n) * _SIDE + n
+    if delta < 0:
+        short_k = np.clip(k + delta, 0, n)
+    else:
+        short_k = np.where(k > 0, np.minimum(k + delta, n), 0)
+    short_kn = short_k * _SIDE + n
+    return (long_kn[:, None] * _NR_KN + short_kn[None, :]).ravel()
 
 
 _KN_LOWER = _shifted_kn(-CONFIDENCE_COUNTS)
@@ -181,8 +191,9 @@ def heat_of(
 
     bound -1 / +1: a lower / upper confidence bound instead of the estimate (each
     register's accessed count moved by CONFIDENCE_COUNTS): exchange swaps a page in
-    only when its lower bound beats the upper bound of the page it replaces, so
-    noise in the estimates of equally warm pages does not move them back and forth.
+    only when its lower bound beats the estimate of the page it replaces by the
+    margin, so noise in the estimates of equally warm pages does not move them back
+    and forth.
 
     nr_seen counts the scans of the page including this one. The first scan's
     long bit is not evidence (it covers everything since the page was

@@ -151,8 +151,8 @@ def plan_scan(vmas: Sequence[Vma], resume_vaddr: int, budget_bytes: int) -> Scan
 
 
 PING_PONG_WINDOW_S = 60.0  # a page moved more than twice within this is a ping-pong
-# Scans a top-tier page must have been seen in (since it arrived) to be exchanged: a
-# whole register of evidence, so that noise in a young estimate does not swap equals.
+# Scans a top-tier page must have been seen in (since it arrived) to be exchanged: half
+# a register of evidence, so that noise in a young estimate does not swap equals.
 EXCHANGE_MIN_SEEN = 4
 
 
@@ -402,9 +402,11 @@ class Scanner:
             cold &= ~pinned
         if cold.any():
             at = np.flatnonzero(cold)
-            upper = self._heat(j, ctx, 1)  # residents are queued with their upper bounds
+            # Residents are queued with their estimate, candidates with their lower
+            # bound: a swap needs the newcomer to be surely hotter, and a page that
+            # cooled down is not kept on its optimistic bound.
             self.demoter.add(
-                proc, j.folios.take(at), _sizes(j.nr_pages, at), upper[at], ctx.now_ns
+                proc, j.folios.take(at), _sizes(j.nr_pages, at), heat[at], ctx.now_ns
             )
 
     def _account_heat(

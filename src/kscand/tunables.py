@@ -74,7 +74,7 @@ class Tunables:
     )
     exchange_margin_bins: int = _knob(
         3, 0, 32, "bins", "how much hotter a candidate (its lower confidence bound) must be "
-        "than the page it replaces (its upper bound); 3 bins = twice the access rate"
+        "than the estimate of the page it replaces (3 bins = twice the access rate)"
     )
     hot_history_depth: int = _knob(
         2,
