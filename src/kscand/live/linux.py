@@ -76,6 +76,10 @@ class AccessSource(Protocol):
 
     def forget(self, proc: ProcessId) -> None: ...
 
+    def begin_step(self) -> None:
+        """A new scan step begins (DAMON: the step's wait budget is reset)."""
+        ...
+
     def counters(self) -> dict[str, int]:
         """The source's own counters (snapshots, pages it could not judge, ...)."""
         ...
@@ -96,6 +100,9 @@ class NoAccessSource:
 
     def forget(self, proc: ProcessId) -> None:
         """Nothing to forget."""
+
+    def begin_step(self) -> None:
+        """Nothing to reset."""
 
     def counters(self) -> dict[str, int]:
         return {}
@@ -191,7 +198,11 @@ class LinuxMachine:
         return self.nodes.topology()
 
     def processes(self) -> list[ProcessId]:
-        """Selected user processes, re-read from /proc at most once a second."""
+        """Selected user processes, re-read from /proc at most once a second.
+
+        The engine calls this first in every step: the access source starts its step.
+        """
+        self.access.begin_step()
         now = time.monotonic_ns()
         if self._proc_list_ns is not None and now - self._proc_list_ns < PROCESS_LIST_TTL_NS:
             return [p for p in self._proc_list if p not in self._known_gone]
