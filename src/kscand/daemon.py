@@ -197,6 +197,31 @@ def apply_tunable_changes(base: Tunables, changes: Any) -> Tunables:
     return base.replace(**coerced)
 
 
+def target_node_problem(target_node: int, topology: Topology) -> str | None:
+    """Why target_node cannot be a promotion target on this topology, or None.
+
+    -1 (the first top-tier node) always can; any other value must name a
+    top-tier node, or every candidate would be dropped (drop_no_target).
+    """
+    if target_node < 0:
+        return None
+    top = topology.top_tier_nids
+    if target_node in topology.slow_tier_nids:
+        return (f"target_node {target_node} is on the slow tier; promotion targets are "
+                f"top-tier nodes ({', '.join(map(str, top)) or 'none'})")
+    if target_node not in top:
+        nids = ", ".join(str(n.nid) for n in topology.nodes) or "none"
+        return f"target_node {target_node}: no such node on this machine (nodes: {nids})"
+    return None
+
+
+def check_target_node(tunables: Tunables, topology: Topology) -> None:
+    """ConfigError (one line) when tunables.target_node is not a top-tier node."""
+    problem = target_node_problem(tunables.target_node, topology)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def _scale_request(request: dict[str, Any]) -> tuple[int, int]:
     """(pid, scale) of a `scale` request, checked; ConfigError naming the bad field."""
     pid, scale = request.get("pid"), request.get("scale")
@@ -273,6 +298,8 @@ class Daemon:
         self._server: ControlServer | None = None
         self._owns_state = False
         self._backend_closed = False
+        # The node tiers target_node is checked against (start, reload, every state write).
+        self._topology = Topology(nodes=())
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._snapshot_cond = threading.Condition(self._lock)
@@ -318,6 +345,7 @@ class Daemon:
         """Validate {name: value} and queue it for the next step; returns the result."""
         with self._lock:
             new = apply_tunable_changes(self._desired_tunables, changes)
+            check_target_node(new, self._topology)
             self._desired_tunables = new
         self._wake.set()
         return new
@@ -396,6 +424,8 @@ class Daemon:
         say what runs."""
         if self.config.daemon.metrics is not None:
             require_prometheus_client()  # refuse before touching the state directory
+        self._topology = self.backend.machine.topology()
+        check_target_node(self.config.tunables, self._topology)
         state_dir = prepare_state_dir(self.config.daemon.state_dir)
         self._server = ControlServer(
             socket_path(state_dir),
@@ -622,6 +652,8 @@ class Daemon:
             new = load_config(self.config_path)
             if self._overrides is not None:
                 new = self._overrides(new)
+            self._topology = self.engine.machine.topology()
+            check_target_node(new.tunables, self._topology)
         except ConfigError as err:
             self.counters.counts["reload_errors"] += 1
             log.error("reload failed, keeping the running config: %s", err)
@@ -676,6 +708,7 @@ class Daemon:
         if self._snapshot_wanted or state_due:
             self._publish("running")
         if state_due:
+            self._refresh_topology()
             self._write_state_file()
 
     def _publish(self, state: str) -> None:
@@ -686,6 +719,15 @@ class Daemon:
             self._snapshot_steps = self._steps_done
             self._snapshot_wanted = False
             self._snapshot_cond.notify_all()
+
+    def _refresh_topology(self) -> None:
+        """Re-read the node tiers for target_node checks (memory hotplug)."""
+        try:
+            topology = self.engine.machine.topology()
+        except KscandError:
+            return
+        with self._lock:
+            self._topology = topology
 
     def _write_state_file(self) -> None:
         with self._lock:

@@ -24,3 +24,7 @@ class ConfigError(KscandError):
 
     The message is one line that names the offending field.
     """
+
+
+class DaemonUnreachable(KscandError):
+    """No answer from a daemon: none listens, or it did not answer (exit status 1)."""
