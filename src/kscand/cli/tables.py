@@ -1,5 +1,6 @@
-"""Tables whose numbers are never cut: right-justified (number) columns keep their full
-width and never wrap; text columns wrap (fold) instead. When the numbers alone do not
+"""Tables whose numbers are never cut: right-justified (number) columns, and columns the
+caller made no_wrap (names one types, like a tunable's), keep their full width and never
+wrap; other text columns wrap (fold) instead. When the numbers alone do not
 fit the terminal (80 columns, or a pipe), the table is printed wider than the terminal
 rather than cutting a number to `9…`."""
 
@@ -11,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-TEXT_MIN_WIDTH = 8  # a text column is folded down to this, never below
+TEXT_MIN_WIDTH = 16  # a text column is folded down to this, never below (a comm is <= 15)
 _EDGE = 3  # a column's border and padding
 
 
@@ -25,16 +26,15 @@ def fit_numbers(table: Table) -> int:
     """Set every column for wrapping text, never numbers; the width the table needs."""
     needed = 1
     for column in table.columns:
-        widths = [_width(cell) for cell in column.cells] + [_width(column.header)]
-        widest = max(widths)
-        if column.justify == "right":
+        widest = max([_width(cell) for cell in column.cells] + [1])
+        header = _width(column.header)
+        if column.justify == "right" or column.no_wrap:  # numbers and names: whole
             column.no_wrap = True
-            column.overflow = "ignore"
-            column.min_width = widest
-        else:
+            column.min_width = max(widest, header)
+        else:  # text folds (no ellipsis), down to TEXT_MIN_WIDTH or its header
             column.no_wrap = False
             column.overflow = "fold"
-            column.min_width = min(widest, TEXT_MIN_WIDTH)
+            column.min_width = min(max(widest, header), max(TEXT_MIN_WIDTH, header))
         needed += column.min_width + _EDGE
     return needed
 
