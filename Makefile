@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-pagemap clean testbed vm-compare evaluation
+.PHONY: demo test lint bench bench-pagemap clean testbed vm-compare evaluation fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ lint: $(STAMP)
 # a 1 TiB simulated machine with every page hot (needs ~6 GiB of RAM).
 stress: $(STAMP)
 	KSCAND_STRESS=1 $(PY) -m pytest -q tests/test_reliability_sim.py
+
+# The fuzz harness over every file and socket input (config, scenario, trace, control
+# replies and requests) under a 2 GiB address-space limit, with random seeds; `make test`
+# runs it briefly (tests/test_fuzz_inputs.py). FUZZ_EXAMPLES per target (default 5000).
+fuzz: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(PY) tests/fuzz_harness.py --examples $(or $(FUZZ_EXAMPLES),5000) \
+		--memory-mib 2048 --seed $$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py

@@ -5,12 +5,20 @@ EBUSY while one runs; nr_contexts/nr_targets/nr_schemes create their
 directories; state on/off/update_schemes_tried_regions; a scheme's access
 pattern filters the tried regions (each max defaults to 0, so nothing
 matches until they are opened up). Other writes need an existing file.
+
+update_schemes_tried_regions blocks like damon_sysfs_handle_cmd(): the kernel
+holds one such command at a time for all kdamonds (-EBUSY for a second), and the
+write returns when the kdamond handled it (here: update_delay_s later, or when
+`gate` is set, whichever comes first) or stopped. A slow kernel is a large
+update_delay_s, or a gate the test opens when it wants.
 """
 
 from __future__ import annotations
 
 import errno
 import shutil
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +43,19 @@ class FakeDamonKernel(DamonSysfs):
     regions: dict[int, list[FakeRegion]] = field(default_factory=dict)  # pid -> regions
     fill_lag_reads: int = 0  # reads of tried_regions before a requested fill appears
     writes: list[tuple[str, str]] = field(default_factory=list)
+    update_delay_s: float = 0.0  # how long a tried-regions update takes the kdamond
+    gate: threading.Event | None = None  # set: in-flight updates complete at once
+    update_threads: list[int] = field(default_factory=list)  # thread ident of each update
+    nr_updates_done: int = 0
+    updated: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
         super().__init__(str(self.base))
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "nr_kdamonds").write_text("0\n")
         self._pending: dict[str, int] = {}  # kdamond -> reads left before its fill appears
+        self._cmd_lock = threading.Lock()
+        self._cmd_kdamond: str | None = None  # damon_sysfs_cmd_request.kdamond
 
     def _p(self, rel: str) -> Path:
         return self.base / rel
@@ -122,9 +137,31 @@ class FakeDamonKernel(DamonSysfs):
         elif cmd == "update_schemes_tried_regions":
             if state.read_text().strip() != "on":
                 raise OSError(errno.EINVAL, "Invalid argument")
-            self._fill_tried_regions(kdamond)
+            self._update(kdamond)
         else:
             raise OSError(errno.EINVAL, "Invalid argument")
+
+    def _update(self, kdamond: str) -> None:
+        with self._cmd_lock:
+            if self._cmd_kdamond is not None:
+                raise OSError(errno.EBUSY, "Device or resource busy")
+            self._cmd_kdamond = kdamond
+        self.update_threads.append(threading.get_ident())
+        try:
+            deadline = time.monotonic() + self.update_delay_s
+            while time.monotonic() < deadline:
+                if self.gate is not None and self.gate.is_set():
+                    break
+                if self._p(f"{kdamond}/state").read_text().strip() != "on":
+                    return  # the kdamond stopped: the command ends unhandled
+                time.sleep(0.005)
+            self._fill_tried_regions(kdamond)
+        finally:
+            with self._cmd_lock:
+                self._cmd_kdamond = None
+            with self.updated:
+                self.nr_updates_done += 1
+                self.updated.notify_all()
 
     def _fill_tried_regions(self, kdamond: str) -> None:
         ctx = f"{kdamond}/contexts/0"

@@ -171,6 +171,9 @@ class AllYoung:
     def forget(self, proc: ProcessId) -> None:
         """Nothing kept per process."""
 
+    def begin_step(self) -> None:
+        """No per-step state."""
+
     def counters(self) -> dict[str, int]:
         return {}
 

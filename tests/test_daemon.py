@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from daemon_fakes import (
     FAST_TUNABLES,
+    STOP_BOUND_S,
     DaemonThread,
     FakeMachine,
     fake_backend,
@@ -49,8 +50,8 @@ def test_daemon_promotes_every_hot_page_then_stops_cleanly(tmp_path: Path) -> No
     run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 128)
     assert socket_path(tmp_path / "state").exists()
     assert state_file_path(tmp_path / "state").exists()
-    elapsed = run.stop()
-    assert elapsed < 1.0
+    run.stop(timeout_s=STOP_BOUND_S)
+    assert not run.thread.is_alive()  # the stop was honoured (event, generous bound)
     assert run.status == [0]
     assert machine.closed
     # A clean stop leaves no stale state behind.
@@ -63,7 +64,7 @@ def test_stop_interrupts_a_long_sleep(tmp_path: Path) -> None:
     run = DaemonThread(make_config(tmp_path / "s", "scan_sleep_ms = 60000"), machine)
     run.wait_for(lambda: run.daemon.counters.counts["steps"] >= 1)
     time.sleep(0.1)  # now in the 60 s sleep
-    assert run.stop() < 1.0
+    assert run.stop(timeout_s=STOP_BOUND_S) < STOP_BOUND_S  # far less than the 60 s sleep
     assert run.daemon.counters.counts["steps"] == 1
 
 
@@ -75,7 +76,8 @@ def test_stop_mid_migration_finishes_the_batch_in_flight_and_abandons_the_rest(
     tunables = "scan_sleep_ms = 0\nmigrate_batch_folios = 8"
     run = DaemonThread(make_config(tmp_path / "s", tunables), machine)
     run.wait_for(lambda: machine.moves_in_flight == 1)
-    assert run.stop() < 1.0
+    run.stop(timeout_s=STOP_BOUND_S)
+    assert not run.thread.is_alive()
     assert machine.moves_in_flight == 0
     assert 1 <= machine.move_calls <= 3
     for nid in machine.nid.values():
@@ -155,13 +157,55 @@ def test_reload_says_which_sections_need_a_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_config(tmp_path / "kscand.toml", "")
-    run = DaemonThread(make_config(tmp_path / "s"), FakeMachine(), config_path=path)
+    run = DaemonThread(make_config(tmp_path / "s"), FakeMachine(), config_path=path,
+                       overrides=lambda c: c.with_state_dir(tmp_path / "s"))  # --state-dir
     try:
         write_config(path, "[scan]\npids = [1]\n")
         run.daemon.request_reload()
         run.wait_for(lambda: run.daemon.counters.counts["reloads"] == 1)
         assert "[scan] changed; that takes effect after a restart" in caplog.text
         assert run.daemon.config.scan.pids == ()
+        # state_dir and metrics are set up once at start: a change needs a restart.
+        other = tmp_path / "other"
+        write_config(path, f'[daemon]\nstate_dir = "{other}"\nmetrics = "127.0.0.1:0"\n')
+        run.daemon._overrides = None  # no --state-dir: the file's state_dir counts
+        run.daemon.request_reload()
+        run.wait_for(lambda: run.daemon.counters.counts["reloads"] == 2)
+        assert ("reload: daemon.state_dir, daemon.metrics changed; that takes effect "
+                "after a restart") in caplog.text
+        assert run.daemon.config.daemon.state_dir == tmp_path / "s"
+    finally:
+        run.stop()
+
+
+def test_reload_of_a_config_that_became_a_directory_keeps_the_running_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_config(tmp_path / "kscand.toml", "[tunables]\nscan_sleep_ms = 10\n")
+    run = DaemonThread(make_config(tmp_path / "s"), FakeMachine(), config_path=path)
+    try:
+        before = run.daemon.tunables
+        path.unlink()
+        path.mkdir()
+        run.daemon.request_reload()
+        run.wait_for(lambda: run.daemon.counters.counts["reload_errors"] == 1)
+        assert run.thread.is_alive() and run.daemon.tunables == before
+        failed = [r for r in caplog.records if "reload failed" in r.getMessage()]
+        assert len(failed) == 1
+        assert failed[0].getMessage() == (
+            f"reload failed, keeping the running config: {path}: is not a regular file")
+    finally:
+        run.stop()
+    assert run.status == [0]
+
+
+def test_status_always_names_the_mm_enter_and_exit_counters(tmp_path: Path) -> None:
+    """Readers of status (the guest tests, dashboards) index these before any exit."""
+    run = DaemonThread(make_config(tmp_path / "s"), FakeMachine(nr_procs=0))
+    try:
+        run.wait_for(lambda: run.daemon.counters.counts["steps"] >= 1)
+        totals = run.daemon.status()["totals"]
+        assert totals["nr_kscand_mm_exit"] == 0 and totals["nr_kscand_mm_enter"] == 0
     finally:
         run.stop()
 
@@ -252,8 +296,8 @@ def test_signal_stops_run_foreground_within_1s(tmp_path: Path, signum: int) -> N
     previous = signal.getsignal(signum)
     threading.Thread(target=_signal_main_thread_when, args=(when_running, signum, sent)).start()
     status = run_foreground(daemon)
-    assert sent.wait(1.0)
-    assert time.monotonic() - sent_at[0] < 1.0
+    assert sent.wait(STOP_BOUND_S)
+    assert time.monotonic() - sent_at[0] < STOP_BOUND_S  # not the 60 s sleep
     assert status == 0
     assert signal.getsignal(signum) == previous  # handlers restored
     assert not socket_path(tmp_path / "s").exists()
@@ -389,7 +433,7 @@ def test_run_sim_end_to_end_status_tune_reload_and_sigterm(tmp_path: Path) -> No
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-        assert time.monotonic() - sent < 1.0
+        assert time.monotonic() - sent < STOP_BOUND_S
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +54,22 @@ def kernel(tmp_path: Path) -> FakeDamonKernel:
     return k
 
 
+# Tests of what a snapshot says let a step wait for it as long as it takes (the event),
+# up to this generous bound; the tests of the step's 100 ms budget use the default.
+WAIT_FOR_SNAPSHOT_MS = 60_000
+
+
 def source(kernel: FakeDamonKernel, clock: FakeClock, **settings: int) -> DamonSource:
+    settings.setdefault("max_step_block_ms", WAIT_FOR_SNAPSHOT_MS)
     return DamonSource(settings=DamonSettings(**settings), io=kernel, now_ns=clock)
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """Wait for an event (generous bound: a loaded machine is slow, not wrong)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "event did not happen"
+        time.sleep(0.005)
 
 
 def test_regions_accessed_lookup() -> None:
@@ -131,29 +148,35 @@ def test_young_from_regions_reported_once_per_snapshot(kernel: FakeDamonKernel) 
 
 
 def test_snapshot_that_arrives_late(kernel: FakeDamonKernel) -> None:
-    """The kernel fills tried_regions after the state write returned: read again, no re-request."""
+    """The kernel fills tried_regions after the state write returned: the requester
+    re-reads them without asking again, and the step gets them."""
     kernel.fill_lag_reads = 1
     clock = FakeClock()
     src = source(kernel, clock)
-    assert not src.test_and_clear_young(P2, pages(0, 8)).any()  # requested, still empty
-    clock.advance_ms(10)
-    assert src.test_and_clear_young(P2, pages(0, 8)).all()  # appeared meanwhile
+    assert src.test_and_clear_young(P2, pages(0, 8)).all()
     requests = [w for w in kernel.writes if w[1] == "update_schemes_tried_regions"]
     assert len(requests) == 1
+    assert src.counters()["snapshots"] == 1
+    src.close()
 
 
 def test_pending_request_is_retried_after_a_while(kernel: FakeDamonKernel) -> None:
     kernel.fill_lag_reads = 1000  # the kernel never answers this request
     clock = FakeClock()
-    src = source(kernel, clock)
+    src = source(kernel, clock, max_step_block_ms=0)
     for _ in range(3):
         src.test_and_clear_young(P2, pages(0, 8))
         clock.advance_ms(1000)
+    wait_until(lambda: src.requester.nr_written == 1)
     assert [w[1] for w in kernel.writes].count("update_schemes_tried_regions") == 1
-    clock.advance_ms(5000)
+    clock.advance_ms(5000)  # PENDING_RETRY refresh periods: ask again
     kernel.fill_lag_reads = 0
+    assert not src.test_and_clear_young(P2, pages(0, 8)).any()  # asked; no wait allowed
+    wait_until(lambda: src.snapshots_ready() == 1)
     assert src.test_and_clear_young(P2, pages(0, 8)).all()
     assert [w[1] for w in kernel.writes].count("update_schemes_tried_regions") == 2
+    assert src.counters()["snapshot_requests_expired"] == 1
+    src.close()
 
 
 def test_pool_full_then_slot_reused(kernel: FakeDamonKernel) -> None:
@@ -200,8 +223,9 @@ def test_linux_machine_falls_back_to_damon(tmp_path: Path, monkeypatch: pytest.M
         live_pids={101},
         regions={101: [FakeRegion(BASE, BASE + 48 * PAGE_SIZE, 14)]},
     )
+    settings = DamonSettings(max_step_block_ms=WAIT_FOR_SNAPSHOT_MS)
     monkeypatch.setattr(live_linux, "DamonSource",
-                        lambda sysfs: DamonSource(sysfs, io=kernel))
+                        lambda sysfs: DamonSource(sysfs, settings, io=kernel))
     with LinuxMachine(fake.procfs, fake.sysfs, self_pid=1) as m:
         assert m.access_source_name == "damon"
         assert "CONFIG_IDLE_PAGE_TRACKING" in m.access_source_reason
@@ -215,3 +239,88 @@ def test_linux_machine_falls_back_to_damon(tmp_path: Path, monkeypatch: pytest.M
         assert m.processes() == []
         assert kernel.running() == []
     assert kernel.read("nr_kdamonds") == "0"
+
+
+# --- a slow kernel: the step never waits for it beyond its budget --------------------------
+
+STEP_BUDGET_S = DamonSettings().max_step_block_ms / 1000
+EPSILON_S = 2.0  # scheduling on a loaded machine; a blocked step would take the hour
+
+
+def step(src: DamonSource, procs: tuple[ProcessId, ...]) -> tuple[float, list[bool]]:
+    """One engine step's worth of calls: (seconds taken, any page young per process)."""
+    t0 = time.monotonic()
+    src.begin_step()
+    young = [bool(src.test_and_clear_young(p, pages(0, 16)).any()) for p in procs]
+    return time.monotonic() - t0, young
+
+
+def test_slow_kernel_never_blocks_a_step(kernel: FakeDamonKernel) -> None:
+    """Updates take an hour until the test opens the gate: every step still ends
+    within its 100 ms budget, the waits and the stale snapshots are counted, and
+    the update writes all come from the requester thread, one kdamond at a time."""
+    kernel.update_delay_s = 3600.0
+    kernel.gate = threading.Event()
+    clock = FakeClock()
+    src = DamonSource(io=kernel, now_ns=clock)  # default budget: 100 ms a step
+    procs = (P1, P2, P3)
+    took: list[float] = []
+    for _ in range(5):
+        took_s, young = step(src, procs)
+        took.append(took_s)
+        assert took_s < STEP_BUDGET_S + EPSILON_S
+        assert young == [False, False, False]  # no snapshot yet
+    print(f"steps against a kernel taking an hour per update: max {max(took) * 1000:.0f} ms")
+    c = src.counters()
+    # Each step waited once (P1's request, in the kernel), then its budget was gone.
+    assert (c["snapshot_waits"], c["snapshot_wait_timeouts"]) == (5, 5)
+    assert c["snapshot_requests"] == 3 and c["snapshots"] == 0
+    assert len(kernel.update_threads) == 1  # one command in the kernel at a time
+    assert threading.get_ident() not in kernel.update_threads
+
+    kernel.gate.set()  # the kernel catches up: all three snapshots arrive
+    wait_until(lambda: src.snapshots_ready() == 3)
+    took_s, young = step(src, procs)
+    assert young == [True, True, True]
+    kernel.gate.clear()  # slow again
+
+    clock.advance_ms(1000)  # every snapshot is due for a refresh
+    took_s, young = step(src, procs)
+    assert took_s < STEP_BUDGET_S + EPSILON_S
+    assert young == [False, False, False]  # the old snapshots, already reported
+    c = src.counters()
+    assert c["batches_on_stale_snapshot"] == 3
+    assert c["snapshot_requests"] == 6 and c["snapshots"] == 3
+    assert threading.get_ident() not in kernel.update_threads
+
+    t0 = time.monotonic()
+    src.close()  # the thread is in the kernel: turning the kdamond off ends the command
+    assert not src.requester.alive
+    assert time.monotonic() - t0 < EPSILON_S + 1.0
+    assert src.counters()["requester_stop_timeouts"] == 0
+    assert kernel.running() == [] and kernel.read("nr_kdamonds") == "0"
+
+
+def test_busy_kernel_command_is_counted_and_retried(kernel: FakeDamonKernel) -> None:
+    """Another tool's command holds the kernel's one request slot: -EBUSY is counted,
+    the step goes on, and the next refresh asks again."""
+    clock = FakeClock()
+    src = source(kernel, clock, max_step_block_ms=0)
+    kernel._cmd_kdamond = "other"
+    src.test_and_clear_young(P1, pages(0, 4))
+    wait_until(lambda: src.counters()["snapshot_request_errors"] == 1)
+    kernel._cmd_kdamond = None
+    clock.advance_ms(1000)
+    src.test_and_clear_young(P1, pages(0, 4))
+    wait_until(lambda: src.snapshots_ready() == 1)
+    assert src.test_and_clear_young(P1, pages(0, 16)).all()
+    assert src.counters()["snapshot_requests"] == 2
+    src.close()
+
+
+def test_close_twice_and_thread_ends_when_idle(kernel: FakeDamonKernel) -> None:
+    src = source(kernel, FakeClock())
+    src.test_and_clear_young(P1, pages(0, 4))
+    src.close()
+    src.close()
+    assert not src.requester.alive

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from daemon_fakes import (
     FAST_TUNABLES,
+    STOP_BOUND_S,
     FakeMachine,
     fake_backend,
     fast_config,
@@ -50,7 +51,7 @@ def test_sigterm_during_a_move_batch_finishes_it_and_exits_within_1s(tmp_path: P
     status = run_foreground(daemon)
     returned_at = time.monotonic()
     assert status == 0
-    assert returned_at - sent_at[0] < 1.0
+    assert returned_at - sent_at[0] < STOP_BOUND_S  # the batches left would take 4.5 s more
     print(f"SIGTERM mid-batch to return: {returned_at - sent_at[0]:.3f} s, "
           f"{machine.move_calls} batches issued")
     assert machine.moves_in_flight == 0  # the batch in flight completed ...
@@ -142,7 +143,7 @@ def test_restart_after_sigkill_replaces_the_stale_socket_state_file_and_port(
         sent = time.monotonic()
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=10) == 0
-        assert time.monotonic() - sent < 1.0
+        assert time.monotonic() - sent < STOP_BOUND_S
         print(f"restarted daemon: SIGTERM to exit {time.monotonic() - sent:.3f} s")
     finally:
         if second.poll() is None:

@@ -383,6 +383,19 @@ def check_config_file(st: os.stat_result, euid: int) -> str | None:
     return None
 
 
+def _read_capped(fd: int, limit: int) -> bytes:
+    """At most limit bytes of fd (a regular file)."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def load_config(path: Path) -> Config:
     """Read and validate a config file; errors are one line starting with the path.
 
@@ -397,11 +410,18 @@ def load_config(path: Path) -> Config:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
         raise ConfigError(f"{path}: cannot open: {err.strerror}") from err
-    with os.fdopen(fd, "rb") as fh:
+    try:
+        # fstat before fdopen: fdopen of a directory raises IsADirectoryError, and a
+        # FIFO or device must not be read at all (O_NONBLOCK: opening a FIFO never waits).
         reason = check_config_file(os.fstat(fd), os.geteuid())
         if reason is not None:
             raise ConfigError(f"{path}: {reason}")
-        data = fh.read(CONFIG_MAX_BYTES + 1)
+        os.set_blocking(fd, True)
+        data = _read_capped(fd, CONFIG_MAX_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    finally:
+        os.close(fd)
     if len(data) > CONFIG_MAX_BYTES:
         raise ConfigError(f"{path}: larger than {CONFIG_MAX_BYTES} bytes")
     try:

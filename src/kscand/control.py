@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from kscand.errors import AccessDenied, ConfigError, KscandError
+from kscand.errors import AccessDenied, ConfigError, DaemonUnreachable, KscandError
 
 log = logging.getLogger("kscand.control")
 
@@ -37,8 +37,91 @@ ACCEPT_POLL_S = 0.25
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-class DaemonNotRunning(KscandError):
+REPLY_MAX_BYTES = 64 << 20  # a status of ~100,000 processes; more is not a kscand reply
+
+
+class DaemonNotRunning(DaemonUnreachable):
     """Nothing listens on the control socket."""
+
+
+class ReplyShapeError(KscandError):
+    """The daemon answered, but not with the fields this kscand expects (another version)."""
+
+
+_KINDS: dict[type, str] = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """value if it is of kind (bool is no int here); ReplyShapeError naming what otherwise."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
+        raise ReplyShapeError(
+            f"the daemon's reply: {what} is not {names} (a kscand of another version?)"
+        )
+    return value
+
+
+def _expect_int_map(value: Any, what: str) -> dict[str, int]:
+    mapping = _expect(value, dict, what)
+    for name, count in mapping.items():
+        _expect(count, int, f"{what}.{name}")
+    return mapping
+
+
+_NUMBER = (int, float)
+# Fields of one process in a status, and their kinds (checked when present).
+_PROCESS_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "pid": int, "start_time": int, "comm": str, "resume_vaddr": int, "full_scans": int,
+    "scale": int, "scan_period_ms": _NUMBER, "scan_size_bytes": int, "queued_folios": int,
+}
+
+
+def check_status(status: Any) -> dict[str, Any]:
+    """A status object (socket reply or state file) with the shape `kscand status` reads."""
+    status = _expect(status, dict, "status")
+    for name in ("totals", "access_source_counters"):
+        if status.get(name) is not None:
+            _expect_int_map(status[name], name)
+    for name in ("daemon", "queue", "tunables"):
+        if status.get(name) is not None:
+            _expect(status[name], dict, name)
+    for name in ("uptime_s", "written_at", "snapshot_age_s"):
+        if status.get(name) is not None:
+            _expect(status[name], _NUMBER, name)
+    queue = status.get("queue") or {}
+    for name in ("queued_folios", "migrate_queue_max"):
+        if name in queue:
+            _expect(queue[name], int, f"queue.{name}")
+    for i, proc in enumerate(_expect(status.get("processes", []), list, "processes")):
+        _expect(proc, dict, f"processes[{i}]")
+        for name, kind in _PROCESS_FIELDS.items():
+            if proc.get(name) is not None:
+                _expect(proc[name], kind, f"processes[{i}].{name}")
+        if "counters" in proc:
+            _expect_int_map(proc["counters"], f"processes[{i}].counters")
+    return status
+
+
+def check_reply(cmd: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """The fields the client reads of a reply to cmd, checked; ReplyShapeError if not."""
+    if cmd == "status":
+        check_status(reply.get("status"))
+    elif cmd in ("get", "set"):
+        _expect(reply.get("tunables"), dict, "tunables")
+    if cmd == "get":
+        for i, f in enumerate(_expect(reply.get("fields"), list, "fields")):
+            _expect(f, dict, f"fields[{i}]")
+            for name in ("name", "unit", "doc"):
+                _expect(f.get(name), str, f"fields[{i}].{name}")
+    elif cmd == "scale":
+        for i, proc in enumerate(_expect(reply.get("processes"), list, "processes")):
+            _expect(proc, dict, f"processes[{i}]")
+            _expect(proc.get("pid"), int, f"processes[{i}].pid")
+            _expect(proc.get("scale"), int, f"processes[{i}].scale")
+    elif cmd == "ping":
+        _expect(reply.get("pid"), int, "pid")
+    return reply
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -57,8 +140,8 @@ def decode_request(line: bytes) -> dict[str, Any]:
     """A request object from one line; ConfigError with one line when it is not one."""
     try:
         request = json.loads(line)
-    except ValueError as err:
-        raise ConfigError(f"request is not JSON: {err}") from err
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"request is not JSON: {str(err)[:80]}") from err
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         raise ConfigError('request must be a JSON object with a string "cmd"')
     return request
@@ -212,24 +295,35 @@ def request(path: Path, message: dict[str, Any], timeout_s: float = 5.0) -> dict
             # A daemon that refuses us replies and hangs up at once: read its reply anyway.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(encode(message))
-            line = sock.makefile("rb").readline(1 << 30)
+            line = sock.makefile("rb").readline(REPLY_MAX_BYTES + 1)
         except TimeoutError as err:
-            raise KscandError(f"the daemon did not answer within {timeout_s:g} s") from err
+            raise DaemonUnreachable(f"the daemon did not answer within {timeout_s:g} s") from err
         except OSError as err:
-            raise KscandError(f"lost the connection to the daemon: {err.strerror}") from err
+            raise DaemonUnreachable(f"lost the connection to the daemon: {err.strerror}") from err
     if not line:
-        raise KscandError("the daemon closed the connection without an answer")
-    try:
-        reply = json.loads(line)
-    except ValueError as err:
-        raise KscandError(f"the daemon sent something that is not JSON: {err}") from err
-    if not isinstance(reply, dict):
-        raise KscandError("the daemon sent something that is not a JSON object")
+        raise DaemonUnreachable("the daemon closed the connection without an answer")
+    if len(line) > REPLY_MAX_BYTES:
+        raise ReplyShapeError(f"the daemon's reply is longer than {REPLY_MAX_BYTES} bytes")
+    if not line.endswith(b"\n"):
+        raise DaemonUnreachable("the daemon closed the connection in the middle of its answer")
+    reply = decode_reply(line)
     if not reply.get("ok"):
-        error = str(reply.get("error", "request refused"))
+        error = str(reply.get("error", "request refused"))[:500]
         if reply.get("error_kind") == "ConfigError":
             raise ConfigError(error)
         if reply.get("error_kind") == "AccessDenied":
             raise AccessDenied(error)
         raise KscandError(error)
+    return check_reply(str(message.get("cmd", "")), reply)
+
+
+def decode_reply(line: bytes) -> dict[str, Any]:
+    """One reply line as a JSON object; ReplyShapeError (one line) when it is not one."""
+    try:
+        reply = json.loads(line)
+    except (ValueError, RecursionError) as err:  # RecursionError: nesting past the limit
+        raise ReplyShapeError(
+            f"the daemon sent something that is not JSON: {str(err)[:80]}") from err
+    if not isinstance(reply, dict):
+        raise ReplyShapeError("the daemon sent something that is not a JSON object")
     return reply

@@ -88,6 +88,7 @@ log = logging.getLogger("kscand")
 DAEMON_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 LONG_STEP_NS = 1_000_000_000
 STOP_GRACE_S = 0.9  # how long run_foreground waits for the loop after a stop request
+BACKEND_CLOSE_WAIT_S = 5.0  # ... and then, with the socket closed, before closing the backend
 MAX_FAILED_STEPS = 10  # consecutive steps failing with a KscandError before giving up
 SNAPSHOT_WAIT_S = 0.5  # how long a status request waits for the loop (then: the last one)
 LOOP_CALL_TIMEOUT_S = 2.0  # how long a control request waits for the loop to run it
@@ -196,6 +197,31 @@ def apply_tunable_changes(base: Tunables, changes: Any) -> Tunables:
     return base.replace(**coerced)
 
 
+def target_node_problem(target_node: int, topology: Topology) -> str | None:
+    """Why target_node cannot be a promotion target on this topology, or None.
+
+    -1 (the first top-tier node) always can; any other value must name a
+    top-tier node, or every candidate would be dropped (drop_no_target).
+    """
+    if target_node < 0:
+        return None
+    top = topology.top_tier_nids
+    if target_node in topology.slow_tier_nids:
+        return (f"target_node {target_node} is on the slow tier; promotion targets are "
+                f"top-tier nodes ({', '.join(map(str, top)) or 'none'})")
+    if target_node not in top:
+        nids = ", ".join(str(n.nid) for n in topology.nodes) or "none"
+        return f"target_node {target_node}: no such node on this machine (nodes: {nids})"
+    return None
+
+
+def check_target_node(tunables: Tunables, topology: Topology) -> None:
+    """ConfigError (one line) when tunables.target_node is not a top-tier node."""
+    problem = target_node_problem(tunables.target_node, topology)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def _scale_request(request: dict[str, Any]) -> tuple[int, int]:
     """(pid, scale) of a `scale` request, checked; ConfigError naming the bad field."""
     pid, scale = request.get("pid"), request.get("scale")
@@ -247,8 +273,11 @@ class Daemon:
         config_path: Path | None = None,
         allowed_uids: frozenset[int] | None = None,
         log_level_override: str | None = None,
+        overrides: Callable[[Config], Config] | None = None,
     ) -> None:
         self.config = config
+        # The command line's --state-dir/--metrics, applied to every reloaded config too.
+        self._overrides = overrides
         self.backend = backend
         self.config_path = config_path
         self.trace = open_trace(
@@ -268,6 +297,9 @@ class Daemon:
         self._log_level_override = log_level_override  # `kscand run --log-level` beats reloads
         self._server: ControlServer | None = None
         self._owns_state = False
+        self._backend_closed = False
+        # The node tiers target_node is checked against (start, reload, every state write).
+        self._topology = Topology(nodes=())
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._snapshot_cond = threading.Condition(self._lock)
@@ -313,6 +345,7 @@ class Daemon:
         """Validate {name: value} and queue it for the next step; returns the result."""
         with self._lock:
             new = apply_tunable_changes(self._desired_tunables, changes)
+            check_target_node(new, self._topology)
             self._desired_tunables = new
         self._wake.set()
         return new
@@ -391,6 +424,8 @@ class Daemon:
         say what runs."""
         if self.config.daemon.metrics is not None:
             require_prometheus_client()  # refuse before touching the state directory
+        self._topology = self.backend.machine.topology()
+        check_target_node(self.config.tunables, self._topology)
         state_dir = prepare_state_dir(self.config.daemon.state_dir)
         self._server = ControlServer(
             socket_path(state_dir),
@@ -430,7 +465,12 @@ class Daemon:
 
     def close(self) -> None:
         """Stop the control socket and metrics endpoint, remove the socket and state file,
-        release the machine."""
+        release the machine (the loop thread must have ended)."""
+        self.close_services()
+        self.close_backend()
+
+    def close_services(self) -> None:
+        """Stop the control socket and metrics endpoint, remove the socket and state file."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -440,6 +480,12 @@ class Daemon:
         if self._owns_state:  # never remove the socket of another daemon that refused us
             remove_state(self.config.daemon.state_dir)
             self._owns_state = False
+
+    def close_backend(self) -> None:
+        """Release the machine and the trace file (after the loop thread ended)."""
+        if self._backend_closed:
+            return
+        self._backend_closed = True
         self.backend.close()
         self.trace.close()
 
@@ -604,6 +650,10 @@ class Daemon:
             return
         try:
             new = load_config(self.config_path)
+            if self._overrides is not None:
+                new = self._overrides(new)
+            self._topology = self.engine.machine.topology()
+            check_target_node(new.tunables, self._topology)
         except ConfigError as err:
             self.counters.counts["reload_errors"] += 1
             log.error("reload failed, keeping the running config: %s", err)
@@ -615,6 +665,8 @@ class Daemon:
                 ("[scan]", self.config.scan, new.scan),
                 ("[topology]", self.config.topology, new.topology),
                 ("daemon.trace", self.config.daemon.trace, new.daemon.trace),
+                ("daemon.state_dir", self.config.daemon.state_dir, new.daemon.state_dir),
+                ("daemon.metrics", self.config.daemon.metrics, new.daemon.metrics),
             )
             if old_value != new_value
         ]
@@ -656,6 +708,7 @@ class Daemon:
         if self._snapshot_wanted or state_due:
             self._publish("running")
         if state_due:
+            self._refresh_topology()
             self._write_state_file()
 
     def _publish(self, state: str) -> None:
@@ -666,6 +719,15 @@ class Daemon:
             self._snapshot_steps = self._steps_done
             self._snapshot_wanted = False
             self._snapshot_cond.notify_all()
+
+    def _refresh_topology(self) -> None:
+        """Re-read the node tiers for target_node checks (memory hotplug)."""
+        try:
+            topology = self.engine.machine.topology()
+        except KscandError:
+            return
+        with self._lock:
+            self._topology = topology
 
     def _write_state_file(self) -> None:
         with self._lock:
@@ -736,9 +798,21 @@ class Daemon:
                 "migrate_queue_max": engine.tunables.migrate_queue_max,
             },
             "tunables": engine.tunables.as_dict(),
-            "totals": engine.stats.snapshot(),
+            "totals": reported_totals(engine.stats.snapshot()),
             "processes": processes,
         }
+
+
+# Counters the engine counts outside SERIES_COUNTERS that readers of the status rely on:
+# present from the first status on, zero until counted (a reader never meets a KeyError).
+ALWAYS_REPORTED_TOTALS = ("nr_kscand_mm_enter", "nr_kscand_mm_exit")
+
+
+def reported_totals(totals: dict[str, int]) -> dict[str, int]:
+    """The engine's totals with every ALWAYS_REPORTED_TOTALS name present."""
+    out = {name: 0 for name in ALWAYS_REPORTED_TOTALS}
+    out.update(totals)
+    return dict(sorted(out.items()))
 
 
 _DAEMON_COUNTER_NAMES = (
@@ -753,10 +827,17 @@ _DAEMON_COUNTER_NAMES = (
 )
 
 
-def run_foreground(daemon: Daemon) -> int:
+def run_foreground(daemon: Daemon, early_hangups: Callable[[], int] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT (main thread only); returns the exit status.
 
     The handlers only set flags and wake the loop; SIGHUP asks for a reload.
+    early_hangups says how many SIGHUPs came before these handlers (kscand run
+    records them from its first line): they become one reload request.
+
+    The backend is closed only after the loop thread has ended: it may be in a
+    read of the backend's files or a move_pages(2) call on them. A loop still in
+    one after STOP_GRACE_S + BACKEND_CLOSE_WAIT_S leaves the backend open; the
+    process exit releases it.
     """
     names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
@@ -773,10 +854,14 @@ def run_foreground(daemon: Daemon) -> int:
         signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
         signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
     }
+    if early_hangups is not None and early_hangups():
+        log.info("SIGHUP during start-up: re-reading the config")
+        daemon.request_reload()
     status: list[int] = []
     loop = threading.Thread(
         target=lambda: status.append(daemon.run_loop()), name="kscand", daemon=True
     )
+    result: int | None = None
     try:
         daemon.start()
         loop.start()
@@ -789,9 +874,17 @@ def run_foreground(daemon: Daemon) -> int:
             # was asked for, so it is honoured: each page is either moved or not,
             # and the exit status says a stop, not a failure.
             log.warning("the loop did not stop within %.1f s; exiting anyway", STOP_GRACE_S)
-            return EXIT_OK if daemon.stopping() else EXIT_FAILURE
+            result = EXIT_OK if daemon.stopping() else EXIT_FAILURE
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        daemon.close()
+        daemon.close_services()
+        if loop.is_alive():
+            loop.join(timeout=BACKEND_CLOSE_WAIT_S)
+        if loop.is_alive():
+            log.warning("the loop is still in a read or move; leaving the backend to the exit")
+        else:
+            daemon.close_backend()
+    if result is not None:
+        return result
     return status[0] if status else EXIT_FAILURE

@@ -15,6 +15,18 @@ class AccessDenied(KscandError):
     """The kernel refused access (not root, missing capability)."""
 
 
+class TransientError(AccessDenied):
+    """A read of /proc or /sys failed with an errno that is neither an exit nor a
+    refusal (EIO, ENOMEM, ...). A subclass of AccessDenied so the engine treats it
+    the same way: this process is skipped now and retried after the longest scan
+    period (the back-off), never released as if it had exited. `reason` names the
+    file and errno, for the counters."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Unsupported(KscandError):
     """The kernel lacks a feature kscand needs (page_idle, DAMON, NUMA, ...)."""
 
@@ -24,3 +36,7 @@ class ConfigError(KscandError):
 
     The message is one line that names the offending field.
     """
+
+
+class DaemonUnreachable(KscandError):
+    """No answer from a daemon: none listens, or it did not answer (exit status 1)."""

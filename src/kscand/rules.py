@@ -12,18 +12,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
+from kscand.cgroups import in_cgroup
 from kscand.config import ProcessRule
 from kscand.engine import ScalePolicy
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import Machine, ProcessId, ProcessInfo
-
-
-def in_cgroup(proc_cgroup: str, selected: str) -> bool:
-    """Whether the cgroup v2 path proc_cgroup is selected or below it ("/" selects all)."""
-    selected = "/" + selected.strip("/")
-    if selected == "/":
-        return True
-    return proc_cgroup == selected or proc_cgroup.startswith(selected + "/")
 
 
 def rule_matches(rule: ProcessRule, proc: ProcessId, info: ProcessInfo | None) -> bool:

@@ -2,7 +2,14 @@
 
 Each subcommand module exposes add_parser(subparsers) and main(args) -> int.
 Only this package prints or exits; errors become one line on stderr and a
-non-zero exit status (2 for bad input or an unsupported machine).
+non-zero exit status. Exit statuses, the same for every subcommand:
+
+  0    done
+  1    no daemon answered (none runs, no answer in time, the connection was lost),
+       or the daemon itself failed while running (systemd restarts it on 1)
+  2    bad input (arguments, config or scenario file, a request the daemon refused,
+       a reply of a shape this kscand does not read) or a machine kscand cannot use
+  130  interrupted (SIGINT) in a one-shot command
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import threading
 from collections.abc import Sequence
 
 from kscand import __version__
-from kscand.errors import ConfigError, KscandError
+from kscand.errors import ConfigError, DaemonUnreachable, KscandError
 
 # Subcommand name -> module under kscand.cli (imported lazily, so `kscand sim`
 # does not pay for the live backend and vice versa).
@@ -59,11 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if words[:1] == ["run"] and in_main_thread:  # before every subcommand's imports
+        from kscand.cli import early_signals
+
+        early_signals.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.main(args))
+    except DaemonUnreachable as err:
+        sys.stderr.write(f"kscand {args.command}: {one_line(str(err))}\n")
+        return EXIT_FAILURE
     except ConfigError as err:
         sys.stderr.write(f"kscand {args.command}: {one_line(str(err))}\n")
         return EXIT_USAGE

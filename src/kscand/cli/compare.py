@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 import kscand
+from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.evaluation.compare import Comparison, check_jobs, compare
 from kscand.evaluation.policies import DEFAULT_POLICIES, parse_sweep, plan_runs
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     )
     shown = [r for r in runs if r.policy != "oracle"] or runs
     with progress:
-        tasks: list[TaskID] = [progress.add_task(r.label, total=1.0) for r in shown]
+        tasks: list[TaskID] = [progress.add_task(text(r.label), total=1.0) for r in shown]
 
         def on_progress(index: int, fraction: float) -> None:
             if index < len(tasks):
@@ -89,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns
         console = Console(width=TABLE_WIDTH)
-    console.print(comparison_table(comparison))
+    print_table(console, comparison_table(comparison))
     if args.json is not None:
         try:
             args.json.write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
@@ -97,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"--json: cannot write {args.json}: {err.strerror}") from err
     if args.report is not None:
         written = write_report(comparison, args.report, plots=not args.no_plots)
-        console.print(f"report: {written[-1]}")
+        console.print(f"report: {text(written[-1])}", highlight=False)
     return 0
 
 
@@ -112,15 +113,15 @@ def _require_matplotlib() -> None:
 
 
 def comparison_table(comparison: Comparison) -> Table:
-    table = Table(title=f"{comparison.scenario}: seed {comparison.seed}, "
+    table = Table(title=f"{text(comparison.scenario)}: seed {comparison.seed}, "
                   f"{comparison.duration_s:g} s virtual, {comparison.wall_s:.1f} s wall")
     for col in COLUMNS:
         if col == "run":
-            table.add_column(col, no_wrap=True)
+            table.add_column(col)
         else:
             table.add_column(col, justify="right")
     for run in comparison.runs:
-        table.add_row(*row_of(run, comparison.duration_s))
+        table.add_row(*(text(cell) for cell in row_of(run, comparison.duration_s)))
     table.caption = ("cold: promoted pages outside the workload's hot set at promotion / at "
                      "the end; CPU: cost model in kscand.evaluation.costs")
     return table

@@ -7,9 +7,11 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kscand.cli import early_signals
 from kscand.cli.pathargs import path_arg
 from kscand.config import LOG_LEVELS, Config, load_config, parse_metrics_address
 from kscand.metrics import require_prometheus_client
@@ -99,18 +101,30 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
+def command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Config]:
+    """What --metrics and --state-dir change in a config (at start and on every reload)."""
+    metrics = parse_metrics_address(args.metrics, "--metrics") if args.metrics else None
+    state_dir = args.state_dir
+    if state_dir is not None and not state_dir.is_absolute():
+        state_dir = Path.cwd() / state_dir
+
+    def apply(config: Config) -> Config:
+        if metrics is not None:
+            config = config.with_metrics(metrics)
+        if state_dir is not None:
+            config = config.with_state_dir(state_dir)
+        return config
+
+    return apply
+
+
 def main(args: argparse.Namespace) -> int:
     from kscand.daemon import Daemon, run_foreground
 
-    config = load_config(args.config) if args.config is not None else Config()
-    if args.metrics is not None:
-        config = config.with_metrics(parse_metrics_address(args.metrics, "--metrics"))
+    overrides = command_line_overrides(args)
+    config = overrides(load_config(args.config) if args.config is not None else Config())
     if config.daemon.metrics is not None:
         require_prometheus_client()
-    if args.state_dir is not None:
-        if not args.state_dir.is_absolute():
-            args.state_dir = Path.cwd() / args.state_dir
-        config = config.with_state_dir(args.state_dir)
     setup_logging(args.log_level or config.daemon.log_level, stderr_is_journal())
     if args.sim is not None:
         from kscand.backends import open_sim_backend
@@ -123,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
 
         backend = open_live_backend(config)
     daemon = Daemon(
-        config, backend, config_path=args.config, log_level_override=args.log_level
+        config, backend, config_path=args.config, log_level_override=args.log_level,
+        overrides=overrides,
     )
-    return run_foreground(daemon)
+    return run_foreground(daemon, early_signals.take_hangups)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kscand.cli.pathargs import path_arg, path_str_arg
+from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError, ProcessGone, Unsupported
 from kscand.machine import PAGE_SHIFT, PAGE_SIZE
 from kscand.units import format_bytes
@@ -35,7 +36,7 @@ def add_parser(sub: Any) -> None:
                         help="scan passes (hot = accessed in 2 consecutive passes; default 3)")
     parser.add_argument("--interval-ms", type=int, default=1000,
                         help="pause between passes in milliseconds (default 1000)")
-    parser.add_argument("--heatmap", type=path_arg, default=None, metavar="FILE.png",
+    parser.add_argument("--heatmap", type=heatmap_arg, default=None, metavar="FILE.png",
                         help="also draw accessed pages per pass (needs matplotlib: kscand[plot])")
     parser.add_argument("--access-source", choices=("auto", "page_idle", "damon"),
                         default="auto", help="where Accessed bits come from (default auto)")
@@ -43,6 +44,17 @@ def add_parser(sub: Any) -> None:
                         help="procfs root (default /proc)")
     parser.add_argument("--sysfs", default="/sys", type=path_str_arg,
                         help="sysfs root (default /sys)")
+
+
+def heatmap_arg(text: str) -> Path:
+    """--heatmap FILE.png: a PNG file name, not a directory (matplotlib would write DIR.png
+    and kscand say DIR), not another format (x.txt was a traceback)."""
+    path = path_arg(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory; name a FILE.png in it")
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text}: the heatmap is a PNG file: name it FILE.png")
+    return path
 
 
 def main(args: argparse.Namespace) -> int:
@@ -73,16 +85,21 @@ def main(args: argparse.Namespace) -> int:
         if stat.is_kernel_thread:
             raise ConfigError(f"pid {args.pid} ({stat.comm}) is a kernel thread: no user pages")
         proc = machine.process_id(args.pid)
+        gone = ProcessGone(f"pid {args.pid} ({stat.comm}) exited during the scan")
         try:
             report = scan_process(machine, proc, passes=args.passes,
                                   interval_ns=args.interval_ms * 1_000_000)
         except ProcessGone:
-            raise ProcessGone(f"pid {args.pid} ({stat.comm}) exited during the scan") from None
+            raise gone from None
+        # A process killed mid-scan may leave no error behind (an exiting process's
+        # pagemap reads as empty): re-check it before reporting its pages.
+        if not machine.is_alive(proc):
+            raise gone
     console = Console()
     print_report(console, report, stat.comm, args.passes, args.interval_ms)
     if args.heatmap is not None:
         draw_heatmap(report, args.heatmap, f"pid {args.pid} ({stat.comm})")
-        console.print(f"heatmap written to {args.heatmap}")
+        console.print(f"heatmap written to {text(args.heatmap)}", highlight=False)
     return 0
 
 
@@ -96,13 +113,14 @@ def print_report(
     """The per-node table, the candidates and the scan's skip counters."""
     done = len(report.passes)
     console.print(
-        f"[bold]pid {report.proc.pid}[/] ({comm}): {done} pass(es)"
+        f"[bold]pid {report.proc.pid}[/] ({text(comm)}): {done} pass(es)"
         + (f", {interval_ms} ms apart" if done > 1 else "")
-        + f"; access source [bold]{report.access_source}[/]"
+        + f"; access source [bold]{text(report.access_source)}[/]",
+        highlight=False,
     )
     if not report.access_available:
-        console.print(f"[yellow]no Accessed bits:[/] {report.access_reason}; "
-                      "showing residency only")
+        console.print(f"[yellow]no Accessed bits:[/] {text(report.access_reason)}; "
+                      "showing residency only", highlight=False)
     last = report.last
     table = Table(title=f"base pages ({format_bytes(PAGE_SIZE)}) per node in the scanned VMAs, "
                   "last pass", title_justify="left")
@@ -120,7 +138,7 @@ def print_report(
             row += [f"{n:,}" for n in (accessed, hot, accessed - hot,
                                       last.eligible_by_nid[nid] - accessed)]
         table.add_row(*row)
-    console.print(table)
+    print_table(console, table)
     if report.access_available:
         _print_candidates(console, report)
     skips = ", ".join(f"{name}={count:,}" for name, count in report.skips.items())
@@ -160,7 +178,7 @@ def _print_candidates(console: Console, report: ScanReport) -> None:
     if len(ranges) > CANDIDATE_ROWS:
         rest = sum(r[3] for r in ranges[CANDIDATE_ROWS:])
         table.add_row("...", f"{len(ranges) - CANDIDATE_ROWS:,} more", "", f"{rest:,}")
-    console.print(table)
+    print_table(console, table)
 
 
 def draw_heatmap(report: ScanReport, path: Path, title: str) -> None:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kscand.cli.pathargs import path_arg
+from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE
 from kscand.sim.run import SimReport, hot_fraction, run_scenario
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     # Wide enough for the tables when the output is a pipe or a CI log.
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 132)
     progress = Progress(
-        TextColumn(f"[bold]{scenario.name}"),
+        TextColumn(f"[bold]{text(scenario.name)}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}% of {task.fields[virtual]} virtual"),
         TimeElapsedColumn(),
@@ -75,12 +76,13 @@ def _secs(value: float | None) -> str:
 def print_report(console: Console, report: SimReport) -> None:
     """The summary tables: over time, per process, counters."""
     console.print(
-        f"[bold]{report.scenario}[/] seed {report.seed}: {report.duration_s:g} s virtual "
-        f"in {report.wall_s:.1f} s wall, peak RSS {report.peak_rss_mib:.0f} MiB"
+        f"[bold]{text(report.scenario)}[/] seed {report.seed}: {report.duration_s:g} s virtual "
+        f"in {report.wall_s:.1f} s wall, peak RSS {report.peak_rss_mib:.0f} MiB",
+        highlight=False,
     )
-    console.print(_timeline_table(report))
-    console.print(_process_table(report))
-    console.print(_counter_table(report.counters))
+    print_table(console, _timeline_table(report))
+    print_table(console, _process_table(report))
+    print_table(console, _counter_table(report.counters))
 
 
 def _timeline_table(report: SimReport) -> Table:
@@ -127,15 +129,15 @@ def _process_table(report: SimReport) -> Table:
     table = Table(title="Processes")
     for col in ("process", "size", "hot", "top tier", "oracle", "hot on top", "t90",
                 "promoted", "PTEs scanned", "move failures"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="left" if col in ("process", "move failures") else "right")
     for p in report.procs:
         failures = ", ".join(f"{k.removeprefix('move_fail_')}={v}"
                              for k, v in p.move_failures.items()) or "-"
         table.add_row(
-            f"{p.label}[{p.pid}]" + (" exited" if p.exited else ""),
+            text(f"{p.label}[{p.pid}]" + (" exited" if p.exited else "")),
             format_bytes(p.nr_pages * PAGE_SIZE), format_bytes(p.nr_hot * PAGE_SIZE),
             _pct(p.top_share), _pct(p.oracle_share), _pct(p.hot_on_top), _secs(p.t90_s),
-            format_bytes(p.promoted_pages * PAGE_SIZE), f"{p.ptes_scanned:,}", failures,
+            format_bytes(p.promoted_pages * PAGE_SIZE), f"{p.ptes_scanned:,}", text(failures),
         )
     return table
 
@@ -146,5 +148,5 @@ def _counter_table(counters: dict[str, int]) -> Table:
     table.add_column("value", justify="right")
     for name, value in counters.items():
         if name.startswith(SHOWN_PREFIXES) and (value or name.startswith("nr_kscand_")):
-            table.add_row(name, f"{value:,}")
+            table.add_row(text(name), f"{value:,}")
     return table

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
+from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, request
+from kscand.control import DaemonNotRunning, ReplyShapeError, check_status, request
 from kscand.errors import AccessDenied, KscandError
 from kscand.statedir import read_state_file, socket_path, state_file_path
 from kscand.stats import SERIES_COUNTERS
@@ -65,7 +65,7 @@ def fetch_status(state_dir: Path) -> tuple[dict[str, Any], str]:
     try:
         reply = request(socket_path(state_dir), {"cmd": "status"})
         return dict(reply["status"]), "socket"
-    except AccessDenied:
+    except (AccessDenied, ReplyShapeError):
         raise
     except KscandError as err:
         socket_error = err
@@ -73,6 +73,7 @@ def fetch_status(state_dir: Path) -> tuple[dict[str, Any], str]:
         state = read_state_file(state_dir)
     except KscandError:
         raise socket_error from None
+    state = check_status(state)
     if not pid_alive(state.get("pid")):
         raise DaemonNotRunning(
             f"no kscand daemon is running (stale {state_file_path(state_dir)} "
@@ -111,26 +112,27 @@ def _duration(seconds: float) -> str:
 def render(console: Console, status: dict[str, Any], source: str, top: int) -> None:
     """Print the status as a header and four tables."""
     console.print(
-        f"kscand {status.get('version', '?')} pid {status.get('pid')} "
-        f"[bold]{status.get('state', '?')}[/bold], up {_duration(status.get('uptime_s', 0))}, "
-        f"{status.get('machine', '?')} machine",
+        f"kscand {text(status.get('version', '?'))} pid {text(status.get('pid'))} "
+        f"[bold]{text(status.get('state', '?'))}[/bold], "
+        f"up {_duration(status.get('uptime_s') or 0)}, {text(status.get('machine', '?'))} machine",
         highlight=False,
     )
     console.print(
-        f"access source: {status.get('access_source')} ({status.get('access_source_reason')})",
+        f"access source: {text(status.get('access_source'))} "
+        f"({text(status.get('access_source_reason'))})",
         highlight=False,
     )
     access_counters = status.get("access_source_counters") or {}
     if access_counters:
-        listed = ", ".join(f"{name} {value:,}" for name, value in access_counters.items())
+        listed = ", ".join(f"{text(name)} {value:,}" for name, value in access_counters.items())
         console.print(f"access source counters: {listed}", highlight=False)
     if source != "socket":
-        age = time.time() - float(status.get("written_at", time.time()))
-        console.print(f"[yellow]from the {source}, written {age:.0f} s ago[/yellow]")
-    console.print(counters_table(status.get("totals", {})))
-    console.print(daemon_table(status))
-    console.print(processes_table(status.get("processes", []), top))
-    console.print(tunables_table(status.get("tunables", {})))
+        age = time.time() - float(status.get("written_at") or time.time())
+        console.print(f"[yellow]from the {text(source)}, written {age:.0f} s ago[/yellow]")
+    print_table(console, counters_table(status.get("totals") or {}))
+    print_table(console, daemon_table(status))
+    print_table(console, processes_table(status.get("processes") or [], top))
+    print_table(console, tunables_table(status.get("tunables") or {}))
 
 
 def counters_table(totals: dict[str, int]) -> Table:
@@ -141,7 +143,7 @@ def counters_table(totals: dict[str, int]) -> Table:
     names = [n for n in SERIES_COUNTERS if n in totals]
     names += sorted(n for n in totals if n not in SERIES_COUNTERS and totals[n])
     for name in names:
-        table.add_row(name, f"{totals[name]:,}")
+        table.add_row(text(name), f"{totals[name]:,}")
     return table
 
 
@@ -149,9 +151,10 @@ def daemon_table(status: dict[str, Any]) -> Table:
     table = Table(title="Daemon", title_justify="left")
     table.add_column("item", no_wrap=True)
     table.add_column("value", justify="right")
-    for name, value in status.get("daemon", {}).items():
-        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
-    queue = status.get("queue", {})
+    for name, value in (status.get("daemon") or {}).items():
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        table.add_row(text(name), text(shown))
+    queue = status.get("queue") or {}
     queued, cap = queue.get("queued_folios", 0), queue.get("migrate_queue_max", 0)
     table.add_row("queued folios", f"{queued:,} of {cap:,}")
     return table
@@ -171,11 +174,11 @@ _PROC_COLUMNS = (
 def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
     """One row per scanned process, most promoted pages first."""
     def key(p: dict[str, Any]) -> tuple[int, int, int]:
-        counters = p.get("counters", {})
+        counters = p.get("counters") or {}
         return (
             -counters.get("nr_kscand_migrated", 0),
             -counters.get("nr_kscand_hotpage", 0),
-            p.get("pid", 0),
+            p.get("pid") or 0,
         )
 
     ordered = sorted(processes, key=key)
@@ -190,18 +193,18 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
     table.add_column("full scans", justify="right")
     table.add_column("scale", justify="right")
     table.add_column("period ms", justify="right")
-    table.add_column("resume at")
+    table.add_column("resume at", justify="right")
     for p in shown:
-        counters = p.get("counters", {})
+        counters = p.get("counters") or {}
         table.add_row(
             str(p.get("pid")),
-            escape(str(p.get("comm", ""))),
+            text(p.get("comm") or ""),
             *(f"{counters.get(name, 0):,}" for _header, name in _PROC_COLUMNS),
-            f"{p.get('queued_folios', 0):,}",
-            str(p.get("full_scans", 0)),
+            f"{p.get('queued_folios') or 0:,}",
+            str(p.get("full_scans") or 0),
             str(p.get("scale", "")),
-            f"{p.get('scan_period_ms', 0):,.0f}",
-            f"{p.get('resume_vaddr', 0):#x}",
+            f"{p.get('scan_period_ms') or 0:,.0f}",
+            f"{p.get('resume_vaddr') or 0:#x}",
         )
     return table
 
@@ -211,5 +214,5 @@ def tunables_table(tunables: dict[str, Any]) -> Table:
     table.add_column("name", no_wrap=True)
     table.add_column("value", justify="right")
     for name, value in tunables.items():
-        table.add_row(name, str(value))
+        table.add_row(text(name), text(value))
     return table

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kscand.cli.pathargs import path_str_arg
+from kscand.cli.tables import print_table, text
 from kscand.machine import PAGE_SIZE
 from kscand.units import format_bytes
 
@@ -73,13 +74,13 @@ def main(args: argparse.Namespace) -> int:
             f"{free_pct:.0f}%",
             blocks,
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"top tier: {format_id_list(topo.top_tier_nids) or 'none'}"
-                  f" ({nodes.layout.top_tier_how})")
+                  f" ({text(nodes.layout.top_tier_how)})")
     console.print(f"slow tier: {format_id_list(topo.slow_tier_nids) or 'none'}")
     name, why = features.choose_access_source("auto")
     mark = "[red]cannot promote:[/] " if name == "none" else ""
-    console.print(f"access source: {mark}[bold]{name}[/] ({why})")
+    console.print(f"access source: {mark}[bold]{name}[/] ({text(why)})")
     nb = features.numa_balancing
     console.print(f"numa_balancing: {'unknown' if nb is None else nb}")
     findings = features.findings()
@@ -87,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         if finding.topic is Topic.ACCESS:
             continue  # said on the access source line
         mark = "[red]cannot promote:[/]" if finding.blocking else "[yellow]note:[/]"
-        console.print(f"{mark} {finding.sentence}")
+        console.print(f"{mark} {text(finding.sentence)}")
     if not any(f.blocking for f in findings):
         console.print("[green]kscand can promote here.[/]")
     return 0

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
+from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
 from kscand.statedir import socket_path
@@ -46,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         before = request(path, {"cmd": "get"})
         if not changes:
-            Console().print(list_table(before["tunables"], before["fields"]))
+            print_table(Console(), list_table(before["tunables"], before["fields"]))
             return 0
         after = request(path, {"cmd": "set", "tunables": changes})
     except DaemonNotRunning as err:
@@ -54,8 +55,9 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     old, new = before["tunables"], after["tunables"]
     for name in changes:
-        was = "" if old[name] == new[name] else f" (was {old[name]})"
-        sys.stdout.write(f"{name} = {new[name]}{was}\n")
+        value, previous = new.get(name, "?"), old.get(name, "?")
+        was = "" if previous == value else f" (was {previous})"
+        sys.stdout.write(one_line(f"{name} = {value}{was}") + "\n")
     return 0
 
 
@@ -63,13 +65,11 @@ def list_table(values: dict[str, Any], fields: list[dict[str, Any]]) -> Table:
     """Name, value, unit, range and description of each tunable."""
     table = Table(title="kscand tunables", title_justify="left")
     for column in ("name", "value", "unit", "range", "description"):
-        table.add_column(
-            column,
-            justify="right" if column == "value" else "left",
-            no_wrap=column != "description",
-        )
+        table.add_column(column, justify="right" if column in ("value", "range") else "left",
+                         no_wrap=column == "name")
     for f in fields:
-        lo, hi = f["min"], f["max"]
+        lo, hi = f.get("min"), f.get("max")
         span = "" if lo is None and hi is None else f"{lo} .. {hi}"
-        table.add_row(f["name"], str(values.get(f["name"])), f["unit"], span, f["doc"])
+        table.add_row(text(f["name"]), text(values.get(f["name"])), text(f["unit"]),
+                      text(span), text(f["doc"]))
     return table

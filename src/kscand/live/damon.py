@@ -7,9 +7,17 @@ to 0, so all three ranges are opened up). To read accesses it writes
 `update_schemes_tried_regions` to the kdamond's state and reads
 schemes/0/tried_regions/R/{start,end,nr_accesses}: a page counts as accessed
 when its region was found accessed in at least a quarter of the samples of the
-last aggregation (DamonSettings.min_access_share). The kernel fills tried_regions at the
-kdamond's next aggregation, so a snapshot may arrive a call later; kscand
-never sleeps for it.
+last aggregation (DamonSettings.min_access_share).
+
+That write blocks until the kdamond handles it at its next aggregation (one to
+two aggregation intervals, far longer under load or TCG), and the kernel takes
+one such command at a time for all kdamonds (damon_sysfs_cmd_request in
+mm/damon/sysfs.c: -EBUSY while one is pending). So the writes are made by one
+background thread (SnapshotRequester), one kdamond at a time, and the scan
+uses the latest complete snapshot: a step waits for a requested snapshot at
+most DamonSettings.max_step_block_ms in all (the per-step budget is reset by
+begin_step()); a batch judged on a snapshot older than the one requested is
+counted (batches_on_stale_snapshot).
 
 DAMON's sysfs interface recreates every kdamond directory when nr_kdamonds is
 written and refuses while any kdamond runs, so kscand allocates a fixed pool
@@ -21,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +64,11 @@ class DamonSettings:
     # vm-compare; DAMOS asking for 5 of 20 promoted 3. The price: pages accessed less
     # than once per ~4 sample intervals (20 ms) are not seen at all.
     min_access_share: float = 0.25
+    # What one step may wait in all for requested snapshots (the rest of the step uses the
+    # latest complete one): a slow kernel delays promotion, never the scan.
+    max_step_block_ms: int = 100
+    pending_poll_ms: int = 50  # re-read an empty tried_regions this often (lazy kernels)
+    stop_timeout_ms: int = 5_000  # close(): how long to wait for the requester thread
 
     @property
     def min_nr_accesses(self) -> int:
@@ -153,18 +167,208 @@ class ConsumedRanges:
 
 @dataclass(eq=False, slots=True)
 class KdamondSlot:
-    """One kdamond of kscand's pool and the process it monitors."""
+    """One kdamond of kscand's pool and the process it monitors (scan thread only)."""
 
     index: int
     proc: ProcessId | None = None
+    generation: int = 0  # bumped whenever the slot is (re)configured: older snapshots are void
     regions: Regions | None = None
+    regions_seq: int = 0  # the requester's sequence number of the adopted snapshot
+    requested_seq: int = 0  # the sequence number the last request will complete
     snapshot_ns: int = 0  # when the last snapshot was requested
-    pending_since_ns: int | None = None  # a request whose regions have not appeared yet
     consumed: ConsumedRanges = field(default_factory=ConsumedRanges)
 
     @property
     def base(self) -> str:
         return str(self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A complete tried_regions read of one kdamond, published by the requester."""
+
+    generation: int
+    seq: int  # the request it answers
+    regions: Regions
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    generation: int
+    seq: int
+    pending_since_ns: int | None = None  # written; tried_regions still empty
+
+
+class SnapshotRequester:
+    """The thread that writes update_schemes_tried_regions, one kdamond at a time.
+
+    The scan thread calls request(); the thread writes the command (which blocks in
+    the kernel until the kdamond's next aggregation), reads tried_regions and
+    publishes a Snapshot. An empty tried_regions right after the write is re-read
+    every pending_poll_ms (kernels that fill them after the write returned) until
+    regions appear or PENDING_RETRY refresh periods have passed.
+    """
+
+    def __init__(
+        self,
+        io: DamonSysfs,
+        settings: DamonSettings,
+        read_regions: Callable[[int], Regions],
+        now_ns: Callable[[], int],
+    ) -> None:
+        self.io = io
+        self.settings = settings
+        self._read_regions = read_regions
+        self._now_ns = now_ns
+        self._cond = threading.Condition()
+        self._wanted: dict[int, _Request] = {}  # slot index -> request not yet written
+        self._pending: dict[int, _Request] = {}  # written, regions not seen yet
+        self._in_flight: tuple[int, _Request] | None = None
+        self._done: dict[int, Snapshot] = {}
+        self._seq = 0
+        self._stopping = False
+        self.nr_written = 0
+        self.nr_errors = 0  # refused: busy (another tool's command) or the kdamond stopped
+        self.nr_pending_expired = 0
+        self._thread = threading.Thread(target=self._run, name="kscand-damon", daemon=True)
+        self._thread.start()
+
+    # --- scan-thread side ---------------------------------------------------------------------
+
+    def request(self, index: int, generation: int) -> int:
+        """Ask for a new snapshot of slot index; returns the sequence number it will carry."""
+        with self._cond:
+            self._seq += 1
+            self._pending.pop(index, None)
+            self._wanted[index] = _Request(generation, self._seq)
+            self._cond.notify_all()
+            return self._seq
+
+    def outstanding(self, index: int, generation: int) -> bool:
+        """A request of this slot generation is queued, being written or pending."""
+        with self._cond:
+            return self._outstanding_locked(index, generation)
+
+    def _outstanding_locked(self, index: int, generation: int) -> bool:
+        self._expire_pending_locked()
+        reqs = [self._wanted.get(index), self._pending.get(index)]
+        if self._in_flight is not None and self._in_flight[0] == index:
+            reqs.append(self._in_flight[1])
+        return any(req is not None and req.generation == generation for req in reqs)
+
+    def latest(self, index: int, generation: int) -> Snapshot | None:
+        with self._cond:
+            snap = self._done.get(index)
+        return snap if snap is not None and snap.generation == generation else None
+
+    def wait(self, index: int, generation: int, seq: int, timeout_s: float) -> Snapshot | None:
+        """Wait at most timeout_s for the snapshot answering request seq (or a later one)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._cond:
+            while True:
+                snap = self._done.get(index)
+                if snap is not None and snap.generation == generation and snap.seq >= seq:
+                    return snap
+                if self._stopping or not self._outstanding_locked(index, generation):
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def cancel(self, index: int) -> None:
+        """The slot is being reconfigured: drop its queued request and its snapshot."""
+        with self._cond:
+            self._wanted.pop(index, None)
+            self._pending.pop(index, None)
+            self._done.pop(index, None)
+
+    def begin_stop(self) -> None:
+        """Take no new job; wake waiters."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def stop(self) -> bool:
+        """End the thread; True if it ended within stop_timeout_ms."""
+        self.begin_stop()
+        self._thread.join(self.settings.stop_timeout_ms / 1000)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                job = self._next_locked()
+                if job is None:
+                    return
+            index, req, write = job
+            regions = self._serve(index, write)
+            with self._cond:
+                self._in_flight = None
+                self._finish_locked(index, req, regions)
+                self._cond.notify_all()
+
+    def _next_locked(self) -> tuple[int, _Request, bool] | None:
+        """The next job (slot, request, write the command?); None when stopping."""
+        poll_s = self.settings.pending_poll_ms / 1000
+        while not self._stopping:
+            if self._wanted:
+                index = next(iter(self._wanted))
+                req = self._wanted.pop(index)
+                self._in_flight = (index, req)
+                return index, req, True
+            if self._pending:
+                self._expire_pending_locked()
+            if self._pending:
+                if self._cond.wait(poll_s) or self._wanted or self._stopping:
+                    continue
+                index = next(iter(self._pending))
+                req = self._pending.pop(index)
+                self._in_flight = (index, req)
+                return index, req, False
+            self._cond.wait()
+        return None
+
+    def _expire_pending_locked(self) -> None:
+        limit_ns = PENDING_RETRY * self.settings.refresh_ms * 1_000_000
+        now = self._now_ns()
+        for index, req in list(self._pending.items()):
+            if req.pending_since_ns is not None and now - req.pending_since_ns >= limit_ns:
+                del self._pending[index]
+                self.nr_pending_expired += 1
+
+    def _serve(self, index: int, write: bool) -> Regions | None:
+        """Write the command (blocks in the kernel), then read tried_regions; None: refused."""
+        if write:
+            try:
+                self.io.write(f"{index}/state", "update_schemes_tried_regions")
+            except OSError:
+                with self._cond:
+                    self.nr_errors += 1
+                return None
+            with self._cond:
+                self.nr_written += 1
+        return self._read_regions(index)
+
+    def _finish_locked(self, index: int, req: _Request, regions: Regions | None) -> None:
+        if regions is None:
+            return  # refused: the scan keeps the last snapshot and asks again later
+        if not len(regions):
+            if self._wanted.get(index) is None:  # not superseded by a newer request
+                if req.pending_since_ns is None:
+                    req.pending_since_ns = self._now_ns()
+                self._pending[index] = req
+            return
+        current = self._done.get(index)
+        if current is not None and current.generation == req.generation and current.seq > req.seq:
+            return
+        self._done[index] = Snapshot(req.generation, req.seq, regions)
 
 
 class DamonSource:
@@ -185,14 +389,20 @@ class DamonSource:
         self._now_ns = now_ns
         self.nr_untracked = 0  # batches of processes that got no kdamond (pool full)
         self.nr_snapshots = 0  # snapshots adopted
-        self.nr_requests = 0  # update_schemes_tried_regions written
-        self.nr_request_errors = 0  # ... and refused (busy, or the kdamond stopped)
+        self.nr_requests = 0  # snapshots asked of the requester thread
         self.nr_pages_tested = 0
         self.nr_pages_stale = 0  # tested against a snapshot already reported: "not accessed"
+        self.nr_waits = 0  # batches that waited for a requested snapshot
+        self.nr_wait_timeouts = 0  # ... and went on without it (the step's budget ran out)
+        self.nr_stale_batches = 0  # judged on an older snapshot than the one requested
+        self.nr_stop_timeouts = 0  # close() found the requester thread still in the kernel
         self._slots: list[KdamondSlot] = []
         self._by_proc: dict[ProcessId, KdamondSlot] = {}
         self._refused: set[ProcessId] = set()  # the kernel would not monitor them
+        self._budget_ns: int | None = None  # what this step may still wait (None: per call)
         self._allocate_pool()
+        self.requester = SnapshotRequester(self.io, self.settings, self._read_tried_regions, now_ns)
+
 
     # --- pool ---------------------------------------------------------------------------------
 
@@ -251,6 +461,7 @@ class DamonSource:
     def _start(self, slot: KdamondSlot, proc: ProcessId) -> bool:
         """Configure slot for proc and turn it on; False if the kernel refused."""
         s = self.settings
+        self._reset(slot)
         ctx = f"{slot.base}/contexts/0"
         writes: list[tuple[str, str | int]] = [
             (f"{ctx}/operations", "vaddr"),
@@ -275,10 +486,6 @@ class DamonSource:
             self._refused.add(proc)
             return False
         slot.proc = proc
-        slot.regions = None
-        slot.snapshot_ns = 0
-        slot.pending_since_ns = None
-        slot.consumed.clear()
         self._by_proc[proc] = slot
         return True
 
@@ -291,8 +498,15 @@ class DamonSource:
         except (OSError, Unsupported):
             pass
         slot.proc = None
+        self._reset(slot)
+
+    def _reset(self, slot: KdamondSlot) -> None:
+        """Void the slot's snapshots: queued, in flight and adopted."""
+        slot.generation += 1
+        self.requester.cancel(slot.index)
         slot.regions = None
-        slot.pending_since_ns = None
+        slot.regions_seq = slot.requested_seq = 0
+        slot.snapshot_ns = 0
         slot.consumed.clear()
 
     def _state(self, slot: KdamondSlot) -> str:
@@ -303,47 +517,59 @@ class DamonSource:
 
     # --- snapshots ----------------------------------------------------------------------------
 
-    def _refresh(self, slot: KdamondSlot) -> None:
-        """Take a new snapshot when the last is refresh_ms old; never waits for the kernel.
+    def begin_step(self) -> None:
+        """A new scan step: it may wait max_step_block_ms in all for snapshots."""
+        self._budget_ns = self.settings.max_step_block_ms * 1_000_000
 
-        Current kernels fill tried_regions before the state write returns; if
-        they are still empty right after it, the request stays pending and
-        later calls only re-read the directory (a new request would clear it
-        again) until the regions appear or the request is PENDING_RETRY times
-        refresh_ms old.
+    def _refresh(self, slot: KdamondSlot) -> None:
+        """Adopt the latest complete snapshot; ask for a new one every refresh_ms.
+
+        Waits for the snapshot asked for only within the step's budget; the kernel
+        work itself is done by the requester thread.
         """
         now = self._now_ns()
         refresh_ns = self.settings.refresh_ms * 1_000_000
-        if slot.pending_since_ns is not None:
-            if self._adopt(slot, self._read_tried_regions(slot)):
-                return
-            if now - slot.pending_since_ns < PENDING_RETRY * refresh_ns:
-                return
-        elif slot.snapshot_ns and now - slot.snapshot_ns < refresh_ns:
-            return
-        slot.snapshot_ns = now
-        slot.pending_since_ns = None
-        self.nr_requests += 1
-        try:
-            self._write(f"{slot.base}/state", "update_schemes_tried_regions")
-        except (OSError, Unsupported):
-            self.nr_request_errors += 1
-            return  # busy (another request) or stopped: keep the last snapshot
-        if not self._adopt(slot, self._read_tried_regions(slot)):
-            slot.pending_since_ns = now
+        outstanding = self.requester.outstanding(slot.index, slot.generation)
+        if not outstanding and (not slot.snapshot_ns or now - slot.snapshot_ns >= refresh_ns):
+            slot.snapshot_ns = now
+            slot.requested_seq = self.requester.request(slot.index, slot.generation)
+            self.nr_requests += 1
+            outstanding = True
+        snap = self.requester.latest(slot.index, slot.generation)
+        if (snap is None or snap.seq < slot.requested_seq) and outstanding:
+            waited = self._wait(slot)
+            snap = waited or snap
+        if snap is not None and snap.seq > slot.regions_seq:
+            self._adopt(slot, snap)
+        if slot.regions is not None and slot.regions_seq < slot.requested_seq:
+            self.nr_stale_batches += 1
 
-    def _adopt(self, slot: KdamondSlot, regions: Regions) -> bool:
-        """Make regions the slot's snapshot if there are any; a fresh snapshot clears nothing."""
-        if not len(regions):
-            return False
-        slot.regions = regions
-        slot.pending_since_ns = None
+    def _wait(self, slot: KdamondSlot) -> Snapshot | None:
+        budget_ns = self._budget_ns
+        if budget_ns is None:
+            budget_ns = self.settings.max_step_block_ms * 1_000_000
+        if budget_ns <= 0:
+            return None
+        self.nr_waits += 1
+        t0 = time.monotonic_ns()
+        snap = self.requester.wait(slot.index, slot.generation, slot.requested_seq,
+                                   budget_ns / 1e9)
+        if self._budget_ns is not None:
+            self._budget_ns = max(0, self._budget_ns - (time.monotonic_ns() - t0))
+        if snap is None:
+            self.nr_wait_timeouts += 1
+        return snap
+
+    def _adopt(self, slot: KdamondSlot, snap: Snapshot) -> None:
+        """Make snap the slot's snapshot; a fresh snapshot has reported nothing yet."""
+        slot.regions = snap.regions
+        slot.regions_seq = snap.seq
         slot.consumed.clear()
         self.nr_snapshots += 1
-        return True
 
-    def _read_tried_regions(self, slot: KdamondSlot) -> Regions:
-        rel = f"{slot.base}/contexts/0/schemes/0/tried_regions"
+    def _read_tried_regions(self, index: int) -> Regions:
+        """tried_regions of kdamond index (the requester thread's read)."""
+        rel = f"{index}/contexts/0/schemes/0/tried_regions"
         names = sorted((n for n in self.io.listdir(rel) if n.isdigit()), key=int)
         rows: list[tuple[int, int, int]] = []
         for name in names[: self.settings.max_nr_regions * 4]:
@@ -353,7 +579,7 @@ class DamonSource:
                 nr_accesses = int(self.io.read(f"{rel}/{name}/nr_accesses"))
             except (OSError, ValueError):
                 continue  # a region directory that vanished or is malformed
-            if end > start:
+            if 0 <= start < end < (1 << 64) and 0 <= nr_accesses < (1 << 64):
                 rows.append((start, end, nr_accesses))
         if not rows:
             return Regions.empty()
@@ -389,6 +615,14 @@ class DamonSource:
         if slot is not None:
             self._free(slot)
 
+    def snapshots_ready(self) -> int:
+        """Tracked processes whose latest requested snapshot is complete (tests wait on it)."""
+        return sum(
+            1 for slot in self._by_proc.values()
+            if (snap := self.requester.latest(slot.index, slot.generation)) is not None
+            and snap.seq >= slot.requested_seq
+        )
+
     def tracked(self) -> list[ProcessId]:
         return list(self._by_proc)
 
@@ -399,19 +633,33 @@ class DamonSource:
             "processes_refused": len(self._refused),
             "untracked_batches": self.nr_untracked,
             "snapshot_requests": self.nr_requests,
-            "snapshot_request_errors": self.nr_request_errors,
+            "snapshot_request_errors": self.requester.nr_errors,
+            "snapshot_requests_written": self.requester.nr_written,
+            "snapshot_requests_expired": self.requester.nr_pending_expired,
             "snapshots": self.nr_snapshots,
+            "snapshot_waits": self.nr_waits,
+            "snapshot_wait_timeouts": self.nr_wait_timeouts,
+            "batches_on_stale_snapshot": self.nr_stale_batches,
+            "requester_stop_timeouts": self.nr_stop_timeouts,
             "pages_tested": self.nr_pages_tested,
             "pages_stale": self.nr_pages_stale,
         }
 
     def close(self) -> None:
-        """Stop every kdamond of the pool and remove the pool."""
+        """Stop the requester thread and every kdamond of the pool; remove the pool.
+
+        The kdamonds are turned off before the join: a command the thread is
+        waiting on in the kernel ends when its kdamond stops (mm/damon/sysfs.c).
+        """
+        if not self._slots:
+            return
+        self.requester.begin_stop()
         for slot in self._slots:
             if slot.proc is not None:
                 self._free(slot)
-        if self._slots:
-            self._release_pool()
+        if not self.requester.stop():
+            self.nr_stop_timeouts += 1
+        self._release_pool()
         self._slots = []
 
     # --- I/O helpers ----------------------------------------------------------------------------

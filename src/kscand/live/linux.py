@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 
-from kscand.errors import AccessDenied, ProcessGone, Unsupported
+from kscand.errors import AccessDenied, ProcessGone, TransientError, Unsupported
 from kscand.live.clock import LiveClock
 from kscand.live.damon import DamonSource
 from kscand.live.features import Features, probe
 from kscand.live.move import PageMover
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
-from kscand.live.processes import ProcessSelection, ProcTable, cgroup_v2_path, proc_error
+from kscand.live.processes import (
+    ProcessSelection,
+    ProcTable,
+    cgroup_v2_path,
+    errno_name,
+    proc_error,
+)
 from kscand.live.procfs import (
     KPF_KSM,
     KPF_NOPAGE,
@@ -76,6 +83,10 @@ class AccessSource(Protocol):
 
     def forget(self, proc: ProcessId) -> None: ...
 
+    def begin_step(self) -> None:
+        """A new scan step begins (DAMON: the step's wait budget is reset)."""
+        ...
+
     def counters(self) -> dict[str, int]:
         """The source's own counters (snapshots, pages it could not judge, ...)."""
         ...
@@ -96,6 +107,9 @@ class NoAccessSource:
 
     def forget(self, proc: ProcessId) -> None:
         """Nothing to forget."""
+
+    def begin_step(self) -> None:
+        """Nothing to reset."""
 
     def counters(self) -> dict[str, int]:
         return {}
@@ -143,6 +157,9 @@ class LinuxMachine:
         self._proc_list_ns: int | None = None
         self._known_gone: set[ProcessId] = set()  # listed, but found gone since the walk
         self._pfn_map_ns = time.monotonic_ns()
+        # Reads that failed with an errno that is neither an exit nor a refusal, by
+        # file and errno: the process was skipped and is retried after the back-off.
+        self.read_errors: Counter[str] = Counter()
 
     # --- lifetime -----------------------------------------------------------------------------
 
@@ -163,16 +180,27 @@ class LinuxMachine:
         return name, reason
 
     def access_counters(self) -> dict[str, int]:
-        """The access source's counters, for the daemon's status."""
-        return self.access.counters()
+        """The access source's counters and the live read errors, for the daemon's status."""
+        counters = dict(self.access.counters())
+        counters.update({f"read_error_{k}": n for k, n in sorted(self.read_errors.items())})
+        return counters
+
+    def _proc_error(self, err: OSError, proc: ProcessId, name: str) -> Exception:
+        """proc_error(), with a TransientError counted by its reason."""
+        error = proc_error(err, proc.pid, name)
+        if isinstance(error, TransientError):
+            self.read_errors[error.reason] += 1
+        return error
+
+    def _transient(self, err: OSError, what: str, message: str) -> TransientError:
+        reason = f"{what}_{errno_name(err).lower()}"
+        self.read_errors[reason] += 1
+        return TransientError(f"{message}: {err.strerror}", reason)
 
     def close(self) -> None:
         """Release the access source (kdamonds) and the open files."""
         self.access.close()
-        for f in (self._kpageflags, self._kpagecount):
-            if f is not None:
-                f.close()
-        self._kpageflags = self._kpagecount = None
+        self._close_kpage_files()
 
     def __enter__(self) -> LinuxMachine:
         return self
@@ -191,7 +219,11 @@ class LinuxMachine:
         return self.nodes.topology()
 
     def processes(self) -> list[ProcessId]:
-        """Selected user processes, re-read from /proc at most once a second."""
+        """Selected user processes, re-read from /proc at most once a second.
+
+        The engine calls this first in every step: the access source starts its step.
+        """
+        self.access.begin_step()
         now = time.monotonic_ns()
         if self._proc_list_ns is not None and now - self._proc_list_ns < PROCESS_LIST_TTL_NS:
             return [p for p in self._proc_list if p not in self._known_gone]
@@ -235,7 +267,7 @@ class LinuxMachine:
         try:
             fd = os.open(self.procs.path(proc.pid, name), flags | os.O_CLOEXEC)
         except OSError as err:
-            error = proc_error(err, proc.pid, name)
+            error = self._proc_error(err, proc, name)
             if isinstance(error, ProcessGone):
                 self._note_gone(proc)
             raise error from err
@@ -255,7 +287,7 @@ class LinuxMachine:
                     break
                 chunks.append(chunk)
         except OSError as err:
-            raise proc_error(err, proc.pid, name) from err
+            raise self._proc_error(err, proc, name) from err
         finally:
             os.close(fd)
         return b"".join(chunks).decode("utf-8", errors="replace")
@@ -285,7 +317,7 @@ class LinuxMachine:
         try:
             entries, nr_read = read_u64_range(fd, start >> PAGE_SHIFT, int(vaddr.size))
         except OSError as err:
-            raise proc_error(err, proc.pid, "pagemap") from err
+            raise self._proc_error(err, proc, "pagemap") from err
         finally:
             os.close(fd)
         if nr_read < vaddr.size and not self.is_alive(proc):
@@ -300,7 +332,7 @@ class LinuxMachine:
         try:
             [(entries, valid)] = read_u64_at([fd], vaddr >> np.uint64(PAGE_SHIFT), PAGEMAP_MAX_GAP)
         except OSError as err:
-            raise proc_error(err, proc.pid, "pagemap") from err
+            raise self._proc_error(err, proc, "pagemap") from err
         finally:
             os.close(fd)
         if not valid.all() and not self.is_alive(proc):
@@ -332,18 +364,34 @@ class LinuxMachine:
         if idx.size:
             pfns = pfn[idx]
             flags_file, count_file = self._kpage_files()
-            [(kf, kf_ok)] = read_u64_at([flags_file.fd], pfns, KPAGE_MAX_GAP)
+            kf, kf_ok = self._read_kpages(flags_file, pfns, "kpageflags")
             # A PFN kpageflags cannot describe (past max_pfn) is treated like KPF_NOPAGE.
             kflags[idx] = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
             if not self.features.kpf_ksm_reliable:  # every anon page says KSM: ignore it
                 kflags &= ~KPF_KSM_MASK
             count_idx = np.flatnonzero(kpagecount_needed(entries))
             if count_idx.size:
-                [(kc, _)] = read_u64_at([count_file.fd], pfn[count_idx], KPAGE_MAX_GAP)
+                kc, _ = self._read_kpages(count_file, pfn[count_idx], "kpagecount")
                 kcount[count_idx] = kc
             nid[idx] = self._nid_of(proc, vaddr[idx], pfns)
         flags = decode_pages(entries, kflags, kcount, nid)
         return PageBatch(vaddr, pfn, nid, flags)
+
+    def _read_kpages(self, f: U64File, pfns: U64Array, what: str) -> tuple[U64Array, BoolArray]:
+        """One /proc/kpage* read; an OSError is a TransientError (counted; the files are
+        reopened on the next read) rather than the end of the daemon."""
+        try:
+            [(values, ok)] = read_u64_at([f.fd], pfns, KPAGE_MAX_GAP)
+        except OSError as err:
+            self._close_kpage_files()
+            raise self._transient(err, what, f"{self.procfs}/{what}") from err
+        return values, ok
+
+    def _close_kpage_files(self) -> None:
+        for f in (self._kpageflags, self._kpagecount):
+            if f is not None:
+                f.close()
+        self._kpageflags = self._kpagecount = None
 
     def _nid_of(self, proc: ProcessId, vaddr: U64Array, pfn: U64Array) -> I32Array:
         """Node of present pages: the memory-block map, or move_pages(2) query without one."""
@@ -364,7 +412,11 @@ class LinuxMachine:
     # --- Accessed bits and moves --------------------------------------------------------------
 
     def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
-        return self.access.test_and_clear_young(proc, pages)
+        """The access source's answer; an OSError of its files is a counted TransientError."""
+        try:
+            return self.access.test_and_clear_young(proc, pages)
+        except OSError as err:
+            raise self._transient(err, self.access.name, f"{self.access.name} read") from err
 
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         """move_pages(2) with MPOL_MF_MOVE, identity checked before and after the call."""

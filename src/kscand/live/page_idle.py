@@ -155,6 +155,9 @@ class PageIdleSource:
     def forget(self, proc: ProcessId) -> None:
         """Nothing is kept per process."""
 
+    def begin_step(self) -> None:
+        """The bitmap is read synchronously: no per-step state."""
+
     def counters(self) -> dict[str, int]:
         return {
             "pages_tested": self.nr_pages_tested,

@@ -12,20 +12,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kscand.errors import AccessDenied, ProcessGone
+from kscand.cgroups import in_cgroup, normalize_cgroup
+from kscand.errors import AccessDenied, ProcessGone, TransientError
 from kscand.live.procfs import ParseError, ProcStat, parse_stat
 from kscand.machine import ProcessId
 
-CGROUP_MOUNT = "/sys/fs/cgroup"
 _GONE_ERRNOS = (errno.ENOENT, errno.ESRCH, errno.ENOTDIR)
-
-
-def normalize_cgroup(path: str) -> str:
-    """A cgroup v2 path as /proc/PID/cgroup shows it: "/a/b" (mount prefix removed)."""
-    path = path.strip()
-    if path.startswith(CGROUP_MOUNT + "/") or path == CGROUP_MOUNT:
-        path = path[len(CGROUP_MOUNT) :]
-    return "/" + path.strip("/")
 
 
 def cgroup_v2_path(text: str) -> str | None:
@@ -34,14 +26,6 @@ def cgroup_v2_path(text: str) -> str | None:
         if line.startswith("0::"):
             return normalize_cgroup(line[3:])
     return None
-
-
-def in_cgroup(proc_cgroup: str, selected: str) -> bool:
-    """Whether proc_cgroup is the selected cgroup or below it."""
-    selected = normalize_cgroup(selected)
-    if selected == "/":
-        return True
-    return proc_cgroup == selected or proc_cgroup.startswith(selected + "/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +91,8 @@ class ProcTable:
             stat = self.stat(proc.pid)
         except ProcessGone:
             return False
+        except TransientError:
+            return True  # not known to be gone; the next read tells
         return stat.start_time == proc.start_time and stat.state not in ("Z", "X", "x")
 
     def check(self, proc: ProcessId) -> None:
@@ -149,10 +135,19 @@ class ProcTable:
         return procs
 
 
+def errno_name(err: OSError) -> str:
+    """EIO, ENOMEM, ... (the number when it has no name)."""
+    return errno.errorcode.get(err.errno or 0, str(err.errno))
+
+
 def proc_error(err: OSError, pid: int, name: str) -> Exception:
-    """ProcessGone for a vanished process, AccessDenied for a refusal."""
+    """ProcessGone for a vanished process, AccessDenied for a refusal, TransientError
+    (retried later, counted by reason) for any other errno: an EIO or ENOMEM is not
+    an exit, and taking it for one made the process flap in and out of the list."""
     if err.errno in _GONE_ERRNOS:
         return ProcessGone(f"pid {pid}: /proc/{pid}/{name}: no such process")
     if err.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(f"/proc/{pid}/{name}: {err.strerror}")
-    return ProcessGone(f"pid {pid}: /proc/{pid}/{name}: {err.strerror}")
+    file = name.split("/")[0]
+    return TransientError(f"/proc/{pid}/{name}: {err.strerror}",
+                          f"{file}_{errno_name(err).lower()}")

@@ -8,13 +8,15 @@ The format is documented in the README ("Scenario format").
 from __future__ import annotations
 
 import math
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kscand.errors import ConfigError
-from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag
+from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag, top_tier_from_tiers
 from kscand.sim.workloads import ADDED_KINDS, load_trace, trace_span_pages
 from kscand.tunables import Tunables, tunables_from_mapping
 from kscand.units import parse_size_bytes
@@ -47,6 +49,15 @@ WORKLOAD_KINDS = (
     "uniform", "hotset", "zipf", "moving-hotset", "sequential", "idle", *ADDED_KINDS,
 )
 PLACEMENTS = ("slow", "fast", "first-touch")
+
+SCENARIO_MAX_BYTES = 1 << 20  # a scenario file is a page of TOML; 1 MiB is far beyond any
+# What one simulated run may hold in memory, estimated before anything is allocated: the
+# machine has 24 GiB; the 1 TiB stress scenario (make stress) needs ~6 GiB.
+SIM_MEMORY_LIMIT_BYTES = 16 << 30
+SIM_BYTES_PER_PAGE = 24  # node and clear time per page, workload rates, metrics temporaries
+SIM_BYTES_PER_SAMPLE = 512  # one timeline sample and its bookkeeping
+SIM_BYTES_PER_PROC_SAMPLE = 256  # ... plus this per process alive in it
+RATE_MAX_PER_S = 1e15  # accesses (or pages swept) per second of one VMA; beyond any machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,19 +241,19 @@ def _workload(raw: Any, where: str, base: WorkloadSpec) -> WorkloadSpec:
     d = base
     return WorkloadSpec(
         kind=_str(raw, "kind", where, d.kind, WORKLOAD_KINDS),
-        rate_per_s=_num(raw, "rate_per_s", where, d.rate_per_s, lo=0.0),
+        rate_per_s=_num(raw, "rate_per_s", where, d.rate_per_s, lo=0.0, hi=RATE_MAX_PER_S),
         hot_fraction=_num(raw, "hot_fraction", where, d.hot_fraction, lo=0.0, hi=1.0),
         hot_share=_num(raw, "hot_share", where, d.hot_share, lo=0.0, hi=1.0),
         skew=_num(raw, "skew", where, d.skew, lo=0.0, hi=10.0),
-        period_s=_num(raw, "period_s", where, d.period_s, lo=1e-3),
+        period_s=_num(raw, "period_s", where, d.period_s, lo=1e-3, hi=1e9),
         shift_fraction=_num(raw, "shift_fraction", where, d.shift_fraction, lo=0.0, hi=1.0),
-        pages_per_s=_num(raw, "pages_per_s", where, d.pages_per_s, lo=0.0),
+        pages_per_s=_num(raw, "pages_per_s", where, d.pages_per_s, lo=0.0, hi=RATE_MAX_PER_S),
         vertices_per_page=_int(raw, "vertices_per_page", where, d.vertices_per_page, lo=1,
                                hi=4096),
         sorted_ids=_bool(raw, "sorted_ids", where, d.sorted_ids),
         path=_str(raw, "path", where, d.path),
         trace_pid=_int(raw, "trace_pid", where, d.trace_pid, lo=-1),
-        window_s=_num(raw, "window_s", where, d.window_s, lo=1e-3),
+        window_s=_num(raw, "window_s", where, d.window_s, lo=1e-3, hi=1e9),
         loop=_bool(raw, "loop", where, d.loop),
     )
 
@@ -256,6 +267,13 @@ def _vma(raw: Any, where: str, default_workload: WorkloadSpec) -> VmaSpec:
     align = PMD_SIZE if VMA_KINDS[kind].thp else PAGE_SIZE
     if size <= 0 or size % align:
         raise ConfigError(f"{where}.size: must be a positive multiple of {align} bytes, got {size}")
+    limit_pages = SIM_MEMORY_LIMIT_BYTES // SIM_BYTES_PER_PAGE
+    if size // PAGE_SIZE > limit_pages:  # before a trace is read for it
+        raise ConfigError(
+            f"{where}.size: {_gib(size)} simulated needs about "
+            f"{_gib(size // PAGE_SIZE * SIM_BYTES_PER_PAGE)} of memory, over the "
+            f"{_gib(SIM_MEMORY_LIMIT_BYTES)} limit of one simulated run"
+        )
     workload = default_workload
     if "workload" in raw:
         workload = _workload(raw["workload"], f"{where}.workload", default_workload)
@@ -368,6 +386,7 @@ def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenar
     )
     tunables = tunables_from_mapping(_table(raw.get("tunables", {}), "tunables", set(
         Tunables.__dataclass_fields__)))
+    _check_target_node(tunables, nodes)
     scenario = Scenario(
         name=_str(raw, "name", "scenario", name),
         description=_str(raw, "description", "scenario", ""),
@@ -380,7 +399,64 @@ def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenar
         sim=_sim(raw.get("sim", {})),
     )
     _check_fits(scenario)
+    _check_memory(scenario)
     return scenario
+
+
+def _gib(nr_bytes: float) -> str:
+    return f"{nr_bytes / (1 << 30):,.1f} GiB"
+
+
+def _check_target_node(tunables: Tunables, nodes: tuple[NodeSpec, ...]) -> None:
+    """tunables.target_node, when set, must be a top-tier node of the scenario."""
+    target = tunables.target_node
+    if target < 0:
+        return
+    top = top_tier_from_tiers({n.nid: n.tier for n in nodes}, {n.nid: n.cpus for n in nodes})
+    if target in top:
+        return
+    tops = ", ".join(str(n) for n in sorted(top)) or "none"
+    if any(n.nid == target for n in nodes):
+        raise ConfigError(f"tunables.target_node: node {target} is on the slow tier "
+                          f"(top-tier nodes: {tops})")
+    raise ConfigError(f"tunables.target_node: node {target} is not in nodes "
+                      f"(top-tier nodes: {tops})")
+
+
+def _max_alive(proc: ProcessSpec) -> int:
+    """At most this many copies of proc are alive at once."""
+    if proc.count == 1 or proc.stagger_s == 0:
+        return proc.count
+    span_s = proc.lifetime_s
+    if proc.exit_s is not None:
+        span_s = min(span_s, proc.exit_s - proc.start_s) if span_s is not None else (
+            proc.exit_s - proc.start_s)
+    if span_s is None:
+        return proc.count
+    return min(proc.count, math.ceil(span_s / proc.stagger_s) + 1)
+
+
+def estimated_memory_bytes(scenario: Scenario) -> int:
+    """An upper estimate of what running scenario holds in memory: every page of every
+    process that can be alive at once, and the timeline samples."""
+    peak_pages = sum(p.nr_pages * _max_alive(p) for p in scenario.processes)
+    peak_procs = sum(_max_alive(p) for p in scenario.processes)
+    nr_samples = math.floor(scenario.duration_s / scenario.sample_interval_s) + 1
+    per_sample = SIM_BYTES_PER_SAMPLE + SIM_BYTES_PER_PROC_SAMPLE * peak_procs
+    return peak_pages * SIM_BYTES_PER_PAGE + nr_samples * per_sample
+
+
+def _check_memory(scenario: Scenario) -> None:
+    """Refuse, before allocating anything, a run that would not fit the stated limit."""
+    need = estimated_memory_bytes(scenario)
+    if need <= SIM_MEMORY_LIMIT_BYTES:
+        return
+    nr_samples = math.floor(scenario.duration_s / scenario.sample_interval_s) + 1
+    raise ConfigError(
+        f"scenario: needs about {_gib(need)} of memory to simulate ({nr_samples:,} samples of "
+        f"duration_s / sample_interval_s, the processes' pages), over the "
+        f"{_gib(SIM_MEMORY_LIMIT_BYTES)} limit of one simulated run"
+    )
 
 
 def _sim(raw: Any) -> SimParams:
@@ -432,21 +508,54 @@ def _check_fits(scenario: Scenario) -> None:
                 )
 
 
+def read_scenario_text(path: Path) -> str:
+    """The text of a scenario file: a regular file of at most SCENARIO_MAX_BYTES.
+
+    Opened with O_NONBLOCK so a FIFO never waits for a writer, checked with
+    fstat before any read (a device such as /dev/zero is never read).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror or err}") from err
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: is not a regular file")
+        if st.st_size > SCENARIO_MAX_BYTES:
+            raise ConfigError(f"{path}: larger than {SCENARIO_MAX_BYTES} bytes")
+        chunks: list[bytes] = []
+        left = SCENARIO_MAX_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror or err}") from err
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > SCENARIO_MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {SCENARIO_MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 text") from err
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     path = Path(path)
     if "\0" in str(path):
         raise ConfigError(f"{path!r}: a path cannot hold a NUL byte")
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not valid UTF-8 text") from err
+    text = read_scenario_text(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    except RecursionError as err:  # nesting past the interpreter's limit
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from err
     _resolve_trace_paths(raw, path.parent)
     return scenario_from_mapping(raw, name=path.stem)
-
