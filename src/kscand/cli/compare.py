@@ -21,7 +21,7 @@ from kscand.evaluation.policies import DEFAULT_POLICIES, parse_sweep, plan_runs
 from kscand.evaluation.report import COLUMNS, row_of, write_report
 from kscand.sim.scenario import load_scenario
 
-TABLE_WIDTH = 200  # columns of the table when stdout is not a terminal
+TABLE_WIDTH = 240  # columns of the table when stdout is not a terminal
 
 
 def add_parser(sub: Any) -> None:
@@ -112,17 +112,26 @@ def _require_matplotlib() -> None:
 
 
 def comparison_table(comparison: Comparison) -> Table:
+    ended = next((r.trace_end_s for r in comparison.runs), None)
+    until = (f" (its traces end at {ended:g} s)"
+             if ended is not None and ended <= comparison.duration_s else "")
     table = Table(title=f"{comparison.scenario}: seed {comparison.seed}, "
-                  f"{comparison.duration_s:g} s virtual, {comparison.wall_s:.1f} s wall")
+                  f"{comparison.duration_s:g} s virtual{until}, {comparison.wall_s:.1f} s wall")
     for col in COLUMNS:
         if col == "run":
             table.add_column(col, no_wrap=True)
         else:
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", no_wrap=True)
     for run in comparison.runs:
         table.add_row(*row_of(run, comparison.duration_s))
-    table.caption = ("cold: promoted pages outside the workload's hot set at promotion / at "
-                     "the end; CPU: cost model in kscand.evaluation.costs")
+    table.caption = (
+        "acc-wt: each sample interval weighted by the accesses it served. % of static best / "
+        "% of oracle: the acc-wt share against the best static placement in hindsight / the "
+        "per-sample oracle. traffic / min: pages moved against the fewest the static best "
+        "needs. ping-pong: pages moved >2 times in 60 s (their share of all moves). acc / "
+        "promo: top-tier accesses per promoted page. cold: promoted pages outside the hot set "
+        "at promotion / at the end. CPU: cost model in kscand.evaluation.costs. Every column: "
+        "report.html, docs/evaluation.md.")
     return table
 
 

@@ -577,3 +577,17 @@ def make_added(spec: WorkloadSpec, nr_pages: int, rng: np.random.Generator) -> W
         return trace_rates(load_trace(spec.path), nr_pages, spec.trace_pid, spec.window_s,
                            spec.hot_share, spec.loop, spec.path)
     raise ConfigError(f"unknown workload kind {spec.kind!r}")
+
+
+def trace_end_s(trace: Trace, trace_pid: int, window_s: float, where: str) -> float:
+    """The end of the last window that holds a selected record."""
+    t_s = trace.t_s[_trace_records(trace, trace_pid, where)]
+    return (float(t_s.max()) // window_s + 1) * window_s
+
+
+def workload_end_s(spec: WorkloadSpec) -> float | None:
+    """When a workload stops accessing anything for good: the end of a trace that does
+    not loop; None for every other workload (they run for ever)."""
+    if spec.kind != "trace" or spec.loop:
+        return None
+    return trace_end_s(load_trace(spec.path), spec.trace_pid, spec.window_s, spec.path)
