@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,14 @@ def comparison_table(comparison: Comparison) -> Table:
              if ended is not None and ended <= comparison.duration_s else "")
     table = Table(title=f"{comparison.scenario}: seed {comparison.seed}, "
                   f"{comparison.duration_s:g} s virtual{until}, {comparison.wall_s:.1f} s wall")
-    for col in COLUMNS:
-        if col == "run":
-            table.add_column(col, no_wrap=True)
-        else:
-            table.add_column(col, justify="right", no_wrap=True)
-    for run in comparison.runs:
-        table.add_row(*row_of(run, comparison.duration_s))
+    rows = [row_of(run, comparison.duration_s) for run in comparison.runs]
+    for i, col in enumerate(COLUMNS):
+        # Cells never wrap (a number split over two lines misreads); headers may.
+        widest = max((len(row[i]) for row in rows), default=0)
+        header = col if col == "run" else textwrap.fill(col, width=max(widest, 8))
+        table.add_column(header, justify="left" if col == "run" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     table.caption = (
         "acc-wt: each sample interval weighted by the accesses it served. % of static best / "
         "% of oracle: the acc-wt share against the best static placement in hindsight / the "

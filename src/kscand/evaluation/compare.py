@@ -33,6 +33,7 @@ from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import Sample
 from kscand.sim.run import Policy, SimReport, hot_fraction, run_scenario, time_to_fraction
 from kscand.sim.scenario import Scenario
+from kscand.sim.workloads import check_trace_windows, load_trace
 
 FRACTIONS = (0.5, 0.9)  # time to these fractions of the oracle's top-tier share
 PROGRESS_STEP = 0.01  # a worker reports progress at most every 1 %
@@ -386,6 +387,7 @@ def compare(
     """Run every RunSpec (the oracle row comes from the first run's samples)."""
     start = time.perf_counter()
     seed = scenario.seed if seed is None else seed
+    check_traces(scenario)
     specs = [r for r in runs if r.policy != ORACLE] or [RunSpec("none")]
     tasks = [RunTask(i, spec, scenario, seed, costs) for i, spec in enumerate(specs)]
     if jobs <= 1 or len(tasks) == 1:
@@ -398,6 +400,16 @@ def compare(
     shown += [bound_result(scenario, results[0], which) for which in BOUNDS]
     return Comparison(scenario.name, scenario.description, seed, results[0].end_s, sweeps,
                       costs, shown, time.perf_counter() - start)
+
+
+def check_traces(scenario: Scenario) -> None:
+    """Refuse trace workloads whose windows would not fit the memory limit before any run
+    starts (and load each trace once here: the workers then map its cache)."""
+    for proc in scenario.processes:
+        for vma in proc.vmas:
+            w = vma.workload
+            if w.kind == "trace":
+                check_trace_windows(load_trace(w.path), w.trace_pid, w.window_s, w.path)
 
 
 def _bind(progress: Progress | None, index: int) -> Callable[[float], None] | None:

@@ -10,8 +10,7 @@ from typing import Any, Protocol
 
 from kscand.engine import Kscand
 from kscand.machine import ProcessId
-from kscand.sim.machine import SimMachine, SimProcess
-from kscand.sim.machine import UNPOPULATED_KINDS
+from kscand.sim.machine import UNPOPULATED_KINDS, SimMachine, SimProcess
 from kscand.sim.metrics import (
     HindsightTracker,
     ProcSample,

@@ -1,0 +1,529 @@
+"""Access-trace files for the `trace` workload: bulk parsing with numpy, limits, a cache.
+
+The format (unchanged since the trace kind was added): text, one record per line,
+`time_s,pid,address[,count]`; blank lines and lines starting with '#' are skipped;
+an optional first line whose first field is not a number is a header; addresses
+are decimal or 0x hex byte addresses; count (default 1) is the accesses the
+record stands for. A file whose name ends in .gz, or that starts with the gzip
+magic, is decompressed as it is read.
+
+Parsing is vectorized: each chunk of READ_CHUNK_BYTES is cut into fields by
+numpy, and each field column is decoded as a (rows, width) byte matrix. A line
+the fast decoder does not take (leading blanks, exotic numbers such as "1_000",
+or an error) goes to the per-line parser, which gives the same values and the
+same one-line errors as before. The parsed arrays are cached as .npy files
+(TRACE_CACHE_ENV, default ~/.cache/kscand/traces) named by the file's size, mtime
+and BLAKE2 hash; a cached trace is memory-mapped, so worker processes of one
+`kscand compare` share its pages instead of parsing the text again.
+
+Limits (each a one-line ConfigError): only regular files (no FIFO, no device);
+at most TRACE_MAX_FILE_BYTES on disk and TRACE_MAX_TEXT_BYTES of text; lines of
+at most TRACE_MAX_LINE_BYTES; the estimated memory of the parsed arrays
+(TRACE_ROW_BYTES per row) at most TRACE_MEMORY_LIMIT_BYTES; a pid in
+[0, 2**31 - 1]; an address below 2**64.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from kscand.errors import ConfigError
+
+TRACE_PAGE_SHIFT = 12
+READ_CHUNK_BYTES = 4 << 20
+TRACE_MAX_FILE_BYTES = 4 << 30
+TRACE_MAX_TEXT_BYTES = 16 << 30  # after decompression
+TRACE_MAX_LINE_BYTES = 4096
+# Bytes per parsed row at the peak of a load: t_s f8 + pid i4 + page i8 + count f4,
+# their per-chunk pieces before concatenation, and a sort permutation.
+TRACE_ROW_BYTES = 24 + 24 + 8
+TRACE_MEMORY_LIMIT_BYTES = 2 << 30
+PID_LIMIT = (1 << 31) - 1
+ADDRESS_LIMIT = 1 << 64
+TRACE_CACHE_ENV = "KSCAND_TRACE_CACHE"  # a directory; "off" disables the cache
+CACHE_VERSION = 1
+GZIP_MAGIC = b"\x1f\x8b"
+# How each load went (hits, misses, why a cache write failed): counted, never printed.
+TRACE_CACHE_STATS: Counter[str] = Counter()
+
+F64Array = npt.NDArray[np.float64]
+U8Matrix = npt.NDArray[np.uint8]
+BoolArray = npt.NDArray[np.bool_]
+
+_NL, _CR, _COMMA, _HASH, _SPACE, _TAB = 10, 13, 44, 35, 32, 9
+_DOT, _PLUS, _MINUS = 46, 43, 45
+_TIME_WIDTH, _PID_WIDTH, _ADDR_WIDTH, _COUNT_WIDTH = 32, 16, 32, 32
+# Hex digit value of each byte (255: not a hex digit).
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[48:58] = np.arange(10)
+_HEX[97:103] = np.arange(10, 16)
+_HEX[65:71] = np.arange(10, 16)
+_POW10_U64 = np.array([10**k for k in range(20)], dtype=np.uint64)
+_POW16_U64 = np.array([16**k if k < 16 else 0 for k in range(20)], dtype=np.uint64)
+_POW10_F64 = np.array([10.0**k for k in range(23)], dtype=np.float64)
+_MAX_EXACT_MANTISSA = 1 << 53  # m / 10**k is correctly rounded below this
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A parsed access trace: one row per record, sorted by time (stable).
+
+    t_s float64, pid int32, page int64 (address >> TRACE_PAGE_SHIFT), count float32
+    (the accesses the record stands for, 1 unless the file says otherwise).
+    """
+
+    t_s: F64Array
+    pid: npt.NDArray[np.int32]
+    page: npt.NDArray[np.int64]
+    count: npt.NDArray[np.float32]
+
+    @property
+    def nr_rows(self) -> int:
+        return int(self.t_s.shape[0])
+
+
+@dataclass
+class _Columns:
+    """Parsed rows of one chunk, in line order."""
+
+    t_s: F64Array
+    pid: npt.NDArray[np.int32]
+    page: npt.NDArray[np.int64]
+    count: npt.NDArray[np.float32]
+
+
+# --- the per-line parser (odd lines, and every error) ------------------------------------
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_line(line: str, where: str, lineno: int) -> tuple[float, int, int, float] | None:
+    """One line -> (t_s, pid, address, count), None for a blank or comment line."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    fields = [f.strip() for f in line.split(",")]
+    if len(fields) not in (3, 4):
+        raise ConfigError(f"{where}:{lineno}: expected time_s,pid,address[,count]")
+    try:
+        t = float(fields[0])
+        pid = int(fields[1], 10)
+        addr = int(fields[2], 0)
+        count = float(fields[3]) if len(fields) == 4 else 1.0
+    except ValueError:
+        raise ConfigError(f"{where}:{lineno}: cannot parse {line[:120]!r}") from None
+    if t < 0 or addr < 0 or count < 0 or not np.isfinite(t) or not np.isfinite(count):
+        raise ConfigError(f"{where}:{lineno}: negative or non-finite value in {line[:120]!r}")
+    if not 0 <= pid <= PID_LIMIT:
+        raise ConfigError(f"{where}:{lineno}: pid {pid} out of range [0, {PID_LIMIT}]")
+    if addr >= ADDRESS_LIMIT:
+        raise ConfigError(f"{where}:{lineno}: address {fields[2][:40]} does not fit 64 bits")
+    return t, pid, addr, count
+
+
+def _is_header(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#") and not _is_number(
+        stripped.split(",")[0].strip())
+
+
+# --- the vectorized decoder ---------------------------------------------------------------
+
+
+def _field_matrix(buf: U8Matrix, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64],
+                  width: int) -> tuple[U8Matrix, BoolArray]:
+    """Bytes [lo, hi) of each field, left-aligned and blank-padded to width: uint8 (n, width);
+    and which fields are wider than width."""
+    too_long = (hi - lo) > width
+    idx = lo[:, None] + np.arange(width, dtype=np.int64)
+    inside = idx < hi[:, None]
+    matrix = buf[np.minimum(idx, buf.shape[0] - 1)]
+    matrix[~inside] = _SPACE
+    return matrix, too_long
+
+
+def _blank(matrix: U8Matrix) -> BoolArray:
+    return (matrix == _SPACE) | (matrix == _TAB)
+
+
+def _contiguous(solid: BoolArray) -> BoolArray:
+    """Rows whose solid cells form one run (no blank inside a field), and not empty."""
+    width = solid.shape[1]
+    count = solid.sum(axis=1)
+    first = np.argmax(solid, axis=1)
+    last = width - 1 - np.argmax(solid[:, ::-1], axis=1)
+    return (count > 0) & (last - first + 1 == count)
+
+
+def _digits_from_right(digit: BoolArray) -> npt.NDArray[np.intp]:
+    """For each cell: how many digit cells lie right of it in its row."""
+    right = np.cumsum(digit[:, ::-1], axis=1)[:, ::-1]
+    return np.asarray(right - digit, dtype=np.intp)
+
+
+def _decode_uint(matrix: U8Matrix, allow_hex: bool) -> tuple[npt.NDArray[np.uint64], BoolArray]:
+    """Decimal (or 0x hex) unsigned integers: (values uint64 (n,), ok bool (n,)).
+
+    Not ok: anything but blanks around one run of digits, or a value that may not
+    fit 64 bits (the per-line parser decides those)."""
+    n, width = matrix.shape
+    blank = _blank(matrix)
+    solid = ~blank
+    value = _HEX[matrix]
+    hexa = np.zeros(n, dtype=np.bool_)
+    prefix = np.zeros_like(solid)
+    if allow_hex:
+        first = np.argmax(solid, axis=1)
+        nxt = np.minimum(first + 1, width - 1)
+        rows = np.arange(n)
+        second = matrix[rows, nxt]
+        hexa = ((matrix[rows, first] == 48) & ((second == 120) | (second == 88))
+                & (first + 1 < width))
+        prefix[rows[hexa], first[hexa]] = True
+        prefix[rows[hexa], nxt[hexa]] = True
+    base = np.where(hexa, 16, 10).astype(np.uint8)
+    digit = (value < base[:, None]) & ~prefix
+    ok = _contiguous(solid) & ~np.any(solid & ~digit & ~prefix, axis=1) & digit.any(axis=1)
+    k = _digits_from_right(digit)
+    limit = np.where(hexa, 16, 19)[:, None]
+    ok &= ~np.any(digit & (value > 0) & (k >= limit), axis=1)
+    kk = np.minimum(k, 19)
+    weight = np.where(hexa[:, None], _POW16_U64[kk], _POW10_U64[kk])
+    values = np.where(digit, value.astype(np.uint64) * weight, np.uint64(0)).sum(
+        axis=1, dtype=np.uint64)
+    return values, ok
+
+
+def _decode_float(matrix: U8Matrix) -> tuple[F64Array, BoolArray]:
+    """Non-negative decimal numbers, [digits][.digits][e[+-]digits]: (float64 (n,), ok (n,)).
+
+    Values equal strtod's (m / 10**k with m < 2**53 and k <= 22 is correctly rounded);
+    anything else (a sign, more digits, inf/nan) is left to the per-line parser."""
+    width = matrix.shape[1]
+    col = np.arange(width)
+    blank = _blank(matrix)
+    solid = ~blank
+    digit = (matrix >= 48) & (matrix <= 57)
+    is_e = (matrix == 101) | (matrix == 69)
+    dot = matrix == _DOT
+    sign = (matrix == _PLUS) | (matrix == _MINUS)
+    nr_e = is_e.sum(axis=1)
+    e_pos = np.where(nr_e == 1, np.argmax(is_e, axis=1), width)[:, None]
+    in_mant = col[None, :] < e_pos
+    in_exp = col[None, :] > e_pos
+    mant = digit & in_mant
+    exp_digit = digit & in_exp
+    ok = _contiguous(solid) & (nr_e <= 1) & ~np.any(solid & ~(digit | dot | is_e | sign), axis=1)
+    ok &= (dot & in_mant).sum(axis=1) <= 1
+    ok &= ~np.any(dot & in_exp, axis=1)
+    ok &= ~np.any(sign & in_mant, axis=1)
+    sign_at = sign & in_exp
+    ok &= ~np.any(sign_at & (col[None, :] != e_pos + 1), axis=1)
+    nr_mant = mant.sum(axis=1)
+    nr_exp = exp_digit.sum(axis=1)
+    ok &= (nr_mant > 0) & (nr_mant <= 19) & ((nr_e == 0) | ((nr_exp > 0) & (nr_exp <= 4)))
+    k = np.minimum(_digits_from_right(mant), 19)
+    mantissa = np.where(mant, (matrix - 48).astype(np.uint64) * _POW10_U64[k],
+                        np.uint64(0)).sum(axis=1, dtype=np.uint64)
+    ok &= mantissa < _MAX_EXACT_MANTISSA
+    dot_pos = np.where(dot.any(axis=1), np.argmax(dot, axis=1), width)[:, None]
+    nr_frac = (mant & (col[None, :] > dot_pos)).sum(axis=1)
+    ke = np.minimum(_digits_from_right(exp_digit), 19)
+    exponent = np.where(exp_digit, (matrix - 48).astype(np.int64) * _POW10_U64[ke].astype(
+        np.int64), 0).sum(axis=1)
+    negative = np.any(sign_at & (matrix == _MINUS), axis=1)
+    scale = nr_frac - np.where(negative, -exponent, exponent)  # value = mantissa / 10**scale
+    ok &= np.abs(scale) <= 22
+    power = _POW10_F64[np.minimum(np.abs(scale), 22)]
+    m = mantissa.astype(np.float64)
+    values = np.where(scale >= 0, m / power, m * power)
+    return values, ok
+
+
+def _parse_chunk(chunk: bytes, first_lineno: int, where: str,
+                 header_possible: bool) -> tuple[_Columns, int, bool]:
+    """Parse whole lines (chunk ends with a newline): (rows, lines, header still possible)."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(buf == _NL).astype(np.int64)
+    nr_lines = int(ends.shape[0])
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    nonempty = ends > starts
+    ends = ends - (nonempty & (buf[np.maximum(ends - 1, 0)] == _CR))
+    nonempty = ends > starts
+    first = np.where(nonempty, buf[np.minimum(starts, buf.shape[0] - 1)], _NL)
+    comment = first == _HASH
+    odd = nonempty & ((first == _SPACE) | (first == _TAB))  # the per-line parser strips them
+    data = nonempty & ~comment & ~odd
+    line_ids = np.arange(nr_lines)
+
+    def text_of(i: int) -> str:
+        raw = chunk[int(starts[i]):int(ends[i])]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}:{first_lineno + i}: not valid UTF-8 text") from None
+
+    skip = np.zeros(nr_lines, dtype=np.bool_)
+    if header_possible:
+        for i in np.flatnonzero(data | odd).tolist():
+            line = text_of(i)
+            if not line.strip() or line.strip().startswith("#"):
+                continue
+            header_possible = False
+            if _is_header(line):
+                skip[i] = True
+            break
+    data &= ~skip
+    odd &= ~skip
+    commas = np.flatnonzero(buf == _COMMA).astype(np.int64)
+    comma_line = np.searchsorted(ends, commas)
+    nr_commas = np.bincount(comma_line, minlength=nr_lines)
+    fast = data & ((nr_commas == 2) | (nr_commas == 3))
+    fast_ids = line_ids[fast]
+    first_comma = np.searchsorted(comma_line, fast_ids)
+    c0, c1 = commas[first_comma], commas[first_comma + 1]
+    four = nr_commas[fast] == 3
+    c2 = np.where(four, commas[np.minimum(first_comma + 2, commas.shape[0] - 1)], ends[fast])
+    t_m, t_long = _field_matrix(buf, starts[fast], c0, _TIME_WIDTH)
+    t_s, t_ok = _decode_float(t_m)
+    del t_m
+    p_m, p_long = _field_matrix(buf, c0 + 1, c1, _PID_WIDTH)
+    pid, p_ok = _decode_uint(p_m, allow_hex=False)
+    del p_m
+    a_m, a_long = _field_matrix(buf, c1 + 1, c2, _ADDR_WIDTH)
+    addr, a_ok = _decode_uint(a_m, allow_hex=True)
+    del a_m
+    count = np.ones(fast_ids.shape[0], dtype=np.float64)
+    c_ok = np.ones(fast_ids.shape[0], dtype=np.bool_)
+    if four.any():
+        c_m, c_long = _field_matrix(buf, c2[four] + 1, ends[fast][four], _COUNT_WIDTH)
+        count[four], c_ok[four] = _decode_float(c_m)
+        c_ok[four] &= ~c_long
+    good = t_ok & p_ok & a_ok & c_ok & ~t_long & ~p_long & ~a_long & (pid <= PID_LIMIT)
+    slow_ids = np.sort(np.concatenate([fast_ids[~good], line_ids[(data & ~fast) | odd]]))
+    slow_lines: list[int] = []
+    slow_rows: list[tuple[float, int, int, float]] = []
+    for i in slow_ids.tolist():
+        row = _parse_line(text_of(i), where, first_lineno + i)
+        if row is not None:
+            slow_lines.append(i)
+            slow_rows.append(row)
+    columns = _Columns(t_s[good], pid[good].astype(np.int32),
+                       (addr[good] >> np.uint64(TRACE_PAGE_SHIFT)).astype(np.int64),
+                       count[good].astype(np.float32))
+    if slow_rows:
+        columns = _merge(columns, fast_ids[good], slow_lines, slow_rows)
+    return columns, nr_lines, header_possible
+
+
+def _merge(columns: _Columns, fast_lines: npt.NDArray[np.intp], slow_lines: list[int],
+           slow_rows: list[tuple[float, int, int, float]]) -> _Columns:
+    """Fast-decoded and per-line-parsed rows back in line order."""
+    order = np.argsort(np.concatenate([fast_lines, np.array(slow_lines, dtype=np.intp)]),
+                       kind="stable")
+    t = np.array([r[0] for r in slow_rows], dtype=np.float64)
+    pid = np.array([r[1] for r in slow_rows], dtype=np.int32)
+    page = np.array([r[2] >> TRACE_PAGE_SHIFT for r in slow_rows], dtype=np.int64)
+    count = np.array([r[3] for r in slow_rows], dtype=np.float32)
+    return _Columns(np.concatenate([columns.t_s, t])[order],
+                    np.concatenate([columns.pid, pid])[order],
+                    np.concatenate([columns.page, page])[order],
+                    np.concatenate([columns.count, count])[order])
+
+
+# --- reading: regular files only, bounded, gzip ---------------------------------------------
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """An fd of path, a regular file (a FIFO is not opened for reading: no blocking)."""
+    if "\0" in path:
+        raise ConfigError(f"{path!r}: a path cannot hold a NUL byte")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror or err}") from err
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file (a trace must be a plain or .gz file)")
+    if st.st_size > TRACE_MAX_FILE_BYTES:
+        os.close(fd)
+        raise ConfigError(f"{path}: {st.st_size} bytes, over the trace size limit of "
+                          f"{TRACE_MAX_FILE_BYTES >> 20} MiB")
+    return fd, st
+
+
+def _digest(raw: BinaryIO) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    while block := raw.read(READ_CHUNK_BYTES):
+        h.update(block)
+    raw.seek(0)
+    return h.hexdigest()
+
+
+def _text_blocks(raw: BinaryIO, path: str) -> Iterator[bytes]:
+    """The file's text in blocks, decompressed when it is gzip; bounded in total."""
+    magic = raw.read(2)
+    raw.seek(0)
+    stream: BinaryIO = raw
+    if magic == GZIP_MAGIC or path.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    total = 0
+    try:
+        while block := stream.read(READ_CHUNK_BYTES):
+            total += len(block)
+            if total > TRACE_MAX_TEXT_BYTES:
+                raise ConfigError(f"{path}: more than {TRACE_MAX_TEXT_BYTES >> 20} MiB of text "
+                                  "(the trace size limit)")
+            yield block
+    except (OSError, EOFError, zlib.error) as err:
+        raise ConfigError(f"{path}: cannot decompress: {err}") from err
+
+
+def _check_memory(nr_rows: int, path: str, what: str) -> None:
+    need = nr_rows * TRACE_ROW_BYTES
+    if need > TRACE_MEMORY_LIMIT_BYTES:
+        raise ConfigError(
+            f"{path}: {what} {nr_rows:,} records need about {need >> 20} MiB, over the limit of "
+            f"{TRACE_MEMORY_LIMIT_BYTES >> 20} MiB")
+
+
+def parse_trace_file(raw: BinaryIO, path: str, size_bytes: int) -> Trace:
+    """Parse an open trace file (plain or gzip) into a Trace; ConfigError on bad input."""
+    parts: list[_Columns] = []
+    carry = b""
+    lineno = 1
+    nr_rows = 0
+    header_possible = True
+    estimated = False
+    for block in _text_blocks(raw, path):
+        data = carry + block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            if len(carry) > TRACE_MAX_LINE_BYTES:
+                raise ConfigError(f"{path}:{lineno}: a line longer than {TRACE_MAX_LINE_BYTES} "
+                                  "bytes")
+            continue
+        carry = data[cut + 1:]
+        if len(carry) > TRACE_MAX_LINE_BYTES:
+            raise ConfigError(f"{path}: a line longer than {TRACE_MAX_LINE_BYTES} bytes")
+        columns, nr_lines, header_possible = _parse_chunk(data[:cut + 1], lineno, path,
+                                                          header_possible)
+        lineno += nr_lines
+        nr_rows += int(columns.t_s.shape[0])
+        if not estimated and not path.endswith(".gz") and nr_rows:
+            # Up front: the whole file at this chunk's bytes per row.
+            estimated = True
+            _check_memory(int(size_bytes * nr_rows / (cut + 1)), path, "about")
+        _check_memory(nr_rows, path, "at least")
+        parts.append(columns)
+    if carry:
+        columns, _, _ = _parse_chunk(carry + b"\n", lineno, path, header_possible)
+        parts.append(columns)
+    if not parts or not sum(p.t_s.shape[0] for p in parts):
+        raise ConfigError(f"{path}: no records")
+    trace = Trace(*(np.concatenate([getattr(p, name) for p in parts])
+                    for name in ("t_s", "pid", "page", "count")))
+    del parts
+    if trace.nr_rows > 1 and not bool(np.all(trace.t_s[1:] >= trace.t_s[:-1])):
+        order = np.argsort(trace.t_s, kind="stable")
+        trace = Trace(trace.t_s[order], trace.pid[order], trace.page[order], trace.count[order])
+    return trace
+
+
+def parse_trace(text: str, where: str) -> Trace:
+    """Parse a trace file's text (tests, small traces); ConfigError naming where and the line."""
+    data = text.encode("utf-8")
+    return parse_trace_file(io.BytesIO(data), where, len(data))
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+_FIELDS = ("t_s", "pid", "page", "count")
+_LOADED: dict[tuple[str, int, int, int], Trace] = {}  # (path, size, mtime_ns, inode)
+
+
+def cache_dir() -> Path | None:
+    """Where parsed traces are cached (None: caching is off)."""
+    configured = os.environ.get(TRACE_CACHE_ENV)
+    if configured is not None:
+        return None if configured in ("", "off") else Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kscand" / "traces"
+
+
+def _cache_name(st: os.stat_result, digest: str) -> str:
+    return f"v{CACHE_VERSION}-{st.st_size}-{st.st_mtime_ns}-{digest}"
+
+
+def _read_cache(entry: Path) -> Trace | None:
+    try:
+        arrays = [np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                  for name in _FIELDS]
+    except (OSError, ValueError):
+        return None
+    n = arrays[0].shape[0]
+    if any(a.ndim != 1 or a.shape[0] != n for a in arrays):
+        TRACE_CACHE_STATS["cache_bad_entry"] += 1
+        return None
+    return Trace(*arrays)
+
+
+def _write_cache(entry: Path, trace: Trace) -> None:
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+        for name in _FIELDS:
+            np.save(tmp / f"{name}.npy", getattr(trace, name), allow_pickle=False)
+        os.replace(tmp, entry)
+        TRACE_CACHE_STATS["cache_written"] += 1
+    except OSError:
+        TRACE_CACHE_STATS["cache_write_failed"] += 1
+
+
+def load_trace(path: str) -> Trace:
+    """The parsed trace at path: from this process's memory, the on-disk cache (memory-mapped,
+    shared between processes) or a parse. Raises ConfigError on bad input."""
+    fd, st = _open_regular(path)
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    with os.fdopen(fd, "rb") as raw:
+        trace = _LOADED.get(key)
+        if trace is not None:
+            TRACE_CACHE_STATS["memory_hit"] += 1
+            return trace
+        directory = cache_dir()
+        entry = directory / _cache_name(st, _digest(raw)) if directory is not None else None
+        if entry is not None and entry.is_dir():
+            trace = _read_cache(entry)
+        if trace is not None:
+            TRACE_CACHE_STATS["cache_hit"] += 1
+        else:
+            TRACE_CACHE_STATS["parsed"] += 1
+            trace = parse_trace_file(raw, path, st.st_size)
+            if entry is not None:
+                _write_cache(entry, trace)
+    _LOADED[key] = trace
+    return trace
