@@ -72,8 +72,6 @@ _HEX = np.full(256, 255, dtype=np.uint8)
 _HEX[48:58] = np.arange(10)
 _HEX[97:103] = np.arange(10, 16)
 _HEX[65:71] = np.arange(10, 16)
-_POW10_U64 = np.array([10**k for k in range(20)], dtype=np.uint64)
-_POW16_U64 = np.array([16**k if k < 16 else 0 for k in range(20)], dtype=np.uint64)
 _POW10_F64 = np.array([10.0**k for k in range(23)], dtype=np.float64)
 _MAX_EXACT_MANTISSA = 1 << 53  # m / 10**k is correctly rounded below this
 
@@ -152,118 +150,198 @@ def _is_header(line: str) -> bool:
 
 def _field_matrix(buf: U8Matrix, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64],
                   width: int) -> tuple[U8Matrix, BoolArray]:
-    """Bytes [lo, hi) of each field, left-aligned and blank-padded to width: uint8 (n, width);
-    and which fields are wider than width."""
-    too_long = (hi - lo) > width
-    idx = lo[:, None] + np.arange(width, dtype=np.int64)
-    inside = idx < hi[:, None]
-    matrix = buf[np.minimum(idx, buf.shape[0] - 1)]
-    matrix[~inside] = _SPACE
+    """Bytes [lo, hi) of each field, one field per column, blank-padded: uint8
+    (min(width, longest field), n), columns contiguous in memory per row of the
+    matrix (so the decoders work on whole rows at once); and which fields are wider
+    than width."""
+    length = hi - lo
+    too_long = length > width
+    rows = int(min(width, int(length.max()) if length.size else 0))
+    matrix = np.empty((rows, lo.shape[0]), dtype=np.uint8)
+    last = buf.shape[0] - 1
+    for j in range(rows):  # one gather per byte position: no (rows, n) index array
+        matrix[j] = np.where(length > j, buf[np.minimum(lo + j, last)], np.uint8(_SPACE))
     return matrix, too_long
 
 
-def _blank(matrix: U8Matrix) -> BoolArray:
-    return (matrix == _SPACE) | (matrix == _TAB)
-
-
-def _contiguous(solid: BoolArray) -> BoolArray:
-    """Rows whose solid cells form one run (no blank inside a field), and not empty."""
-    width = solid.shape[1]
-    count = solid.sum(axis=1)
-    first = np.argmax(solid, axis=1)
-    last = width - 1 - np.argmax(solid[:, ::-1], axis=1)
-    return (count > 0) & (last - first + 1 == count)
-
-
-def _digits_from_right(digit: BoolArray) -> npt.NDArray[np.intp]:
-    """For each cell: how many digit cells lie right of it in its row."""
-    right = np.cumsum(digit[:, ::-1], axis=1)[:, ::-1]
-    return np.asarray(right - digit, dtype=np.intp)
+def _one_run(solid: BoolArray) -> BoolArray:
+    """Columns whose solid cells form exactly one run (no blank inside a field)."""
+    if not solid.shape[0]:
+        return np.zeros(solid.shape[1], dtype=np.bool_)
+    starts = solid[0].astype(np.int16) + (solid[1:] & ~solid[:-1]).sum(axis=0, dtype=np.int16)
+    return np.asarray(starts == 1)
 
 
 def _decode_uint(matrix: U8Matrix, allow_hex: bool) -> tuple[npt.NDArray[np.uint64], BoolArray]:
-    """Decimal (or 0x hex) unsigned integers: (values uint64 (n,), ok bool (n,)).
+    """Decimal (or 0x hex) unsigned integers, one per column: (uint64 (n,), ok bool (n,)).
 
-    Not ok: anything but blanks around one run of digits, or a value that may not
-    fit 64 bits (the per-line parser decides those)."""
-    n, width = matrix.shape
-    blank = _blank(matrix)
-    solid = ~blank
+    Not ok: anything but blanks around one run of digits, or more significant digits
+    than surely fit 64 bits (the per-line parser decides those)."""
+    width, n = matrix.shape
+    solid = (matrix != _SPACE) & (matrix != _TAB) & (matrix != 0)
     value = _HEX[matrix]
     hexa = np.zeros(n, dtype=np.bool_)
     prefix = np.zeros_like(solid)
-    if allow_hex:
-        first = np.argmax(solid, axis=1)
-        nxt = np.minimum(first + 1, width - 1)
-        rows = np.arange(n)
-        second = matrix[rows, nxt]
-        hexa = ((matrix[rows, first] == 48) & ((second == 120) | (second == 88))
-                & (first + 1 < width))
-        prefix[rows[hexa], first[hexa]] = True
-        prefix[rows[hexa], nxt[hexa]] = True
-    base = np.where(hexa, 16, 10).astype(np.uint8)
-    digit = (value < base[:, None]) & ~prefix
-    ok = _contiguous(solid) & ~np.any(solid & ~digit & ~prefix, axis=1) & digit.any(axis=1)
-    k = _digits_from_right(digit)
-    limit = np.where(hexa, 16, 19)[:, None]
-    ok &= ~np.any(digit & (value > 0) & (k >= limit), axis=1)
-    kk = np.minimum(k, 19)
-    weight = np.where(hexa[:, None], _POW16_U64[kk], _POW10_U64[kk])
-    values = np.where(digit, value.astype(np.uint64) * weight, np.uint64(0)).sum(
-        axis=1, dtype=np.uint64)
-    return values, ok
+    if allow_hex and width >= 2:
+        first = np.argmax(solid, axis=0)
+        second = np.minimum(first + 1, width - 1)
+        cols = np.arange(n)
+        nxt = matrix[second, cols]
+        hexa = (matrix[first, cols] == 48) & ((nxt == 120) | (nxt == 88)) & (first + 1 < width)
+        prefix[first[hexa], cols[hexa]] = True
+        prefix[second[hexa], cols[hexa]] = True
+    base = np.where(hexa, np.uint64(16), np.uint64(10))
+    digit = (value < base.astype(np.uint8)[None, :]) & ~prefix
+    ok = _one_run(solid) & ~np.any(solid & ~digit & ~prefix, axis=0) & np.any(digit, axis=0)
+    out = np.zeros(n, dtype=np.uint64)
+    significant = np.zeros(n, dtype=np.int16)
+    for j in range(width):  # Horner, one matrix row (all fields) at a time
+        dj = digit[j]
+        out = np.where(dj, out * base + value[j].astype(np.uint64), out)
+        significant += dj & (out > 0)
+    ok &= significant <= np.where(hexa, 16, 19)
+    return out, ok
 
 
 def _decode_float(matrix: U8Matrix) -> tuple[F64Array, BoolArray]:
-    """Non-negative decimal numbers, [digits][.digits][e[+-]digits]: (float64 (n,), ok (n,)).
+    """Non-negative decimals, [digits][.digits][e[+-]digits], one per column:
+    (float64 (n,), ok (n,)).
 
-    Values equal strtod's (m / 10**k with m < 2**53 and k <= 22 is correctly rounded);
-    anything else (a sign, more digits, inf/nan) is left to the per-line parser."""
-    width = matrix.shape[1]
-    col = np.arange(width)
-    blank = _blank(matrix)
-    solid = ~blank
+    Values equal strtod's (m / 10**k and m * 10**k with m < 2**53 and k <= 22 are
+    correctly rounded); anything else (a sign, more digits, inf, nan) is left to the
+    per-line parser."""
+    width, n = matrix.shape
+    row = np.arange(width)[:, None]
+    solid = (matrix != _SPACE) & (matrix != _TAB)
     digit = (matrix >= 48) & (matrix <= 57)
     is_e = (matrix == 101) | (matrix == 69)
     dot = matrix == _DOT
     sign = (matrix == _PLUS) | (matrix == _MINUS)
-    nr_e = is_e.sum(axis=1)
-    e_pos = np.where(nr_e == 1, np.argmax(is_e, axis=1), width)[:, None]
-    in_mant = col[None, :] < e_pos
-    in_exp = col[None, :] > e_pos
+    nr_e = is_e.sum(axis=0)
+    e_pos = np.where(nr_e == 1, np.argmax(is_e, axis=0), width)[None, :]
+    in_mant = row < e_pos
     mant = digit & in_mant
-    exp_digit = digit & in_exp
-    ok = _contiguous(solid) & (nr_e <= 1) & ~np.any(solid & ~(digit | dot | is_e | sign), axis=1)
-    ok &= (dot & in_mant).sum(axis=1) <= 1
-    ok &= ~np.any(dot & in_exp, axis=1)
-    ok &= ~np.any(sign & in_mant, axis=1)
-    sign_at = sign & in_exp
-    ok &= ~np.any(sign_at & (col[None, :] != e_pos + 1), axis=1)
-    nr_mant = mant.sum(axis=1)
-    nr_exp = exp_digit.sum(axis=1)
+    exp_digit = digit & ~in_mant & ~is_e
+    sign_exp = sign & ~in_mant
+    ok = _one_run(solid) & (nr_e <= 1) & ~np.any(solid & ~(digit | dot | is_e | sign), axis=0)
+    ok &= ((dot & in_mant).sum(axis=0) <= 1) & ~np.any(dot & ~in_mant, axis=0)
+    ok &= ~np.any(sign & in_mant, axis=0) & ~np.any(sign_exp & (row != e_pos + 1), axis=0)
+    nr_mant = mant.sum(axis=0)
+    nr_exp = exp_digit.sum(axis=0)
     ok &= (nr_mant > 0) & (nr_mant <= 19) & ((nr_e == 0) | ((nr_exp > 0) & (nr_exp <= 4)))
-    k = np.minimum(_digits_from_right(mant), 19)
-    mantissa = np.where(mant, (matrix - 48).astype(np.uint64) * _POW10_U64[k],
-                        np.uint64(0)).sum(axis=1, dtype=np.uint64)
-    ok &= mantissa < _MAX_EXACT_MANTISSA
-    dot_pos = np.where(dot.any(axis=1), np.argmax(dot, axis=1), width)[:, None]
-    nr_frac = (mant & (col[None, :] > dot_pos)).sum(axis=1)
-    ke = np.minimum(_digits_from_right(exp_digit), 19)
-    exponent = np.where(exp_digit, (matrix - 48).astype(np.int64) * _POW10_U64[ke].astype(
-        np.int64), 0).sum(axis=1)
-    negative = np.any(sign_at & (matrix == _MINUS), axis=1)
+    mantissa = np.zeros(n, dtype=np.uint64)
+    exponent = np.zeros(n, dtype=np.int64)
+    nr_frac = np.zeros(n, dtype=np.int64)
+    after_dot = np.zeros(n, dtype=np.bool_)
+    ten = np.uint64(10)
+    for j in range(width):  # Horner, one matrix row (all fields) at a time
+        value = matrix[j].astype(np.uint64) - np.uint64(48)
+        mj = mant[j]
+        mantissa = np.where(mj, mantissa * ten + value, mantissa)
+        nr_frac += mj & after_dot
+        after_dot |= dot[j]
+        ej = exp_digit[j]
+        exponent = np.where(ej, exponent * 10 + value.astype(np.int64), exponent)
+    ok &= mantissa < np.uint64(_MAX_EXACT_MANTISSA)
+    negative = np.any(sign_exp & (matrix == _MINUS), axis=0)
     scale = nr_frac - np.where(negative, -exponent, exponent)  # value = mantissa / 10**scale
     ok &= np.abs(scale) <= 22
     power = _POW10_F64[np.minimum(np.abs(scale), 22)]
     m = mantissa.astype(np.float64)
-    values = np.where(scale >= 0, m / power, m * power)
-    return values, ok
+    return np.where(scale >= 0, m / power, m * power), ok
+
+
+_LOADTXT_DTYPES = {
+    4: np.dtype([("t_s", "f8"), ("pid", "i8"), ("addr", f"S{_ADDR_WIDTH + 8}"), ("count", "f8")]),
+    3: np.dtype([("t_s", "f8"), ("pid", "i8"), ("addr", f"S{_ADDR_WIDTH + 8}")]),
+}
+
+
+def _loadtxt_chunk(chunk: bytes, buf: U8Matrix) -> _Columns | None:
+    """The fast path for a chunk of well-formed records: numpy's C text reader, then the
+    vectorized hex decoder for the addresses. None when anything is unusual (a '#' after a
+    line's start, a field it cannot read, a value out of range): the chunk then takes the
+    byte-matrix path, which gives every line's exact value or error."""
+    hashes = np.flatnonzero(buf == _HASH)
+    if hashes.size and not bool(np.all((hashes == 0) | (buf[np.maximum(hashes - 1, 0)] == _NL))):
+        return None
+    rows = None
+    for dtype in _LOADTXT_DTYPES.values():  # 4 fields, else 3
+        try:
+            rows = np.loadtxt(io.BytesIO(chunk), delimiter=",", comments="#", dtype=dtype,
+                              ndmin=1)
+            break
+        except ValueError:
+            continue
+    if rows is None:
+        return None
+    if not rows.shape[0]:
+        return _Columns(np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64),
+                        np.zeros(0, np.float32))
+    width = rows.dtype["addr"].itemsize
+    text = np.ascontiguousarray(rows["addr"])
+    matrix = np.ascontiguousarray(text.view(np.uint8).reshape(-1, width).T)
+    used = np.flatnonzero(matrix.any(axis=1))
+    if used.size and used[-1] == width - 1:  # a field that may have been cut at the width
+        return None
+    matrix = matrix[: int(used[-1]) + 1 if used.size else 0]
+    addr, ok = _decode_uint(matrix, allow_hex=True)
+    t_s = rows["t_s"]
+    count = rows["count"] if "count" in (rows.dtype.names or ()) else np.ones(t_s.shape[0])
+    pid = rows["pid"]
+    ok &= np.isfinite(t_s) & (t_s >= 0) & np.isfinite(count) & (count >= 0)
+    ok &= (pid >= 0) & (pid <= PID_LIMIT)
+    if not bool(ok.all()):
+        return None
+    return _Columns(np.ascontiguousarray(t_s), pid.astype(np.int32),
+                    (addr >> np.uint64(TRACE_PAGE_SHIFT)).astype(np.int64),
+                    count.astype(np.float32))
+
+
+def _header_line(chunk: bytes) -> tuple[int | None, bool]:
+    """(index of a header line, whether a header is still possible after this chunk):
+    the first line that is neither blank nor a comment decides."""
+    pos = 0
+    index = 0
+    while pos < len(chunk):
+        end = chunk.find(b"\n", pos)
+        end = len(chunk) if end < 0 else end
+        try:
+            line = chunk[pos:end].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None, False
+        if line and not line.startswith("#"):
+            return (index if _is_header(line) else None), False
+        pos, index = end + 1, index + 1
+    return None, True
+
+
+def _drop_line(chunk: bytes, index: int) -> bytes:
+    """chunk without its index-th line, which stays as an empty line (numbering kept)."""
+    pos = 0
+    for _ in range(index):
+        pos = chunk.index(b"\n", pos) + 1
+    end = chunk.index(b"\n", pos)
+    return chunk[:pos] + chunk[end:]
 
 
 def _parse_chunk(chunk: bytes, first_lineno: int, where: str,
                  header_possible: bool) -> tuple[_Columns, int, bool]:
     """Parse whole lines (chunk ends with a newline): (rows, lines, header still possible)."""
+    if header_possible:
+        header, header_possible = _header_line(chunk)
+        if header is not None:
+            chunk = _drop_line(chunk, header)
     buf = np.frombuffer(chunk, dtype=np.uint8)
+    nr_lines = chunk.count(b"\n")
+    fast = _loadtxt_chunk(chunk, buf)
+    if fast is not None:
+        return fast, nr_lines, header_possible
+    return _parse_lines(chunk, buf, first_lineno, where), nr_lines, header_possible
+
+
+def _parse_lines(chunk: bytes, buf: U8Matrix, first_lineno: int, where: str) -> _Columns:
+    """The byte-matrix path: every line decoded or sent to the per-line parser."""
     ends = np.flatnonzero(buf == _NL).astype(np.int64)
     nr_lines = int(ends.shape[0])
     starts = np.empty_like(ends)
@@ -285,18 +363,6 @@ def _parse_chunk(chunk: bytes, first_lineno: int, where: str,
         except UnicodeDecodeError:
             raise ConfigError(f"{where}:{first_lineno + i}: not valid UTF-8 text") from None
 
-    skip = np.zeros(nr_lines, dtype=np.bool_)
-    if header_possible:
-        for i in np.flatnonzero(data | odd).tolist():
-            line = text_of(i)
-            if not line.strip() or line.strip().startswith("#"):
-                continue
-            header_possible = False
-            if _is_header(line):
-                skip[i] = True
-            break
-    data &= ~skip
-    odd &= ~skip
     commas = np.flatnonzero(buf == _COMMA).astype(np.int64)
     comma_line = np.searchsorted(ends, commas)
     nr_commas = np.bincount(comma_line, minlength=nr_lines)
@@ -335,7 +401,7 @@ def _parse_chunk(chunk: bytes, first_lineno: int, where: str,
                        count[good].astype(np.float32))
     if slow_rows:
         columns = _merge(columns, fast_ids[good], slow_lines, slow_rows)
-    return columns, nr_lines, header_possible
+    return columns
 
 
 def _merge(columns: _Columns, fast_lines: npt.NDArray[np.intp], slow_lines: list[int],
