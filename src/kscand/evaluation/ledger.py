@@ -151,9 +151,9 @@ class PromotionLedger:
 
     def observe(self, sample: Sample, weight_s: float) -> None:
         """Account the accesses the held promoted pages serve in the weight_s after sample."""
+        self.drain()
         if not weight_s or not self._held:
             return
-        self.drain()
         live: set[ProcessId] = set(sample.per_proc)
         live_vmas = {id(v) for p in self.machine.alive() if p.proc in live for v in p.vmas}
         for vma, held in self._held.items():
