@@ -31,12 +31,13 @@ import io
 import os
 import stat
 import tempfile
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +58,7 @@ ADDRESS_LIMIT = 1 << 64
 TRACE_CACHE_ENV = "KSCAND_TRACE_CACHE"  # a directory; "off" disables the cache
 CACHE_VERSION = 1
 GZIP_MAGIC = b"\x1f\x8b"
+_FIELDS = ("t_s", "pid", "page", "count")
 # How each load went (hits, misses, why a cache write failed): counted, never printed.
 TRACE_CACHE_STATS: Counter[str] = Counter()
 
@@ -96,12 +98,12 @@ class Trace:
 
 @dataclass
 class _Columns:
-    """Parsed rows of one chunk, in line order."""
+    """Parsed rows of one chunk, in line order (None once copied into the Trace)."""
 
-    t_s: F64Array
-    pid: npt.NDArray[np.int32]
-    page: npt.NDArray[np.int64]
-    count: npt.NDArray[np.float32]
+    t_s: Any
+    pid: Any
+    page: Any
+    count: Any
 
 
 # --- the per-line parser (odd lines, and every error) ------------------------------------
@@ -178,6 +180,8 @@ def _decode_uint(matrix: U8Matrix, allow_hex: bool) -> tuple[npt.NDArray[np.uint
     Not ok: anything but blanks around one run of digits, or more significant digits
     than surely fit 64 bits (the per-line parser decides those)."""
     width, n = matrix.shape
+    if not width or not n:
+        return np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.bool_)
     solid = (matrix != _SPACE) & (matrix != _TAB) & (matrix != 0)
     value = _HEX[matrix]
     hexa = np.zeros(n, dtype=np.bool_)
@@ -195,10 +199,12 @@ def _decode_uint(matrix: U8Matrix, allow_hex: bool) -> tuple[npt.NDArray[np.uint
     ok = _one_run(solid) & ~np.any(solid & ~digit & ~prefix, axis=0) & np.any(digit, axis=0)
     out = np.zeros(n, dtype=np.uint64)
     significant = np.zeros(n, dtype=np.int16)
+    started = np.zeros(n, dtype=np.bool_)  # a nonzero digit seen (leading zeros do not count)
     for j in range(width):  # Horner, one matrix row (all fields) at a time
         dj = digit[j]
         out = np.where(dj, out * base + value[j].astype(np.uint64), out)
-        significant += dj & (out > 0)
+        started |= dj & (value[j] > 0)
+        significant += dj & started
     ok &= significant <= np.where(hexa, 16, 19)
     return out, ok
 
@@ -211,6 +217,8 @@ def _decode_float(matrix: U8Matrix) -> tuple[F64Array, BoolArray]:
     correctly rounded); anything else (a sign, more digits, inf, nan) is left to the
     per-line parser."""
     width, n = matrix.shape
+    if not width or not n:
+        return np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.bool_)
     row = np.arange(width)[:, None]
     solid = (matrix != _SPACE) & (matrix != _TAB)
     digit = (matrix >= 48) & (matrix <= 57)
@@ -251,9 +259,13 @@ def _decode_float(matrix: U8Matrix) -> tuple[F64Array, BoolArray]:
     return np.where(scale >= 0, m / power, m * power), ok
 
 
+# An address field: "0x" and 16 hex digits or 20 decimal ones, and some blanks. A wider
+# one touches the last byte and sends its chunk to the byte-matrix path.
+_LOADTXT_ADDR_BYTES = 24
 _LOADTXT_DTYPES = {
-    4: np.dtype([("t_s", "f8"), ("pid", "i8"), ("addr", f"S{_ADDR_WIDTH + 8}"), ("count", "f8")]),
-    3: np.dtype([("t_s", "f8"), ("pid", "i8"), ("addr", f"S{_ADDR_WIDTH + 8}")]),
+    4: np.dtype([("t_s", "f8"), ("pid", "i8"), ("addr", f"S{_LOADTXT_ADDR_BYTES}"),
+                 ("count", "f8")]),
+    3: np.dtype([("t_s", "f8"), ("pid", "i8"), ("addr", f"S{_LOADTXT_ADDR_BYTES}")]),
 }
 
 
@@ -268,8 +280,10 @@ def _loadtxt_chunk(chunk: bytes, buf: U8Matrix) -> _Columns | None:
     rows = None
     for dtype in _LOADTXT_DTYPES.values():  # 4 fields, else 3
         try:
-            rows = np.loadtxt(io.BytesIO(chunk), delimiter=",", comments="#", dtype=dtype,
-                              ndmin=1)
+            with warnings.catch_warnings():  # a chunk of comments only: "no data"
+                warnings.simplefilter("ignore", UserWarning)
+                rows = np.loadtxt(io.BytesIO(chunk), delimiter=",", comments="#",
+                                  dtype=dtype, ndmin=1)
             break
         except ValueError:
             continue
@@ -278,9 +292,10 @@ def _loadtxt_chunk(chunk: bytes, buf: U8Matrix) -> _Columns | None:
     if not rows.shape[0]:
         return _Columns(np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64),
                         np.zeros(0, np.float32))
-    width = rows.dtype["addr"].itemsize
-    text = np.ascontiguousarray(rows["addr"])
-    matrix = np.ascontiguousarray(text.view(np.uint8).reshape(-1, width).T)
+    width = _LOADTXT_ADDR_BYTES
+    offset = rows.dtype.fields["addr"][1]  # type: ignore[index]
+    raw = rows.view(np.uint8).reshape(rows.shape[0], rows.dtype.itemsize)
+    matrix = np.ascontiguousarray(raw[:, offset:offset + width].T)
     used = np.flatnonzero(matrix.any(axis=1))
     if used.size and used[-1] == width - 1:  # a field that may have been cut at the width
         return None
@@ -511,9 +526,13 @@ def parse_trace_file(raw: BinaryIO, path: str, size_bytes: int) -> Trace:
         parts.append(columns)
     if not parts or not sum(p.t_s.shape[0] for p in parts):
         raise ConfigError(f"{path}: no records")
-    trace = Trace(*(np.concatenate([getattr(p, name) for p in parts])
-                    for name in ("t_s", "pid", "page", "count")))
+    fields = []
+    for name in _FIELDS:  # one field at a time, each part's piece freed once copied
+        fields.append(np.concatenate([getattr(p, name) for p in parts]))
+        for p in parts:
+            setattr(p, name, None)
     del parts
+    trace = Trace(*fields)
     if trace.nr_rows > 1 and not bool(np.all(trace.t_s[1:] >= trace.t_s[:-1])):
         order = np.argsort(trace.t_s, kind="stable")
         trace = Trace(trace.t_s[order], trace.pid[order], trace.page[order], trace.count[order])
@@ -528,7 +547,6 @@ def parse_trace(text: str, where: str) -> Trace:
 
 # --- the cache -------------------------------------------------------------------------------
 
-_FIELDS = ("t_s", "pid", "page", "count")
 _LOADED: dict[tuple[str, int, int, int], Trace] = {}  # (path, size, mtime_ns, inode)
 
 
