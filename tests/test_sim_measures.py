@@ -184,3 +184,19 @@ def test_compare_reports_both_bounds_and_every_measure(tmp_path: Path) -> None:
         assert key in data
     assert {"ping_pong_pages", "ping_pong_moves", "moved_pages", "demoted_pages"} <= set(
         data["ledger"])
+
+
+def test_static_best_splits_ties_at_the_cut() -> None:
+    # 1024 equally hot pages, 512 top-tier pages: any half is best, half the accesses.
+    sc = scenario([{"name": "flat", "placement": "slow",
+                    "workload": {"kind": "uniform", "rate_per_s": 1024.0},
+                    "vmas": [{"kind": "anon", "size": "4MiB"}]}],
+                  nodes=[{"nid": 0, "capacity": "2MiB", "cpus": True, "tier": 4},
+                         {"nid": 1, "capacity": "8MiB", "tier": 67}], duration_s=2.0)
+    machine, _, report = run_scripted(sc, [])
+    best = report.static_best
+    assert best is not None and not report.time_varying
+    assert best.cut.tie_fraction == 0.5
+    assert best.top_rate_per_s == [512.0] * len(report.samples)
+    minimum = best.minimum_traffic(machine)
+    assert (minimum.promote_pages, minimum.demote_pages) == (512, 0)

@@ -275,6 +275,12 @@ class StaticBest:
             return np.zeros(vma.nr_pages, dtype=np.float64)
         return self.cut.weights(total)
 
+    def masks(self, vma: SimVma) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """(pages wholly in the static top set, pages at its cut, each in by tie_fraction):
+        two bool (n,) masks, no float array per page."""
+        total = self._totals[vma]
+        return total > self.cut.threshold, total == self.cut.threshold
+
     def minimum_traffic(self, machine: SimMachine) -> MinTraffic:
         """MinTraffic from the placement every page had when its process started
         (the machine's move history says where moved pages were first)."""
@@ -288,7 +294,10 @@ class StaticBest:
                 on_top = top[nid.astype(np.intp) + 1] & (nid >= 0)
                 initially_top += int(np.count_nonzero(on_top))
                 if vma in self._totals:
-                    promote += float(self.selection(vma)[~on_top].sum())
+                    above, ties = self.masks(vma)
+                    promote += float(np.count_nonzero(above & ~on_top))
+                    if self.cut.tie_fraction:
+                        promote += self.cut.tie_fraction * np.count_nonzero(ties & ~on_top)
         top_capacity = int(sum(machine.capacity_pages[n] for n in machine.top_nids))
         promote_pages = round(promote)
         return MinTraffic(promote_pages, max(0, initially_top + promote_pages - top_capacity))
@@ -353,13 +362,18 @@ class HindsightTracker:
         nr_accessed = sum(int(np.count_nonzero(t > 0)) for t in totals.values())
         cut = (TopKCut(0.0, 0.0) if capacity >= nr_accessed
                else top_k_cut(list(totals.values()), capacity))
+        best = StaticBest(cut, totals, [], capacity, list(self._procs.values()))
         top_rate = np.array(self.fixed_top_rate_per_s, dtype=np.float64)
         for vma, epochs in self._epochs.items():
-            chosen = cut.weights(totals[vma])
+            above, ties = best.masks(vma)
             for use in epochs.values():
-                rates = vma.workload.rates(use.t_s).astype(np.float64)
-                top_rate[use.samples] += float(rates @ chosen)
-        return StaticBest(cut, totals, top_rate.tolist(), capacity, list(self._procs.values()))
+                rates = vma.workload.rates(use.t_s)
+                served = float(rates[above].sum(dtype=np.float64))
+                if cut.tie_fraction:
+                    served += cut.tie_fraction * float(rates[ties].sum(dtype=np.float64))
+                top_rate[use.samples] += served
+        best.top_rate_per_s = top_rate.tolist()
+        return best
 
     @staticmethod
     def _accesses(vma: SimVma, epochs: dict[int, _EpochUse]) -> F32Array:
