@@ -49,9 +49,9 @@ READ_CHUNK_BYTES = 4 << 20
 TRACE_MAX_FILE_BYTES = 4 << 30
 TRACE_MAX_TEXT_BYTES = 16 << 30  # after decompression
 TRACE_MAX_LINE_BYTES = 4096
-# Bytes per parsed row at the peak of a load: t_s f8 + pid i4 + page i8 + count f4,
-# their per-chunk pieces before concatenation, and a sort permutation.
-TRACE_ROW_BYTES = 24 + 24 + 8
+# Bytes per parsed row: t_s f8 + pid i4 + page i8 + count f4 (a plain file's rows go
+# straight into arrays sized by its line count; a gzip one's chunks are concatenated).
+TRACE_ROW_BYTES = 24
 TRACE_MEMORY_LIMIT_BYTES = 2 << 30
 PID_LIMIT = (1 << 31) - 1
 ADDRESS_LIMIT = 1 << 64
@@ -466,10 +466,8 @@ def _digest(raw: BinaryIO) -> str:
 
 def _text_blocks(raw: BinaryIO, path: str) -> Iterator[bytes]:
     """The file's text in blocks, decompressed when it is gzip; bounded in total."""
-    magic = raw.read(2)
-    raw.seek(0)
     stream: BinaryIO = raw
-    if magic == GZIP_MAGIC or path.endswith(".gz"):
+    if _is_gzip(raw, path):
         stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
     total = 0
     try:
@@ -491,14 +489,70 @@ def _check_memory(nr_rows: int, path: str, what: str) -> None:
             f"{TRACE_MEMORY_LIMIT_BYTES >> 20} MiB")
 
 
+def _is_gzip(raw: BinaryIO, path: str) -> bool:
+    magic = raw.read(2)
+    raw.seek(0)
+    return magic == GZIP_MAGIC or path.endswith(".gz")
+
+
+def _count_lines(raw: BinaryIO) -> int:
+    """Newlines in a plain file, plus one (an upper bound on its records)."""
+    nr_lines = 1
+    while block := raw.read(READ_CHUNK_BYTES):
+        nr_lines += block.count(b"\n")
+    raw.seek(0)
+    return nr_lines
+
+
+class _Rows:
+    """The parsed rows: straight into arrays sized up front (a plain file: its line count
+    bounds the records), or chunk by chunk and concatenated at the end (gzip)."""
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.nr_rows = 0
+        self.parts: list[_Columns] = []
+        self.out = None if capacity is None else _Columns(
+            np.empty(capacity, np.float64), np.empty(capacity, np.int32),
+            np.empty(capacity, np.int64), np.empty(capacity, np.float32))
+
+    def add(self, columns: _Columns) -> None:
+        n = int(columns.t_s.shape[0])
+        if self.out is None:
+            self.parts.append(columns)
+        else:
+            for name in _FIELDS:
+                getattr(self.out, name)[self.nr_rows:self.nr_rows + n] = getattr(columns, name)
+        self.nr_rows += n
+
+    def trace(self) -> Trace:
+        if self.out is not None:
+            n = self.nr_rows
+            return Trace(*(getattr(self.out, name)[:n] for name in _FIELDS))
+        fields = []
+        for name in _FIELDS:  # one field at a time, each part's piece freed once copied
+            fields.append(np.concatenate([getattr(p, name) for p in self.parts]))
+            for p in self.parts:
+                setattr(p, name, None)
+        self.parts = []
+        return Trace(*fields)
+
+
 def parse_trace_file(raw: BinaryIO, path: str, size_bytes: int) -> Trace:
-    """Parse an open trace file (plain or gzip) into a Trace; ConfigError on bad input."""
-    parts: list[_Columns] = []
+    """Parse an open trace file (plain or gzip) into a Trace; ConfigError on bad input.
+
+    Memory is checked before parsing for a plain file (TRACE_ROW_BYTES per line), and
+    as the rows come for a gzip one (twice that: its chunks are concatenated)."""
+    del size_bytes  # the line count is the estimate
+    compressed = _is_gzip(raw, path)
+    capacity = None
+    if not compressed:
+        capacity = _count_lines(raw)
+        _check_memory(capacity, path, "up to")
+    rows = _Rows(capacity)
     carry = b""
     lineno = 1
-    nr_rows = 0
     header_possible = True
-    estimated = False
     for block in _text_blocks(raw, path):
         data = carry + block
         cut = data.rfind(b"\n")
@@ -514,28 +568,19 @@ def parse_trace_file(raw: BinaryIO, path: str, size_bytes: int) -> Trace:
         columns, nr_lines, header_possible = _parse_chunk(data[:cut + 1], lineno, path,
                                                           header_possible)
         lineno += nr_lines
-        nr_rows += int(columns.t_s.shape[0])
-        if not estimated and not path.endswith(".gz") and nr_rows:
-            # Up front: the whole file at this chunk's bytes per row.
-            estimated = True
-            _check_memory(int(size_bytes * nr_rows / (cut + 1)), path, "about")
-        _check_memory(nr_rows, path, "at least")
-        parts.append(columns)
+        if compressed:
+            _check_memory(2 * (rows.nr_rows + int(columns.t_s.shape[0])), path, "at least")
+        rows.add(columns)
     if carry:
         columns, _, _ = _parse_chunk(carry + b"\n", lineno, path, header_possible)
-        parts.append(columns)
-    if not parts or not sum(p.t_s.shape[0] for p in parts):
+        rows.add(columns)
+    if not rows.nr_rows:
         raise ConfigError(f"{path}: no records")
-    fields = []
-    for name in _FIELDS:  # one field at a time, each part's piece freed once copied
-        fields.append(np.concatenate([getattr(p, name) for p in parts]))
-        for p in parts:
-            setattr(p, name, None)
-    del parts
-    trace = Trace(*fields)
+    trace = rows.trace()
+    del rows
     if trace.nr_rows > 1 and not bool(np.all(trace.t_s[1:] >= trace.t_s[:-1])):
         order = np.argsort(trace.t_s, kind="stable")
-        trace = Trace(trace.t_s[order], trace.pid[order], trace.page[order], trace.count[order])
+        trace = Trace(*(getattr(trace, name)[order] for name in _FIELDS))
     return trace
 
 
