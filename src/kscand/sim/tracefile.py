@@ -29,6 +29,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tempfile
 import warnings
@@ -622,15 +623,18 @@ def _read_cache(entry: Path) -> Trace | None:
 
 
 def _write_cache(entry: Path, trace: Trace) -> None:
+    tmp: Path | None = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
         for name in _FIELDS:
             np.save(tmp / f"{name}.npy", getattr(trace, name), allow_pickle=False)
-        os.replace(tmp, entry)
+        os.replace(tmp, entry)  # atomic: a reader sees a whole entry or none
         TRACE_CACHE_STATS["cache_written"] += 1
-    except OSError:
+    except OSError:  # read-only or full cache, or another process wrote it first
         TRACE_CACHE_STATS["cache_write_failed"] += 1
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_trace(path: str) -> Trace:
