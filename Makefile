@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-pagemap clean testbed vm-compare evaluation fuzz
+.PHONY: demo test lint bench bench-pagemap bench-trace clean testbed vm-compare evaluation fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_sim.py
+
+# Trace loading: kscand's loader against a plain csv reader on a 6.4 M row trace
+# (ROWS=... for another size).
+bench-trace: $(STAMP)
+	$(PY) bench/bench_trace.py --rows $(or $(ROWS),6400000)
 
 # The live page reader against a minimal C program on this host (root; 8 GiB buffer,
 # SIZE_GIB=2 for less).

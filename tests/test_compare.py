@@ -106,8 +106,14 @@ def test_compare_runs_every_policy_on_the_same_machine(small: Path) -> None:
     result = compare(sc, plan_runs(["none", "kscand", "numab", "oracle"], []), [], jobs=1,
                      progress=lambda i, f: seen.__setitem__(i, f))
     labels = [r.label for r in result.runs]
-    assert labels == ["none", "kscand", "numab", "oracle"]
-    none, kscand, numab, oracle = result.runs
+    # Both bounds always close the table: the realizable one, then the oracle (static
+    # rates here, so not clairvoyant, and the two agree).
+    assert labels == ["none", "kscand", "numab", "static best (hindsight)", "oracle"]
+    none, kscand, numab, best, oracle = result.runs
+    assert best.aw_top_share == pytest.approx(oracle.aw_top_share)
+    assert kscand.of_static_best == pytest.approx(kscand.aw_top_share / best.aw_top_share)
+    assert none.min_traffic is not None and none.min_traffic["promote_pages"] > 0
+    assert kscand.accesses_per_promotion is not None and kscand.accesses_per_promotion > 0
     assert seen == {0: 1.0, 1: 1.0, 2: 1.0}
     # Same scenario and seed: the same oracle for every policy, which none reaches.
     assert none.final_oracle_share == kscand.final_oracle_share == oracle.final_top_share
@@ -143,10 +149,13 @@ def test_cli_prints_a_table_and_writes_the_report(
     assert "kscand scan_sleep_ms=100" in text and "oracle" in text
     report = json.loads((out / "report.json").read_text())
     assert [r["label"] for r in report["runs"]] == [
-        "none", "kscand scan_sleep_ms=20", "kscand scan_sleep_ms=100", "oracle"]
+        "none", "kscand scan_sleep_ms=20", "kscand scan_sleep_ms=100", "static best (hindsight)",
+        "oracle"]
+    assert "static best (hindsight)" in text and "% of static" in text
     assert report["duration_s"] == 2 and report["cost_model_ns"]["hint_fault_ns"] > 0
     assert json.loads(raw.read_text())["seed"] == 5
     html = (out / "report.html").read_text()
+    assert "<caption>What the columns hold</caption>" in html and "traffic / min" in html
     for png in ("share.png", "traffic.png", "cpu.png", "sweep.png"):
         assert (out / png).stat().st_size > 1000 and png in html
 
@@ -156,6 +165,9 @@ def test_cli_report_without_plots(small: Path, tmp_path: Path) -> None:
     assert main(["compare", str(small), "--policies", "none", "--quiet", "--report", str(out),
                  "--no-plots", "--duration", "1"]) == 0
     assert (out / "report.html").exists() and not list(out.glob("*.png"))
+    # The oracle bounds the table's "% of oracle" column: its row is there unasked.
+    runs = json.loads((out / "report.json").read_text())["runs"]
+    assert [r["label"] for r in runs] == ["none", "static best (hindsight)", "oracle"]
 
 
 def test_missing_matplotlib_is_one_line(

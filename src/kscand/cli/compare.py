@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kscand.evaluation.policies import DEFAULT_POLICIES, parse_sweep, plan_runs
 from kscand.evaluation.report import COLUMNS, row_of, write_report
 from kscand.sim.scenario import load_scenario
 
-TABLE_WIDTH = 200  # columns of the table when stdout is not a terminal
+TABLE_WIDTH = 240  # columns of the table when stdout is not a terminal
 
 
 def add_parser(sub: Any) -> None:
@@ -113,17 +114,27 @@ def _require_matplotlib() -> None:
 
 
 def comparison_table(comparison: Comparison) -> Table:
+    ended = next((r.trace_end_s for r in comparison.runs), None)
+    until = (f" (its traces end at {ended:g} s)"
+             if ended is not None and ended <= comparison.duration_s else "")
     table = Table(title=f"{text(comparison.scenario)}: seed {comparison.seed}, "
-                  f"{comparison.duration_s:g} s virtual, {comparison.wall_s:.1f} s wall")
-    for col in COLUMNS:
-        if col == "run":
-            table.add_column(col)
-        else:
-            table.add_column(col, justify="right")
-    for run in comparison.runs:
-        table.add_row(*(text(cell) for cell in row_of(run, comparison.duration_s)))
-    table.caption = ("cold: promoted pages outside the workload's hot set at promotion / at "
-                     "the end; CPU: cost model in kscand.evaluation.costs")
+                  f"{comparison.duration_s:g} s virtual{until}, {comparison.wall_s:.1f} s wall")
+    rows = [row_of(run, comparison.duration_s) for run in comparison.runs]
+    for i, col in enumerate(COLUMNS):
+        # Cells never wrap (a number split over two lines misreads); headers may.
+        widest = max((len(row[i]) for row in rows), default=0)
+        header = col if col == "run" else textwrap.fill(col, width=max(widest, 8))
+        table.add_column(header, justify="left" if col == "run" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(text(cell) for cell in row))
+    table.caption = (
+        "acc-wt: each sample interval weighted by the accesses it served. % of static best / "
+        "% of oracle: the acc-wt share against the best static placement in hindsight / the "
+        "per-sample oracle. traffic / min: pages moved against the fewest the static best "
+        "needs. ping-pong: pages moved >2 times in 60 s (their share of all moves). acc / "
+        "promo: top-tier accesses per promoted page. cold: promoted pages outside the hot set "
+        "at promotion / at the end. CPU: cost model in kscand.evaluation.costs. Every column: "
+        "report.html, docs/evaluation.md.")
     return table
 
 

@@ -1,10 +1,13 @@
-"""What every promotion was worth: the ledger of pages moved to the top tier.
+"""What every promotion was worth: the ledger of pages moved between the tiers.
 
-It reads the simulated machine's move log (SimMachine.record_moves), which
-every policy's moves go through, so kscand, NUMA balancing and DAMON are
-accounted by the same code. Definitions (base pages; a THP counts 512):
+It reads the simulated machine's move history (SimMachine.move_history, kept
+while record_moves is set), which every policy's moves go through, so kscand,
+NUMA balancing and DAMON are accounted by the same code. Definitions (base
+pages; a THP counts 512):
 
 - promoted: pages moved from a slow-tier node to a top-tier node.
+- demoted: pages moved from a top-tier node to a slow-tier node.
+- moved: every page move, whatever the nodes (a page moved twice counts twice).
 - cold at promotion: promoted pages that were not in their workload's hot set
   (Workload.hot) at the moment they were moved: the policy promoted a page the
   workload does not call hot.
@@ -18,20 +21,30 @@ accounted by the same code. Definitions (base pages; a THP counts 512):
   tier (metrics.py's oracle: the hottest movable pages that fit). A page outside
   the hot set can still be worth its top-tier page (a Zipf tail when the top tier
   is larger than the hot set); a page outside the oracle's set is not.
+- top accesses of promoted pages: the accesses served by promoted pages from the
+  moment of their promotion while they stay on the top tier (until demoted or
+  their process exits), summed over the samples (observe()): what the promotions
+  bought. Divided by the pages promoted: the benefit per migration.
+- ping-pong: pages moved more than twice within PING_PONG_WINDOW_S of virtual
+  time (three moves, the first and the third at most that far apart); their
+  moves: every move of those pages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from kscand.machine import HPAGE_PMD_NR, PAGE_SHIFT, ProcessId, U64Array
-from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimVma
-from kscand.sim.metrics import movable_rates
+from kscand.machine import ProcessId
+from kscand.sim.machine import MOVABLE_KINDS, MoveChunk, SimMachine, SimVma
+from kscand.sim.metrics import Sample, movable_rates
 
 IdxArray = npt.NDArray[np.intp]
+
+PING_PONG_WINDOW_S = 60.0
+PING_PONG_MOVES = 3  # "more than twice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,70 +52,117 @@ class LedgerSummary:
     """The promotion ledger at the end of a run."""
 
     promoted_pages: int
-    demoted_pages: int  # moves to a slow-tier node (kscand's optional demotion)
+    demoted_pages: int  # moves from a top-tier to a slow-tier node
     move_calls: int  # move_pages calls that moved at least one page
     cold_at_promotion_pages: int
     cold_at_end_pages: int
     promoted_live_at_end_pages: int  # promoted pages still on the top tier in a live process
     outside_oracle_at_promotion_pages: int
     outside_oracle_at_end_pages: int
+    moved_pages: int = 0  # every page move, between any two nodes
+    ping_pong_pages: int = 0
+    ping_pong_moves: int = 0  # moves of the ping-pong pages
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+@dataclass(slots=True)
+class _Held:
+    """Promoted pages of one VMA still on the top tier since their promotion."""
+
+    mask: npt.NDArray[np.bool_]
+    rate_per_s: float = 0.0  # their summed access rate in epoch
+    epoch: int = field(default=0)
+
+
 class PromotionLedger:
-    """Drains a SimMachine's move log after each policy step and accounts each move."""
+    """Reads a SimMachine's move history after each policy step and accounts each move."""
 
     def __init__(self, machine: SimMachine) -> None:
         self.machine = machine
         machine.record_moves = True
+        self._cursor = len(machine.move_history)
         self._promoted: dict[SimVma, npt.NDArray[np.bool_]] = {}
+        self._held: dict[SimVma, _Held] = {}
         self.promoted_pages = 0
         self.demoted_pages = 0
-        self.move_calls = 0
         self.cold_at_promotion_pages = 0
         self.outside_oracle_at_promotion_pages = 0
+        self.top_accesses = 0.0  # accesses served by promoted pages while on the top tier
         self.oracle = OracleCut(machine)
 
-    def drain(self) -> None:
-        """Account the moves logged since the last drain (at the machine's current time)."""
-        log = self.machine.move_log
-        if not log:
-            return
-        now_s = self.machine.clock.now_s
-        for proc, vaddrs in log:
-            if vaddrs.size:
-                self.move_calls += 1
-                self._account(proc, vaddrs, now_s)
-        log.clear()
+    @property
+    def move_calls(self) -> int:
+        return self.machine.move_history.nr_calls
 
-    def _account(self, proc: ProcessId, vaddrs: U64Array, now_s: float) -> None:
-        sim_proc = self.machine.procs.get(proc.pid)
-        if sim_proc is None or sim_proc.proc != proc:
+    def drain(self) -> None:
+        """Account the moves recorded since the last drain."""
+        history = self.machine.move_history
+        if self._cursor == len(history):
             return
-        vma_idx = sim_proc.vma_of(vaddrs)
-        for v in np.unique(vma_idx[vma_idx >= 0]).tolist():
-            vma = sim_proc.vmas[v]
-            pages = _folio_pages(vma, vaddrs[vma_idx == v])
-            on_top = self.machine.toptier[vma.nid[pages].astype(np.intp) + 1]
-            self.demoted_pages += int(np.count_nonzero(~on_top))
-            pages = pages[on_top]
-            if not pages.size:
-                continue
-            mask = self._promoted.get(vma)
-            if mask is None:
-                mask = self._promoted[vma] = np.zeros(vma.nr_pages, dtype=np.bool_)
-            mask[pages] = True
-            self.promoted_pages += int(pages.size)
-            hot = vma.workload.hot_of(pages, now_s)
-            self.cold_at_promotion_pages += int(np.count_nonzero(~hot))
-            rates = vma.workload.rates_of(pages, now_s)
-            self.outside_oracle_at_promotion_pages += int(np.count_nonzero(
-                rates < self.oracle.threshold(now_s)))
+        chunks = history.chunks(self._cursor)
+        self._cursor = len(history)
+        for chunk in chunks:
+            self._account(chunk)
+
+    def _account(self, chunk: MoveChunk) -> None:
+        top = self.machine.toptier
+        was_top = top[chunk.old_nids.astype(np.intp) + 1]
+        vma, t_s = chunk.vma, chunk.t_s
+        if not top[chunk.new_nid + 1]:
+            demoted = chunk.pages[was_top]
+            self.demoted_pages += int(demoted.shape[0])
+            held = self._held.get(vma)
+            if held is not None and demoted.size:
+                self._refresh(vma, held, t_s)
+                leaving = demoted[held.mask[demoted]]
+                held.mask[leaving] = False
+                held.rate_per_s -= float(vma.workload.rates_of(leaving, t_s).sum(dtype=np.float64))
+            return
+        pages = chunk.pages[~was_top]
+        if not pages.size:
+            return
+        mask = self._promoted.get(vma)
+        if mask is None:
+            mask = self._promoted[vma] = np.zeros(vma.nr_pages, dtype=np.bool_)
+        mask[pages] = True
+        self.promoted_pages += int(pages.shape[0])
+        hot = vma.workload.hot_of(pages, t_s)
+        self.cold_at_promotion_pages += int(np.count_nonzero(~hot))
+        rates = vma.workload.rates_of(pages, t_s)
+        self.outside_oracle_at_promotion_pages += int(np.count_nonzero(
+            rates < self.oracle.threshold(t_s)))
+        held = self._held.get(vma)
+        if held is None:
+            held = self._held[vma] = _Held(np.zeros(vma.nr_pages, dtype=np.bool_),
+                                           epoch=vma.workload.epoch(t_s))
+        self._refresh(vma, held, t_s)
+        held.mask[pages] = True
+        held.rate_per_s += float(rates.sum(dtype=np.float64))
+
+    @staticmethod
+    def _refresh(vma: SimVma, held: _Held, t_s: float) -> None:
+        """Recount the held pages' rate when the workload's rates changed epoch."""
+        epoch = vma.workload.epoch(t_s)
+        if epoch != held.epoch:
+            held.epoch = epoch
+            held.rate_per_s = float(vma.workload.rates(t_s)[held.mask].sum(dtype=np.float64))
+
+    def observe(self, sample: Sample, weight_s: float) -> None:
+        """Account the accesses the held promoted pages serve in the weight_s after sample."""
+        self.drain()
+        if not weight_s or not self._held:
+            return
+        live: set[ProcessId] = set(sample.per_proc)
+        live_vmas = {id(v) for p in self.machine.alive() if p.proc in live for v in p.vmas}
+        for vma, held in self._held.items():
+            if id(vma) in live_vmas:
+                self._refresh(vma, held, sample.t_s)
+                self.top_accesses += held.rate_per_s * weight_s
 
     def summary(self) -> LedgerSummary:
-        """The totals, with the end-of-run coldness measured now."""
+        """The totals, with the end-of-run coldness and the ping-pong measured now."""
         self.drain()
         now_s = self.machine.clock.now_s
         live = {id(v) for p in self.machine.alive() for v in p.vmas}
@@ -116,6 +176,8 @@ class PromotionLedger:
             cold_at_end += int(np.count_nonzero(~vma.workload.hot_of(pages, now_s)))
             outside_at_end += int(np.count_nonzero(
                 vma.workload.rates_of(pages, now_s) < threshold))
+        page_ids, times_s = self.machine.move_history.page_ids_and_times()
+        pp_pages, pp_moves = ping_pong(page_ids, times_s)
         return LedgerSummary(
             promoted_pages=self.promoted_pages,
             demoted_pages=self.demoted_pages,
@@ -125,7 +187,28 @@ class PromotionLedger:
             promoted_live_at_end_pages=live_at_end,
             outside_oracle_at_promotion_pages=self.outside_oracle_at_promotion_pages,
             outside_oracle_at_end_pages=outside_at_end,
+            moved_pages=int(page_ids.shape[0]),
+            ping_pong_pages=pp_pages,
+            ping_pong_moves=pp_moves,
         )
+
+
+def ping_pong(page_ids: npt.NDArray[np.int64], times_s: npt.NDArray[np.float64],
+              window_s: float = PING_PONG_WINDOW_S,
+              nr_moves: int = PING_PONG_MOVES) -> tuple[int, int]:
+    """(pages moved at least nr_moves times within window_s, all the moves of those pages)
+    from one (page id, time) pair per move. int64 (n,), float64 (n,)."""
+    n = page_ids.shape[0]
+    if n < nr_moves:
+        return 0, 0
+    order = np.lexsort((times_s, page_ids))
+    ids, t_s = page_ids[order], times_s[order]
+    span = nr_moves - 1
+    burst = (ids[span:] == ids[:-span]) & (t_s[span:] - t_s[:-span] <= window_s)
+    pages = np.unique(ids[span:][burst])
+    if not pages.size:
+        return 0, 0
+    return int(pages.shape[0]), int(np.count_nonzero(np.isin(ids, pages, assume_unique=False)))
 
 
 class OracleCut:
@@ -174,12 +257,3 @@ def kth_largest(values: npt.NDArray[np.float32], k: int) -> float:
     uniq, counts = np.unique(values, return_counts=True)
     from_top = np.cumsum(counts[::-1])
     return float(uniq[::-1][int(np.searchsorted(from_top, k))])
-
-
-def _folio_pages(vma: SimVma, vaddrs: U64Array) -> IdxArray:
-    """Page indices in vma of every base page the moved addresses stand for (THP: 512)."""
-    idx = ((vaddrs - np.uint64(vma.start)) >> np.uint64(PAGE_SHIFT)).astype(np.intp)
-    if not vma.thp:
-        return np.unique(idx)
-    heads = np.unique(idx - idx % HPAGE_PMD_NR)
-    return (heads[:, None] + np.arange(HPAGE_PMD_NR)).ravel()

@@ -16,13 +16,40 @@ from kscand.evaluation.compare import Comparison, RunResult
 from kscand.machine import PAGE_SIZE
 from kscand.units import format_bytes
 
-# top tier / of oracle: at the end; mean of oracle: time-averaged share / oracle's;
-# cold: promoted pages outside the hot set at promotion / at the end; outside oracle: promoted
-# pages on the top tier at the end that the oracle would not put there; CPU %: of one core.
+# The columns; COLUMN_DEFINITIONS says what each holds (the CLI's caption, report.html's
+# and evaluation.md's definitions come from it).
 COLUMNS = (
-    "run", "top tier", "of oracle", "mean of oracle", "t50", "t90", "promoted",
-    "cold at promo", "cold at end", "outside oracle", "CPU app", "CPU daemon", "CPU %",
-    "latency",
+    "run", "top tier (end)", "top tier (acc-wt)", "% of static best", "% of oracle", "t90",
+    "latency (acc-wt)", "latency (time-avg)", "promoted", "demoted", "traffic / min",
+    "ping-pong", "acc / promo", "cold at promo", "cold at end", "outside oracle", "CPU %",
+)
+COLUMN_DEFINITIONS = (
+    ("top tier (end)", "share of accesses served by top-tier nodes at the last sample"),
+    ("top tier (acc-wt)", "that share averaged over the run with each sample interval weighted "
+     "by the accesses it served (acc-wt)"),
+    ("% of static best", "acc-wt share / the static best's: the best static placement in "
+     "hindsight (the movable pages with the most accesses over the run that fit the top tier, "
+     "placed at t=0, never moved): a bound a policy can reach"),
+    ("% of oracle", "acc-wt share / the oracle's (the hottest movable pages at every sample; "
+     "clairvoyant when rates change: it knows the next window)"),
+    ("t90", "first sample at 90 % of the oracle's share"),
+    ("latency (acc-wt)", "mean access latency, access-weighted (bound rows: their top-tier share "
+     "at the top tier's node latency, the rest at the slow tier's)"),
+    ("latency (time-avg)", "the same averaged over samples by time"),
+    ("promoted, demoted", "memory moved slow->top / top->slow (measured by the simulated "
+     "machine for every policy; static best row: the minimum, see traffic / min)"),
+    ("traffic / min", "(promoted + demoted) / the minimum the static best needs: its top-set "
+     "pages not initially on the top tier, plus the demotions that make room for them"),
+    ("ping-pong", "memory moved more than twice within 60 s, and (in brackets) its moves' share "
+     "of all moves"),
+    ("acc / promo", "accesses promoted pages served from the top tier (after promotion, while "
+     "there) per promoted page"),
+    ("cold at promo", "share of the promoted pages outside their workload's hot set when moved"),
+    ("cold at end", "share of the promoted pages on the top tier at the end outside the hot set "
+     "then"),
+    ("outside oracle", "share of the promoted pages on the top tier at the end colder than the "
+     "oracle's coldest"),
+    ("CPU %", "cost-model CPU time as a share of one core, and who pays (app or daemon)"),
 )
 PLOTS = {
     "share.png": "Share of accesses served by the top tier",
@@ -44,35 +71,62 @@ def _ms(ns: float) -> str:
     return f"{ns / 1e6:,.0f} ms" if ns >= 1e6 else f"{ns / 1e3:,.0f} us"
 
 
+def _count(pages: int) -> str:
+    return format_bytes(pages * PAGE_SIZE)
+
+
+def _ratio_x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _accesses(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value:,.0f}"
+
+
 def row_of(run: RunResult, duration_s: float) -> list[str]:
     """One table row (strings) per run, in COLUMNS order."""
+    head = [run.label, _pct(run.final_top_share), _pct(run.aw_top_share),
+            _pct(run.of_static_best), _pct(run.aw_of_oracle)]
+    latency = [f"{run.aw_latency_ns:.0f} ns", f"{run.mean_latency_ns:.0f} ns"]
     if run.ledger is None or run.cpu is None:
         dash = "-"
-        return [run.label, _pct(run.final_top_share), "100.0%", "100.0%", _secs(run.t50_s),
-                _secs(run.t90_s), dash, dash, dash, dash, dash, dash, dash,
-                f"{run.mean_latency_ns:.0f} ns"]
+        minimum = run.min_traffic
+        if minimum is None:
+            traffic = [dash, dash, dash]
+        else:
+            traffic = [_count(minimum["promote_pages"]), _count(minimum["demote_pages"]), "1.00x"]
+        return [*head, _secs(run.t90_s), *latency, *traffic, dash, dash, dash, dash, dash, dash]
     ledger, cpu = run.ledger, run.cpu
     promoted = ledger["promoted_pages"]
 
-    def share(pages: int) -> str:
-        return f"{format_bytes(pages * PAGE_SIZE)} ({_pct(pages / promoted) if promoted else '-'})"
+    def of_promoted(pages: int) -> str:
+        return _pct(pages / promoted) if promoted else "-"
 
+    moved = ledger.get("moved_pages", 0)
+    pp_pages, pp_moves = ledger.get("ping_pong_pages", 0), ledger.get("ping_pong_moves", 0)
+    ping = f"{_count(pp_pages)} ({_pct(pp_moves / moved)})" if pp_pages else "0"
+    payer = f" {run.payer}" if cpu["total_ns"] else ""
     return [
-        run.label,
-        _pct(run.final_top_share),
-        _pct(run.of_oracle),
-        _pct(run.mean_of_oracle),
-        _secs(run.t50_s),
+        *head,
         _secs(run.t90_s),
-        format_bytes(promoted * PAGE_SIZE),
-        share(ledger["cold_at_promotion_pages"]),
-        share(ledger["cold_at_end_pages"]),
-        share(ledger["outside_oracle_at_end_pages"]),
-        _ms(cpu["app_ns"]) if cpu["app_ns"] else "-",
-        _ms(cpu["daemon_ns"]) if cpu["daemon_ns"] else "-",
-        f"{100 * cpu['total_ns'] / (duration_s * 1e9):.2f}%",
-        f"{run.mean_latency_ns:.0f} ns",
+        *latency,
+        _count(promoted),
+        _count(ledger["demoted_pages"]),
+        _ratio_x(run.traffic_ratio),
+        ping,
+        _accesses(run.accesses_per_promotion),
+        of_promoted(ledger["cold_at_promotion_pages"]),
+        of_promoted(ledger["cold_at_end_pages"]),
+        of_promoted(ledger["outside_oracle_at_end_pages"]),
+        f"{100 * cpu['total_ns'] / (duration_s * 1e9):.2f}%{payer}",
     ]
+
+
+def caption() -> str:
+    """The column definitions, one line each (the CLI table's and report.html's caption)."""
+    return "\n".join(f"{name}: {text}" for name, text in COLUMN_DEFINITIONS)
 
 
 def markdown_table(comparison: Comparison) -> str:
@@ -150,7 +204,8 @@ def _plot_share(pyplot: Any, comparison: Comparison) -> Any:
     fig, ax = pyplot.subplots(figsize=(8, 4.5))
     for run in comparison.runs:
         t = [p["t_s"] for p in run.timeline]
-        style = {"linestyle": "--", "color": "black"} if run.policy == "oracle" else {}
+        style = {"oracle": {"linestyle": "--", "color": "black"},
+                 "static-best": {"linestyle": ":", "color": "black"}}.get(run.policy, {})
         ax.plot(t, [100 * p["top_share"] for p in run.timeline], label=run.label, **style)
     ax.set_xlabel("virtual time (s)")
     ax.set_ylabel("accesses served by the top tier (%)")
@@ -197,7 +252,7 @@ def _plot_cpu(pyplot: Any, comparison: Comparison) -> Any:
 
 
 def _plot_sweep(pyplot: Any, comparison: Comparison) -> Any:
-    """Per swept run: mean share of the oracle (bars) and CPU % of one core (line)."""
+    """Per swept run: acc-wt share of the oracle (bars) and CPU % of one core (line)."""
     runs = [r for r in comparison.runs if r.overrides]
     fig, ax = pyplot.subplots(figsize=(max(8.0, 0.45 * len(runs) + 2), 4.5))
     names = [n.split(".")[-1] for n, _ in runs[0].overrides] if runs else []
@@ -205,8 +260,8 @@ def _plot_sweep(pyplot: Any, comparison: Comparison) -> Any:
     labels = [("" if len(policies) == 1 else r.policy + " ") + "/".join(v for _, v in r.overrides)
               for r in runs]
     x = list(range(len(runs)))
-    ax.bar(x, [100 * r.mean_of_oracle for r in runs], color="tab:blue")
-    ax.set_ylabel("mean top-tier share, % of the oracle", color="tab:blue")
+    ax.bar(x, [100 * r.aw_of_oracle for r in runs], color="tab:blue")
+    ax.set_ylabel("top-tier share (acc-wt), % of the oracle", color="tab:blue")
     ax.set_ylim(0, 105)
     ax.set_xticks(x, labels, fontsize=8, rotation=45, ha="right")
     ax.set_xlabel(" / ".join(names))
@@ -231,6 +286,8 @@ def _html(comparison: Comparison, images: list[str]) -> str:
     figures = "".join(f'<figure><img src="{esc(name)}" alt="{esc(name)}"></figure>'
                       for name in images)
     costs = ", ".join(f"{k} = {v:g}" for k, v in comparison.costs.as_dict().items())
+    definitions = "".join(f"<tr><th>{esc(name)}</th><td>{esc(text)}</td></tr>"
+                          for name, text in COLUMN_DEFINITIONS)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>kscand compare: {esc(comparison.scenario)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -240,9 +297,11 @@ img{{max-width:100%}}</style></head><body>
 <p>{esc(comparison.description)}</p>
 <p>seed {comparison.seed}, {comparison.duration_s:g} s virtual, {comparison.wall_s:.1f} s wall
 {(" &middot; commit " + esc(comparison.commit)) if comparison.commit else ""}</p>
-<table><tr>{head}</tr>{rows}</table>
-<p>Cost model (ns): {esc(costs)}. "Cold": promoted pages outside their workload's hot set
-at promotion time / at the end of the run. Raw data: <a href="report.json">report.json</a>.</p>
+<table><caption>acc-wt: each sample interval weighted by the accesses it served; the bounds:
+the best static placement in hindsight and the per-sample oracle</caption>
+<tr>{head}</tr>{rows}</table>
+<table><caption>What the columns hold</caption>{definitions}</table>
+<p>Cost model (ns): {esc(costs)}. Raw data: <a href="report.json">report.json</a>.</p>
 {figures}
 </body></html>
 """

@@ -152,6 +152,51 @@ class SimVma:
         return int(VMA_KINDS[self.kind_name].page_flags)
 
 
+@dataclass(frozen=True, slots=True)
+class MoveChunk:
+    """The base pages one move_pages call moved within one VMA."""
+
+    vma: SimVma
+    pages: IdxArray  # page indices in the VMA
+    old_nids: npt.NDArray[np.int8]  # where each page was before
+    new_nid: int
+    t_s: float
+
+
+class MoveHistory:
+    """Every base page the simulated move_pages moved: page, from, to, when.
+
+    Kept as one numpy chunk per call and VMA (no per-page Python objects), so a
+    run that moves N pages keeps about 9 bytes per moved page. Read-only for
+    everything but SimMachine: the ledger reads it from a cursor.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[MoveChunk] = []
+        self.nr_calls = 0  # move_pages calls that moved at least one page
+        self.nr_pages = 0  # base pages moved, over all calls
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def chunks(self, start: int = 0) -> list[MoveChunk]:
+        """The chunks from index start on, oldest first."""
+        return self._chunks[start:]
+
+    def record(self, chunk: MoveChunk) -> None:
+        self._chunks.append(chunk)
+        self.nr_pages += int(chunk.pages.shape[0])
+
+    def page_ids_and_times(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Machine-wide page id (pfn synthesis id) and time of every move, in move order."""
+        if not self._chunks:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        ids = np.concatenate([c.pages.astype(np.int64) + c.vma.page_id_base
+                              for c in self._chunks])
+        times = np.concatenate([np.full(c.pages.shape[0], c.t_s) for c in self._chunks])
+        return ids, times
+
+
 @dataclass(eq=False)
 class SimProcess:
     """A simulated process: identity, VMAs, lifetime."""
@@ -257,6 +302,7 @@ class SimMachine:
         self.record_moves = False
         self.nr_injected: Counter[str] = Counter()  # injected move failures, by errno name
         self.move_log: list[tuple[ProcessId, U64Array]] = []
+        self.move_history = MoveHistory()  # recorded while record_moves is set
         self.nr_exits = 0
         self._advance()
 
@@ -475,10 +521,13 @@ class SimMachine:
         if nid not in self._node_specs:
             status[:] = -errno.ENODEV
             return status
+        nr_before = self.move_history.nr_pages
         for vma_idx, where, at in _group_by_vma(sim_proc, vaddrs):
             status[where] = self._move_in_vma(sim_proc.vmas[vma_idx], _index_array(at), nid)
         if self.record_moves:
             self.move_log.append((proc, vaddrs[status == nid].copy()))
+            if self.move_history.nr_pages > nr_before:
+                self.move_history.nr_calls += 1
         return status
 
     def _inject_call_faults(self, proc: ProcessId) -> None:
@@ -519,6 +568,9 @@ class SimMachine:
             self.used_pages[nid] += sub.size
             vma.nid[sub] = nid
             vma.note_moved(sub, old, nid, self.clock.now_s)
+            if self.record_moves:
+                self.move_history.record(MoveChunk(vma, sub, old.astype(np.int8), nid,
+                                                   self.clock.now_s))
             status[todo & fits] = nid
             self.clock.charge_ns(sub.size * self.params.move_cost_ns_per_page)
         return status[inverse]

@@ -10,9 +10,17 @@ from typing import Any, Protocol
 
 from kscand.engine import Kscand
 from kscand.machine import ProcessId
-from kscand.sim.machine import SimMachine, SimProcess
-from kscand.sim.metrics import ProcSample, Sample, Sampler
+from kscand.sim.machine import UNPOPULATED_KINDS, SimMachine, SimProcess
+from kscand.sim.metrics import (
+    HindsightTracker,
+    ProcSample,
+    Sample,
+    Sampler,
+    StaticBest,
+    access_weighted,
+)
 from kscand.sim.scenario import Scenario
+from kscand.sim.workloads import workload_end_s
 from kscand.stats import Stats
 from kscand.tunables import Tunables
 
@@ -54,6 +62,15 @@ class SimReport:
     procs: list[ProcSummary] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     nr_exits: int = 0
+    end_s: float = 0.0  # when the run stopped: duration_s, or the end of its traces
+    trace_end_s: float | None = None  # the end of the replayed traces, when they all end
+    weights_s: list[float] = field(default_factory=list)  # per sample: seconds it stands for
+    static_best: StaticBest | None = None  # with run_scenario(hindsight=True)
+    time_varying: bool = False  # whether any workload's rates changed during the run
+
+    def access_weighted(self, values: list[float]) -> float:
+        """The access-weighted mean of one value per sample (metrics.access_weighted)."""
+        return access_weighted(values, [s.rate_per_s for s in self.samples], self.weights_s)
 
     @property
     def final(self) -> Sample:
@@ -74,6 +91,15 @@ class SimReport:
             "wall_s": round(self.wall_s, 3),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             "t90_s": self.t90_s,
+            "end_s": self.end_s,
+            "trace_end_s": self.trace_end_s,
+            "access_weighted": {
+                "top_share": round(self.access_weighted([s.top_share for s in self.samples]), 6),
+                "oracle_share": round(
+                    self.access_weighted([s.oracle_share for s in self.samples]), 6),
+                "latency_ns": round(
+                    self.access_weighted([s.latency_ns for s in self.samples]), 3),
+            },
             "final": {
                 "top_share": round(self.final.top_share, 6),
                 "oracle_share": round(self.final.oracle_share, 6),
@@ -87,9 +113,12 @@ class SimReport:
                     "oracle_share": round(s.oracle_share, 6),
                     "hot_on_top": round(hot_fraction(s), 6),
                     "latency_ns": round(s.latency_ns, 3),
+                    "rate_per_s": round(s.rate_per_s, 3),
+                    "weight_s": round(w, 6),
                     "promoted_pages": promoted,
                 }
-                for s, promoted in zip(self.samples, self.promoted_pages_at, strict=True)
+                for s, promoted, w in zip(self.samples, self.promoted_pages_at, self.weights_s,
+                                          strict=True)
             ],
             "processes": [asdict(p) for p in self.procs],
             "counters": self.counters,
@@ -139,6 +168,26 @@ class KscandPolicy:
 
 
 PolicyFactory = Callable[[SimMachine, Scenario], Policy]
+SampleObserver = Callable[[Sample, float], None]  # (sample, the seconds it stands for)
+
+
+def run_end_s(scenario: Scenario) -> tuple[float, float | None]:
+    """(when the run stops, the end of its traces or None).
+
+    A run stops at duration_s, or earlier when every VMA that does anything replays a
+    trace that does not loop and all of them have ended: after that no access is
+    left to serve, and samples would only record idle time.
+    """
+    ends: list[float | None] = [
+        workload_end_s(v.workload)
+        for p in scenario.processes
+        for v in p.vmas
+        if v.kind not in UNPOPULATED_KINDS and v.workload.kind != "idle"
+    ]
+    if not ends or any(e is None for e in ends):
+        return scenario.duration_s, None
+    trace_end_s = max(e for e in ends if e is not None)
+    return min(scenario.duration_s, trace_end_s), trace_end_s
 
 
 def kscand_policy(machine: SimMachine, scenario: Scenario) -> Policy:
@@ -151,9 +200,14 @@ def run_scenario(
     progress: Callable[[float], None] | None = None,
     machine: SimMachine | None = None,
     policy: PolicyFactory = kscand_policy,
+    observers: tuple[SampleObserver, ...] = (),
+    hindsight: bool = False,
 ) -> SimReport:
     """Run scenario to its end under a policy (kscand by default).
 
+    Samples every sample_interval_s from t=0 to the end (run_end_s): at duration_s
+    included, but not at the end of a trace (nothing is accessed from then on).
+    observers see every sample; hindsight computes the static best at the end.
     The same scenario and seed give the same numbers.
     """
     wall_start = time.perf_counter()
@@ -165,12 +219,27 @@ def run_scenario(
     )
     per_proc: dict[ProcessId, list[tuple[float, float, float]]] = {}
     last_seen: dict[ProcessId, tuple[SimProcess, ProcSample]] = {}
+    tracker = HindsightTracker(machine) if hindsight else None
+    end_s, trace_end_s = run_end_s(scenario)
+    report.end_s, report.trace_end_s = end_s, trace_end_s
+    interval_s = scenario.sample_interval_s
+
+    def sample_due(t_s: float) -> bool:
+        return t_s < end_s if trace_end_s is not None and trace_end_s <= end_s else t_s <= end_s
+
     next_sample_s = 0.0
+    nr_samples = 0
     clock = machine.clock
     while True:
-        while clock.now_s >= next_sample_s and next_sample_s <= scenario.duration_s:
+        while clock.now_s >= next_sample_s and sample_due(next_sample_s):
             sample = sampler.sample(next_sample_s)
+            weight_s = max(0.0, min(interval_s, end_s - next_sample_s))
             report.samples.append(sample)
+            report.weights_s.append(weight_s)
+            if tracker is not None:
+                tracker.add(sample, weight_s)
+            for observe in observers:
+                observe(sample, weight_s)
             report.promoted_pages_at.append(engine.stats.total["nr_kscand_migrated"])
             for sim_proc in machine.alive():
                 ps = sample.per_proc[sim_proc.proc]
@@ -178,8 +247,9 @@ def run_scenario(
                     (sample.t_s, ps.top_share, ps.oracle_share)
                 )
                 last_seen[sim_proc.proc] = (sim_proc, ps)
-            next_sample_s += scenario.sample_interval_s
-        if clock.now_s >= scenario.duration_s:
+            nr_samples += 1
+            next_sample_s = nr_samples * interval_s  # no drift from repeated additions
+        if clock.now_s >= end_s:
             break
         before = clock.now_ns()
         engine.step()
@@ -187,7 +257,7 @@ def run_scenario(
         if clock.now_ns() - before < MIN_STEP_NS:
             clock.sleep_ns(MIN_STEP_NS - (clock.now_ns() - before))
         if progress is not None:
-            progress(min(1.0, clock.now_s / scenario.duration_s))
+            progress(min(1.0, clock.now_s / end_s) if end_s > 0 else 1.0)
 
     alive = {p.proc for p in machine.alive()}
     for proc, (sim_proc, ps) in last_seen.items():
@@ -209,6 +279,9 @@ def run_scenario(
                 exited=proc not in alive,
             )
         )
+    if tracker is not None:
+        report.static_best = tracker.static_best()
+        report.time_varying = tracker.time_varying
     report.counters = engine.stats.snapshot()
     report.nr_exits = machine.nr_exits
     report.wall_s = time.perf_counter() - wall_start

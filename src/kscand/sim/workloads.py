@@ -18,6 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.errors import ConfigError
+from kscand.sim.tracefile import (  # noqa: F401  (parse_trace, TRACE_PAGE_SHIFT: re-exported)
+    TRACE_MEMORY_LIMIT_BYTES,
+    TRACE_PAGE_SHIFT,
+    Trace,
+    load_trace,
+    parse_trace,
+)
 
 if TYPE_CHECKING:
     from kscand.sim.scenario import WorkloadSpec
@@ -357,94 +364,9 @@ def power_law(
     return StaticRates(base, top_share_pages(base, hot_share))
 
 
-@dataclass(frozen=True)
-class Trace:
-    """A parsed access trace: one row per record, sorted by time.
-
-    t_s float64, pid int64, page int64 (address >> PAGE_SHIFT), count float64
-    (the accesses the record stands for, 1 unless the file says otherwise).
-    """
-
-    t_s: F64Array
-    pid: npt.NDArray[np.int64]
-    page: npt.NDArray[np.int64]
-    count: F64Array
-
-
-TRACE_PAGE_SHIFT = 12
-
-
-def parse_trace(text: str, where: str) -> Trace:
-    """Parse a trace file's text: lines `time_s,pid,address[,count]`.
-
-    Blank lines and lines starting with '#' are skipped; an optional first line
-    whose first field is not a number is a header. Addresses are decimal or 0x hex
-    byte addresses. Raises ConfigError naming `where` and the line on bad input.
-    """
-    t_s: list[float] = []
-    pid: list[int] = []
-    page: list[int] = []
-    count: list[float] = []
-    header_seen = False
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if not t_s and not header_seen and not _is_number(fields[0]):
-            header_seen = True
-            continue
-        if len(fields) not in (3, 4):
-            raise ConfigError(f"{where}:{lineno}: expected time_s,pid,address[,count]")
-        try:
-            t = float(fields[0])
-            p = int(fields[1], 10)
-            addr = int(fields[2], 0)
-            c = float(fields[3]) if len(fields) == 4 else 1.0
-        except ValueError:
-            raise ConfigError(f"{where}:{lineno}: cannot parse {line!r}") from None
-        if t < 0 or addr < 0 or c < 0 or not np.isfinite(t) or not np.isfinite(c):
-            raise ConfigError(f"{where}:{lineno}: negative or non-finite value in {line!r}")
-        t_s.append(t)
-        pid.append(p)
-        page.append(addr >> TRACE_PAGE_SHIFT)
-        count.append(c)
-    if not t_s:
-        raise ConfigError(f"{where}: no records")
-    order = np.argsort(np.array(t_s), kind="stable")
-    return Trace(
-        np.array(t_s, dtype=np.float64)[order],
-        np.array(pid, dtype=np.int64)[order],
-        np.array(page, dtype=np.int64)[order],
-        np.array(count, dtype=np.float64)[order],
-    )
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-_TRACE_CACHE: dict[str, Trace] = {}
-
-
-def load_trace(path: str) -> Trace:
-    """The parsed trace at path (cached per process). Raises ConfigError on bad input."""
-    trace = _TRACE_CACHE.get(path)
-    if trace is None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as err:
-            raise ConfigError(f"{path}: {err.strerror or err}") from err
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path}: not valid UTF-8 text") from err
-        trace = parse_trace(text, path)
-        _TRACE_CACHE[path] = trace
-    return trace
+# Trace files (format, parser, limits, cache): kscand.sim.tracefile.
+# Bytes a trace workload keeps per window (offsets into its per-window arrays).
+WINDOW_BYTES = 16
 
 
 @dataclass
@@ -452,45 +374,68 @@ class WindowRates:
     """Per-page rates that change every window_s, from a replayed trace.
 
     Window k holds the pages accessed in [k * window_s, (k + 1) * window_s) with
-    rate = accesses / window_s (every other page: 0). Sparse: each window keeps
-    its sorted page indices and their rates. After the last window the trace
-    repeats when loop is true, else every rate is 0.
+    rate = accesses / window_s (every other page: 0). Sparse, as one array per
+    field over all windows: window k's sorted page indices are
+    pages[offsets[k]:offsets[k + 1]], their rates page_rates[...] likewise, and
+    the pages it calls hot hot_pages[hot_offsets[k]:hot_offsets[k + 1]]. After the
+    last window the trace repeats when loop is true, else every rate is 0.
     """
 
     nr_pages: int
     window_s: float
-    pages: list[npt.NDArray[np.intp]]  # per window: sorted page indices with accesses
-    page_rates: list[F32Array]  # per window: their rates, accesses/s
-    hot_pages: list[npt.NDArray[np.intp]]  # per window: the pages this workload calls hot
+    offsets: npt.NDArray[np.int64]  # (nr_windows + 1,)
+    pages: npt.NDArray[np.intp]
+    page_rates: F32Array
+    hot_offsets: npt.NDArray[np.int64]  # (nr_windows + 1,)
+    hot_pages: npt.NDArray[np.intp]
     loop: bool
+
+    @property
+    def nr_windows(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    @property
+    def end_s(self) -> float:
+        """The end of the last window."""
+        return self.nr_windows * self.window_s
 
     def epoch(self, t_s: float) -> int:
         return int(t_s // self.window_s)
 
     def _window(self, epoch: int) -> int | None:
-        if epoch < 0:
+        if epoch < 0 or not self.nr_windows:
             return None
-        if epoch < len(self.pages):
+        if epoch < self.nr_windows:
             return epoch
-        return epoch % len(self.pages) if self.loop else None
+        return epoch % self.nr_windows if self.loop else None
+
+    def _span(self, window: int) -> slice:
+        return slice(int(self.offsets[window]), int(self.offsets[window + 1]))
+
+    def _hot_span(self, window: int) -> slice:
+        return slice(int(self.hot_offsets[window]), int(self.hot_offsets[window + 1]))
 
     def _lookup(self, idx: PageIndex, window: int | None) -> F32Array:
         if isinstance(idx, slice):
             idx = np.arange(idx.start, idx.stop, dtype=np.intp)
         out = np.zeros(idx.shape[0], dtype=np.float32)
-        if window is None or not self.pages[window].size:
+        if window is None:
             return out
-        pages = self.pages[window]
+        span = self._span(window)
+        pages = self.pages[span]
+        if not pages.size:
+            return out
         pos = np.minimum(np.searchsorted(pages, idx), pages.shape[0] - 1)
         found = pages[pos] == idx
-        out[found] = self.page_rates[window][pos[found]]
+        out[found] = self.page_rates[span][pos[found]]
         return out
 
     def rates(self, t_s: float) -> F32Array:
         out = np.zeros(self.nr_pages, dtype=np.float32)
         window = self._window(self.epoch(t_s))
         if window is not None:
-            out[self.pages[window]] = self.page_rates[window]
+            span = self._span(window)
+            out[self.pages[span]] = self.page_rates[span]
         return out
 
     def rates_of(self, idx: IdxArray, t_s: float) -> F32Array:
@@ -500,14 +445,14 @@ class WindowRates:
         out = np.zeros(self.nr_pages, dtype=np.bool_)
         window = self._window(self.epoch(t_s))
         if window is not None:
-            out[self.hot_pages[window]] = True
+            out[self.hot_pages[self._hot_span(window)]] = True
         return out
 
     def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
         window = self._window(self.epoch(t_s))
         if window is None:
             return np.zeros(idx.shape[0], dtype=np.bool_)
-        return np.isin(idx, self.hot_pages[window])
+        return np.isin(idx, self.hot_pages[self._hot_span(window)])
 
     def integral(self, idx: PageIndex, t0_s: F32Array, t1_s: float) -> F32Array:
         return integrate_epochs(
@@ -531,6 +476,23 @@ def trace_span_pages(trace: Trace, trace_pid: int, where: str) -> int:
     return int(page.max() - page.min()) + 1
 
 
+def check_trace_windows(trace: Trace, trace_pid: int, window_s: float, where: str) -> int:
+    """The number of rate windows of a trace; ConfigError when they would not fit the
+    trace memory limit (a record at 1e12 s with window_s = 0.001 would need 1e15)."""
+    t_s = trace.t_s[_trace_records(trace, trace_pid, where)]
+    nr_windows = float(t_s.max()) // window_s + 1
+    need = nr_windows * WINDOW_BYTES
+    if need > TRACE_MEMORY_LIMIT_BYTES:
+        raise ConfigError(
+            f"{where}: window_s = {window_s:g} over {float(t_s.max()):g} s makes {nr_windows:.3g} "
+            f"windows, about {need / (1 << 20):.3g} MiB, over the limit of "
+            f"{TRACE_MEMORY_LIMIT_BYTES >> 20} MiB; use a larger window_s")
+    return int(nr_windows)
+
+
+_RATES_CACHE: dict[tuple[int, int, int, float, float, bool], WindowRates] = {}
+
+
 def trace_rates(
     trace: Trace, nr_pages: int, trace_pid: int, window_s: float, hot_share: float, loop: bool,
     where: str,
@@ -538,32 +500,79 @@ def trace_rates(
     """Per-page rates per window from a trace's records of one pid (-1: every pid).
 
     Page i of the VMA is the i-th page from the lowest page the selected records
-    touch. Raises ConfigError when nothing is selected or the span exceeds nr_pages.
+    touch. Raises ConfigError when nothing is selected, the span exceeds nr_pages or
+    the windows would not fit the memory limit. Cached per trace and parameters
+    (the result is never written to).
     """
+    key = (id(trace), nr_pages, trace_pid, window_s, hot_share, loop)
+    cached = _RATES_CACHE.get(key)
+    if cached is not None and _RATES_TRACES.get(id(trace)) is trace:
+        return cached
+    nr_windows = check_trace_windows(trace, trace_pid, window_s, where)
     keep = _trace_records(trace, trace_pid, where)
     page = trace.page[keep]
-    span = int(page.max() - page.min()) + 1
+    low = int(page.min())
+    span = int(page.max()) - low + 1
     if span > nr_pages:
         raise ConfigError(
             f"{where}: the trace spans {span} pages but the VMA has {nr_pages}; make it larger"
         )
-    page = (page - page.min()).astype(np.intp)
+    page = page - low
     window = (trace.t_s[keep] // window_s).astype(np.int64)
-    count = trace.count[keep]
-    nr_windows = int(window.max()) + 1
-    pages: list[npt.NDArray[np.intp]] = []
-    rates: list[F32Array] = []
-    hot: list[npt.NDArray[np.intp]] = []
-    bounds = np.searchsorted(window, np.arange(nr_windows + 1))
-    for k in range(nr_windows):
-        lo, hi = int(bounds[k]), int(bounds[k + 1])
-        uniq, inverse = np.unique(page[lo:hi], return_inverse=True)
-        sums = np.bincount(inverse, weights=count[lo:hi], minlength=uniq.shape[0])
-        window_rates = (sums / window_s).astype(np.float32)
-        pages.append(uniq.astype(np.intp))
-        rates.append(window_rates)
-        hot.append(uniq[top_share_pages(window_rates, hot_share)].astype(np.intp))
-    return WindowRates(nr_pages, window_s, pages, rates, hot, loop)
+    count = trace.count[keep].astype(np.float64)
+    del keep
+    # Records by (window, page): time order is window order, so a stable sort by a
+    # combined key (or by page within window when the key would overflow) groups them.
+    if nr_windows < (1 << 62) // max(span, 1):
+        order = np.argsort(window * span + page, kind="stable")
+    else:
+        order = np.lexsort((page, window))
+    window, page, count = window[order], page[order], count[order]
+    del order
+    first = np.ones(window.shape[0], dtype=np.bool_)
+    first[1:] = (window[1:] != window[:-1]) | (page[1:] != page[:-1])
+    starts = np.flatnonzero(first)
+    uniq_window, uniq_page = window[starts], page[starts].astype(np.intp)
+    rates = (np.add.reduceat(count, starts) / window_s).astype(np.float32)
+    del window, page, count, first
+    offsets = np.searchsorted(uniq_window, np.arange(nr_windows + 1)).astype(np.int64)
+    hot = _window_hot(uniq_window, uniq_page, rates, offsets, hot_share)
+    hot_window = uniq_window[hot]
+    result = WindowRates(
+        nr_pages, window_s, offsets, uniq_page, rates,
+        np.searchsorted(hot_window, np.arange(nr_windows + 1)).astype(np.int64),
+        uniq_page[hot], loop)
+    _RATES_CACHE[key] = result
+    _RATES_TRACES[id(trace)] = trace
+    return result
+
+
+_RATES_TRACES: dict[int, Trace] = {}  # keeps the traces _RATES_CACHE's ids refer to alive
+
+
+def _window_hot(window: npt.NDArray[np.int64], page: npt.NDArray[np.intp], rates: F32Array,
+                offsets: npt.NDArray[np.int64], hot_share: float) -> npt.NDArray[np.bool_]:
+    """Per window: the most accessed pages that together take hot_share of its accesses
+    (top_share_pages, all windows at once). Entries sorted by (window, page) -> bool (n,)."""
+    n = rates.shape[0]
+    hot = np.zeros(n, dtype=np.bool_)
+    if not n:
+        return hot
+    # Within each window: by rate, descending, ties by page descending (as
+    # top_share_pages' reversed stable argsort has them).
+    order = np.lexsort((-page, -rates, window))
+    sorted_rates = rates[order].astype(np.float64)
+    cumulative = np.cumsum(sorted_rates)
+    window_sorted = window[order]
+    before = np.concatenate([[0.0], cumulative])[offsets[window_sorted]]  # sums of earlier windows
+    totals = np.concatenate([[0.0], cumulative])[offsets[window_sorted + 1]] - before
+    # top_share_pages takes entries up to the first whose running sum reaches the target.
+    target = hot_share * totals
+    reached_before = np.zeros(n, dtype=np.bool_)
+    reached = cumulative - before >= target
+    reached_before[1:] = reached[:-1] & (window_sorted[1:] == window_sorted[:-1])
+    hot[order] = (totals > 0) & ~reached_before
+    return hot
 
 
 def make_added(spec: WorkloadSpec, nr_pages: int, rng: np.random.Generator) -> Workload:
@@ -577,3 +586,17 @@ def make_added(spec: WorkloadSpec, nr_pages: int, rng: np.random.Generator) -> W
         return trace_rates(load_trace(spec.path), nr_pages, spec.trace_pid, spec.window_s,
                            spec.hot_share, spec.loop, spec.path)
     raise ConfigError(f"unknown workload kind {spec.kind!r}")
+
+
+def trace_end_s(trace: Trace, trace_pid: int, window_s: float, where: str) -> float:
+    """The end of the last window that holds a selected record."""
+    t_s = trace.t_s[_trace_records(trace, trace_pid, where)]
+    return (float(t_s.max()) // window_s + 1) * window_s
+
+
+def workload_end_s(spec: WorkloadSpec) -> float | None:
+    """When a workload stops accessing anything for good: the end of a trace that does
+    not loop; None for every other workload (they run for ever)."""
+    if spec.kind != "trace" or spec.loop:
+        return None
+    return trace_end_s(load_trace(spec.path), spec.trace_pid, spec.window_s, spec.path)
