@@ -85,7 +85,8 @@ class _Queue:
             live = self.hi - self.lo
             size = max(MIN_QUEUE, 2 * (live + n))
             new_keys, new_seqs = np.zeros(size, np.int64), np.zeros(size, np.int64)
-            new_keys[:live], new_seqs[:live] = self.keys[self.lo:self.hi], self.seqs[self.lo:self.hi]
+            new_keys[:live] = self.keys[self.lo:self.hi]
+            new_seqs[:live] = self.seqs[self.lo:self.hi]
             self.keys, self.seqs, self.lo, self.hi = new_keys, new_seqs, 0, live
         self.keys[self.hi:self.hi + n], self.seqs[self.hi:self.hi + n] = keys, seqs
         self.hi += n

@@ -32,7 +32,6 @@ from kscand.evaluation.lru import INACTIVE, Kswapd, NodeLru, next_demotion_node
 from kscand.evaluation.numab import IdxArray, NumabParams, NumabPolicy, _Fault
 from kscand.sim.machine import SimMachine, SimVma
 
-
 # kswapd is a thread of its own: woken by a failed promotion, it reclaims while later
 # faults go on. The step's faults are resolved in windows this long, kswapd running
 # between them, so a promotion waits at most this long for the memory kswapd frees.
