@@ -1,5 +1,8 @@
 """DAMON virtual-address monitoring with a DAMOS migrate_hot scheme, as a simulator Policy.
 
+`damon-hot` in `kscand compare`: promotion alone. `damon` is damos_tier.py, the
+mem_tier pair (physical-address migrate_cold + migrate_hot with quota goals).
+
 The mechanism, after mm/damon/core.c, vaddr.c and ops-common.c (v6.x):
 
 - One kdamond monitors every process (one target each). A new target's address
@@ -123,7 +126,7 @@ class DamonPolicy:
     params: DamonParams
     seed: int
     stats: Stats = field(default_factory=Stats)
-    name: str = "damon"
+    name: str = "damon-hot"
     payer: str = "daemon"
 
     def __post_init__(self) -> None:

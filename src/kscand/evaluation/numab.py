@@ -1,5 +1,8 @@
 """NUMA balancing in memory-tiering mode (numa_balancing=2) as a simulator Policy.
 
+This class alone is `numab-promote` in `kscand compare` (promotion only);
+`numab` adds its demotion partner (numab_tier.py: kswapd demoting the LRU tail).
+
 The mechanism, after kernel/sched/fair.c and mm/mprotect.c (v6.x):
 
 - task_numa_work(): every scan period each process marks up to
@@ -36,7 +39,7 @@ The mechanism, after kernel/sched/fair.c and mm/mprotect.c (v6.x):
 Costs (kscand.evaluation.costs) are the application's: the PTE walk (task_work on
 return to user space), every hint fault and every migration. Not modelled: the
 per-VMA access filters of v6.4+ (vma_is_accessed: every process here is one task
-that touches all its VMAs), NUMA groups, and demotion (no policy here demotes).
+that touches all its VMAs), NUMA groups; demotion is numab_tier.py's.
 Only pages of the VMA kinds every policy may move (MOVABLE_KINDS) are promoted;
 faults on other marked pages are counted and cost, but do not promote, so the
 oracle stays an upper bound.
@@ -176,7 +179,7 @@ class _Fault:
 class NumabPolicy:
     """numa_balancing=2 on a SimMachine. A Policy for kscand.sim.run.run_scenario."""
 
-    name = "numab"
+    name = "numab-promote"
     payer = "app"
 
     def __init__(self, machine: SimMachine, params: NumabParams, seed: int) -> None:
