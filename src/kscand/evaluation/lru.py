@@ -130,6 +130,12 @@ class NodeLru:
 
     def _by_vma(self, keys: I64Array) -> list[tuple[_VmaLru, npt.NDArray[np.bool_], I64Array]]:
         vids, units = split_keys(keys)
+        if not keys.size:
+            return []
+        first = int(vids[0])
+        if bool((vids == first).all()):  # the common case: one VMA
+            st = self.vmas.get(first)
+            return [] if st is None else [(st, np.ones(keys.shape[0], dtype=np.bool_), units)]
         out = []
         for vid in np.unique(vids).tolist():
             st = self.vmas.get(vid)

@@ -30,6 +30,7 @@ import numpy as np
 from kscand.evaluation.folios import FolioIndex, keys_of
 from kscand.evaluation.lru import INACTIVE, Kswapd, NodeLru, next_demotion_node
 from kscand.evaluation.numab import IdxArray, NumabParams, NumabPolicy, _Fault
+from kscand.machine import HPAGE_PMD_NR
 from kscand.sim.machine import SimMachine, SimVma
 
 # kswapd is a thread of its own: woken by a failed promotion, it reclaims while later
@@ -59,18 +60,32 @@ class NumabTieringPolicy(NumabPolicy):
         self.kswapd.run()
 
     def _resolve(self, faults: list[_Fault]) -> None:
-        """The step's faults in KSWAPD_WAKE_LATENCY_S windows; kswapd runs when woken."""
-        times = np.concatenate([f.fault_s for f in faults])
-        lo_s, hi_s = float(times.min()), float(times.max())
+        """The step's faults in KSWAPD_WAKE_LATENCY_S windows; kswapd runs when woken.
+
+        One window when the node has room for every fault of the step above its
+        high watermark (no promotion can fail then)."""
+        nr_pages = sum(int(f.unit.shape[0]) * (HPAGE_PMD_NR if f.vma.thp else 1) for f in faults)
+        if self.kswapd.free_pages() - self.kswapd.wmark.high_pages > nr_pages:
+            super()._resolve(faults)
+            return
+        ordered = []
+        for f in faults:
+            order = np.argsort(f.fault_s, kind="stable")
+            ordered.append(_Fault(f.sim_proc, f.vma, f.unit[order], f.fault_s[order],
+                                  f.mark_s[order]))
+        lo_s = min(float(f.fault_s[0]) for f in ordered)
+        hi_s = max(float(f.fault_s[-1]) for f in ordered)
         nr_windows = max(1, math.ceil((hi_s - lo_s) / KSWAPD_WAKE_LATENCY_S + 1e-9))
+        pos = [0] * len(ordered)
         for k in range(nr_windows):
-            start_s = lo_s + k * KSWAPD_WAKE_LATENCY_S
-            end_s = math.inf if k == nr_windows - 1 else start_s + KSWAPD_WAKE_LATENCY_S
+            end_s = math.inf if k == nr_windows - 1 else lo_s + (k + 1) * KSWAPD_WAKE_LATENCY_S
             part = []
-            for f in faults:
-                m = (f.fault_s >= start_s) & (f.fault_s < end_s)
-                if m.any():
-                    part.append(_Fault(f.sim_proc, f.vma, f.unit[m], f.fault_s[m], f.mark_s[m]))
+            for i, f in enumerate(ordered):
+                end = int(np.searchsorted(f.fault_s, end_s, side="left"))
+                if end > pos[i]:
+                    sl = slice(pos[i], end)
+                    part.append(_Fault(f.sim_proc, f.vma, f.unit[sl], f.fault_s[sl], f.mark_s[sl]))
+                    pos[i] = end
             if not part:
                 continue
             failed_before = self.gate.counts.get("numab_fail_balance", 0)
