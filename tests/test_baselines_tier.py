@@ -7,13 +7,15 @@ from typing import Any
 import numpy as np
 from simkit import scenario
 
+from kscand.evaluation.compare import RunTask, run_one
+from kscand.evaluation.costs import DEFAULT_COSTS
 from kscand.evaluation.damos_kdamond import Kdamond, feed_loop_next_input
 from kscand.evaluation.damos_tier import DamonTierParams, DamonTierPolicy
 from kscand.evaluation.ledger import PromotionLedger
 from kscand.evaluation.lru import ACTIVE, INACTIVE, Watermarks
 from kscand.evaluation.numab import NumabParams, NumabPolicy
 from kscand.evaluation.numab_tier import NumabTieringPolicy
-from kscand.evaluation.policies import PARAMS, POLICY_KINDS, apply_overrides, plan_runs
+from kscand.evaluation.policies import PARAMS, POLICY_KINDS, RunSpec, apply_overrides, plan_runs
 from kscand.sim.machine import SimMachine
 
 HOT = {"kind": "uniform", "rate_per_s": 1e9}
@@ -218,6 +220,7 @@ def test_damon_pair_runs_and_promotes_once_the_quota_ramped() -> None:
     # 2^19 bytes = 128 pages by t = 20 s, so some of the hot set is in, no idle page.
     assert 0 < int(np.count_nonzero(hot.nid == 0)) < 8192 and np.all(idle.nid == 1)
     assert policy.stats.total["nr_kscand_demoted"] == 0  # the top node has room
+    assert 2**18 <= promote.quota.esz <= 2**20  # about 19 windows of doubling
 
 
 # --- the registry --------------------------------------------------------------------------------
@@ -230,3 +233,19 @@ def test_every_variant_is_registered_and_takes_its_parameters() -> None:
     assert set(PARAMS) <= set(POLICY_KINDS)
     params = apply_overrides("damon", (("damon.quota_mib", "50"),), None)  # type: ignore[arg-type]
     assert isinstance(params, DamonTierParams) and params.quota_mib == 50
+
+
+def test_numab_kswapd_work_is_a_kernel_threads() -> None:
+    sc = scenario([
+        {"name": "cold", "placement": "fast", "vmas": [vma("128MiB", IDLE)]},
+        {"name": "hot", "placement": "slow",
+         "vmas": [vma("16MiB", {"kind": "uniform", "rate_per_s": 4096 * 50.0})]},
+    ], nodes=nodes("128MiB"), duration_s=3)
+    result = run_one(RunTask(0, RunSpec("numab"), sc, 1, DEFAULT_COSTS))
+    assert result.payer == "app" and result.cpu is not None and result.ledger is not None
+    demoted = result.ledger["demoted_pages"]
+    assert demoted == result.counters["nr_kscand_demoted"] > 0
+    kswapd_ns = (result.counters["kswapd_ptes_checked"] * DEFAULT_COSTS.pte_ns
+                 + demoted * DEFAULT_COSTS.migrate_page_ns)
+    assert result.cpu["daemon_ns"] == round(kswapd_ns, 1)
+    assert result.cpu["app_ns"] >= result.counters["numa_hint_faults"] * 2000.0
