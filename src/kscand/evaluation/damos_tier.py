@@ -103,6 +103,7 @@ class DamonTierPolicy:
         slow = sorted(machine.slow_nids)
         self.slow_nid = slow[0] if slow else self.top_nid
         self.index = FolioIndex(machine)
+        self._per_unit = np.ones(0, dtype=np.int64)  # base pages per folio, by vma id
         self.frames = FrameMap({int(n): int(machine.capacity_pages[n]) for n in machine.nids})
         quota = params.quota_mib << 20
         demote = SchemeSpec("demote", "migrate_cold", self.slow_nid, 0, 0, quota,
@@ -136,6 +137,12 @@ class DamonTierPolicy:
             self.frames.forget(entry)
         for entry in new:
             self.frames.track(entry)
+        if new:
+            lut = np.ones(max(e.vid for e in new) + 1, dtype=np.int64)
+            lut[: self._per_unit.shape[0]] = self._per_unit
+            for entry in new:
+                lut[entry.vid] = entry.per_unit
+            self._per_unit = lut
 
     # --- what the kdamonds ask of the machine ----------------------------------------------
 
@@ -155,11 +162,7 @@ class DamonTierPolicy:
             return out
         vids = owner[used] >> np.int64(32)
         pages = owner[used] & np.int64((1 << 32) - 1)
-        per = np.ones(vids.shape[0], dtype=np.int64)
-        for vid in np.unique(vids).tolist():
-            entry = self.index.entries.get(vid)
-            if entry is not None:
-                per[vids == vid] = entry.per_unit
+        per = self._per_unit[vids]
         out[used] = (vids << np.int64(32)) | (pages // per)
         return out
 

@@ -31,12 +31,15 @@ class NodeFrames:
         self.owner = np.full(capacity_pages, NO_FRAME, dtype=np.int64)
         self._stack = np.arange(capacity_pages - 1, -1, -1, dtype=np.int64)  # top at the end
         self._top = capacity_pages
+        self._in_stack = np.ones(capacity_pages, dtype=np.bool_)  # each frame at most once
 
     @property
     def capacity_pages(self) -> int:
         return int(self.owner.shape[0])
 
     def _push(self, frames: I64Array) -> None:
+        frames = frames[~self._in_stack[frames]]
+        self._in_stack[frames] = True
         n = frames.shape[0]
         if self._top + n > self._stack.shape[0]:
             grown = np.zeros(max(2 * self._stack.shape[0], self._top + n), dtype=np.int64)
@@ -53,9 +56,8 @@ class NodeFrames:
             lo = max(0, self._top - (n - got))
             chunk = self._stack[lo : self._top][::-1]
             self._top = lo
+            self._in_stack[chunk] = False
             chunk = chunk[self.owner[chunk] == NO_FRAME]  # a THP block may have taken some
-            _, first = np.unique(chunk, return_index=True)
-            chunk = chunk[np.sort(first)]
             self.owner[chunk] = 0  # taken; the caller sets the owner
             out.append(chunk)
             got += chunk.shape[0]
