@@ -44,8 +44,9 @@ The rules, after mm/damon/core.c unless said:
 Simplifications: the frame layout is frames.py's; the apply interval is taken at
 the sample tick at or after it; a charge resumes at the last charged region's end
 (the kernel's end + 1 skips one page); with more than two nodes only the first
-CPU top-tier node and the first slow node take part (mem_tier.sh assumes two). Costs: the daemon pays each sample and each
-folio check (one PTE each) and the migrations.
+CPU top-tier node and the first slow node take part (mem_tier.sh assumes two).
+Costs: the daemon pays each sample and each folio check (one PTE each) and the
+migrations.
 """
 
 from __future__ import annotations
