@@ -240,7 +240,8 @@ def test_none_never_moves() -> None:
     assert {s.top_share for s in report.samples} == {0.0}
 
 
-@pytest.mark.parametrize("policy", ["none", "numab", "damon", "kscand"])
+@pytest.mark.parametrize("policy", ["none", "numab", "numab-promote", "damon", "damon-hot",
+                                    "kscand"])
 def test_no_policy_beats_the_oracle(policy: str) -> None:
     sc = scenario(
         [{"name": "kv", "placement": "slow",
@@ -256,7 +257,7 @@ def test_no_policy_beats_the_oracle(policy: str) -> None:
     result = run_one(RunTask(0, RunSpec(policy), sc, 2, DEFAULT_COSTS))
     for point in result.timeline:
         assert point["top_share"] <= point["oracle_share"] + 1e-9
-    if policy != "none":
+    if policy not in ("none", "damon"):  # damon's goal-tuned quota ramps from 1 byte a second
         assert result.final_top_share > 0.2  # it did something worth bounding
 
 

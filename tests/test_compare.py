@@ -84,7 +84,8 @@ def test_fixed_scan_size_and_period_set_their_clamps() -> None:
         ("foo.bar=1", "unknown policy"),
         ("numab.hot_threshold_ms=soon", "expected a int"),
         ("numab.scan_size_mb=0", "scan_size_mb: must be positive"),
-        ("damon.aggr_us=10", "aggr_us: must be at least sample_us"),
+        ("damon-hot.aggr_us=10", "aggr_us: must be at least sample_us"),
+        ("damon.min_sample_us=20000000", "min_sample_us: must not exceed max_sample_us"),
         ("scan_size=1KiB", "scan_size"),
     ],
 )

@@ -19,7 +19,7 @@ import kscand
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.evaluation.compare import Comparison, check_jobs, compare
-from kscand.evaluation.policies import DEFAULT_POLICIES, parse_sweep, plan_runs
+from kscand.evaluation.policies import DEFAULT_POLICIES, POLICY_NAMES, parse_sweep, plan_runs
 from kscand.evaluation.report import COLUMNS, row_of, write_report
 from kscand.sim.scenario import load_scenario
 
@@ -35,12 +35,13 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("scenario", type=Path, help="scenario TOML file")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
-                        help=f"comma-separated, from {','.join(DEFAULT_POLICIES)} "
-                        "(default: all)")
+                        help=f"comma-separated, from {','.join(POLICY_NAMES)} "
+                        f"(default: {','.join(DEFAULT_POLICIES)})")
     parser.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                         help="run the parameter's policy once per value (repeat for a grid); "
                         "NAME: a kscand tunable, scan_size or scan_period (fixed: the "
-                        "adaptive clamps follow), numab.FIELD or damon.FIELD")
+                        "adaptive clamps follow), or POLICY.FIELD of a baseline (numab, "
+                        "numab-promote, damon, damon-hot)")
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="override the scenario's virtual duration")

@@ -1,5 +1,8 @@
 """NUMA balancing in memory-tiering mode (numa_balancing=2) as a simulator Policy.
 
+This class alone is `numab-promote` in `kscand compare` (promotion only);
+`numab` adds its demotion partner (numab_tier.py: kswapd demoting the LRU tail).
+
 The mechanism, after kernel/sched/fair.c and mm/mprotect.c (v6.x):
 
 - task_numa_work(): every scan period each process marks up to
@@ -36,7 +39,7 @@ The mechanism, after kernel/sched/fair.c and mm/mprotect.c (v6.x):
 Costs (kscand.evaluation.costs) are the application's: the PTE walk (task_work on
 return to user space), every hint fault and every migration. Not modelled: the
 per-VMA access filters of v6.4+ (vma_is_accessed: every process here is one task
-that touches all its VMAs), NUMA groups, and demotion (no policy here demotes).
+that touches all its VMAs), NUMA groups; demotion is numab_tier.py's.
 Only pages of the VMA kinds every policy may move (MOVABLE_KINDS) are promoted;
 faults on other marked pages are counted and cost, but do not promote, so the
 oracle stays an upper bound.
@@ -50,42 +53,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from kscand.evaluation.numab_gate import NumabParams, PromotionGate
 from kscand.filters import vma_skip_reason
 from kscand.machine import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, ProcessId, Vma
 from kscand.sim import workloads as wl
 from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimProcess, SimVma
 from kscand.stats import Stats
 
+__all__ = ["NumabParams", "NumabPolicy", "PromotionGate", "epoch_boundary_s", "next_access_s",
+           "task_scan_min_ms"]
+
 IdxArray = npt.NDArray[np.intp]
 F64Array = npt.NDArray[np.float64]
 
 MAX_SCAN_WINDOW_MB = 2560  # fair.c: never mark more than this per second
 VIRTPAGES_FACTOR = 8  # task_numa_work: walk at most 8x the scan size of virtual space
-NUMA_MIGRATION_ADJUST_STEPS = 16
-RATE_LIMIT_WINDOW_S = 1.0  # numa_promotion_rate_limit: one-second windows
-ENOUGH_FREE_MIN_BYTES = 1 << 30  # pgdat_free_space_enough: at least 1 GiB ...
-ENOUGH_FREE_SHIFT = 4  # ... or 1/16 of the node
-# Zone watermarks as fractions of the node (mm/page_alloc.c __setup_per_zone_wmarks
-# with the default watermark_scale_factor of 10 = 0.1 %): min (from min_free_kbytes,
-# about 0.1 % of a few-GiB node), low = min + 0.1 %, high = low + 0.1 %, and the
-# promotion watermark WMARK_PROMO = high + 0.1 %.
-WMARK_HIGH_FRACTION = 0.003
-WMARK_PROMO_FRACTION = 0.004
 MAX_BATCHES_PER_VMA = 32  # merge a VMA's pending-fault batches beyond this many
 EPOCH_BISECT_STEPS = 30
-
-
-@dataclass(frozen=True, slots=True)
-class NumabParams:
-    """The numa_balancing sysctls the model uses (kernel defaults), plus the step."""
-
-    scan_delay_ms: int = 1000  # numa_balancing_scan_delay_ms
-    scan_period_min_ms: int = 1000  # numa_balancing_scan_period_min_ms
-    scan_period_max_ms: int = 60_000  # numa_balancing_scan_period_max_ms
-    scan_size_mb: int = 256  # numa_balancing_scan_size_mb
-    hot_threshold_ms: int = 1000  # debugfs sched/numa_balancing/hot_threshold_ms
-    promote_rate_limit_mbps: int = 65_536  # numa_balancing_promote_rate_limit_MBps
-    step_ms: float = 10.0  # simulation: faults are resolved (promoted) in steps this long
 
 
 def task_scan_min_ms(rss_pages: int, params: NumabParams) -> int:
@@ -97,122 +81,6 @@ def task_scan_min_ms(rss_pages: int, params: NumabParams) -> int:
     rss = rss_pages or nr_scan_pages
     nr_windows = -(-rss // nr_scan_pages)
     return max(floor, params.scan_period_min_ms // nr_windows)
-
-
-@dataclass
-class PromotionGate:
-    """The target node's promotion state (pgdat->nbp_*) and should_numa_migrate_memory().
-
-    decide() takes a step's hint faults in time order and returns which promote,
-    applying the free-space shortcut, the threshold adjustment, the latency
-    threshold, the rate limit and the watermark check in the kernel's order.
-    """
-
-    params: NumabParams
-    capacity_pages: int
-    threshold_ms: int = 0  # nbp_threshold; 0 = hot_threshold_ms
-    th_start_s: float = -math.inf  # nbp_th_start: a machine up for long
-    th_nr_cand: int = 0  # nbp_th_nr_cand
-    rl_start_s: float = -math.inf  # nbp_rl_start
-    rl_nr_cand: int = 0  # nbp_rl_nr_cand
-    nr_cand: int = 0  # PGPROMOTE_CANDIDATE
-    nr_cand_nrl: int = 0  # PGPROMOTE_CANDIDATE_NRL
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rate_limit_pages(self) -> int:
-        return self.params.promote_rate_limit_mbps << (20 - PAGE_SHIFT)
-
-    @property
-    def enough_free_pages(self) -> int:
-        """Free pages above which pgdat_free_space_enough() holds."""
-        enough = max(ENOUGH_FREE_MIN_BYTES // PAGE_SIZE, self.capacity_pages >> ENOUGH_FREE_SHIFT)
-        return enough + int(self.capacity_pages * WMARK_PROMO_FRACTION)
-
-    @property
-    def high_wmark_pages(self) -> int:
-        return int(self.capacity_pages * WMARK_HIGH_FRACTION)
-
-    def _count(self, name: str, value: int) -> None:
-        self.counts[name] = self.counts.get(name, 0) + value
-
-    def adjust_threshold(self, t_s: float) -> None:
-        """numa_promotion_adjust_threshold() at a fault at t_s."""
-        period_ms = self.params.scan_period_max_ms
-        if (t_s - self.th_start_s) * 1000 <= period_ms:
-            return
-        ref_th = self.params.hot_threshold_ms
-        ref_cand = self.rate_limit_pages * period_ms // 1000
-        diff = self.nr_cand - self.th_nr_cand
-        unit_th = ref_th * 2 // NUMA_MIGRATION_ADJUST_STEPS
-        th = self.threshold_ms or ref_th
-        if diff > ref_cand * 11 // 10:
-            th = max(th - unit_th, unit_th)
-        elif diff < ref_cand * 9 // 10:
-            th = min(th + unit_th, ref_th * 2)
-        self.th_nr_cand = self.nr_cand
-        self.threshold_ms = th
-        self.th_start_s = t_s
-
-    def decide(
-        self, t_s: F64Array, latency_ms: F64Array, nr_pages: npt.NDArray[np.int64],
-        free_pages: int,
-    ) -> npt.NDArray[np.bool_]:
-        """Which of a step's faults (sorted by t_s) promote. All arrays (n,)."""
-        n = t_s.shape[0]
-        promote = np.zeros(n, dtype=np.bool_)
-        i = 0
-        while i < n and free_pages > self.enough_free_pages:
-            # pgdat_free_space_enough(): promote while free stays above the mark.
-            before = np.cumsum(nr_pages[i:]) - nr_pages[i:]
-            k = max(1, int(np.searchsorted(before, free_pages - self.enough_free_pages)))
-            promote[i : i + k] = True
-            taken = int(nr_pages[i : i + k].sum())
-            self.nr_cand_nrl += taken
-            self.threshold_ms = 0  # "workload changed, reset hot threshold"
-            free_pages -= taken
-            i += k
-        while i < n:
-            self.adjust_threshold(float(t_s[i]))
-            seg_end = int(np.searchsorted(
-                t_s, self.th_start_s + self.params.scan_period_max_ms / 1000, side="right"))
-            seg_end = max(seg_end, i + 1)
-            th = self.threshold_ms or self.params.hot_threshold_ms
-            cand = i + np.flatnonzero(latency_ms[i:seg_end] < th)
-            self._count("numab_reject_latency", int(nr_pages[i:seg_end].sum()
-                                                    - nr_pages[cand].sum()))
-            allowed = self._rate_limit(t_s, nr_pages, cand)
-            before = np.cumsum(nr_pages[allowed]) - nr_pages[allowed]
-            fits = free_pages - before - nr_pages[allowed] > self.high_wmark_pages
-            self._count("numab_fail_balance", int(nr_pages[allowed[~fits]].sum()))
-            promote[allowed[fits]] = True
-            free_pages -= int(nr_pages[allowed[fits]].sum())
-            i = seg_end
-        return promote
-
-    def _rate_limit(
-        self, t_s: F64Array, nr_pages: npt.NDArray[np.int64], cand: IdxArray
-    ) -> IdxArray:
-        """numa_promotion_rate_limit() over candidate faults: the ones not limited."""
-        limit = self.rate_limit_pages
-        kept: list[IdxArray] = []
-        c = 0
-        t_cand = t_s[cand]
-        while c < cand.shape[0]:
-            if t_cand[c] - self.rl_start_s > RATE_LIMIT_WINDOW_S:
-                self.rl_start_s = float(t_cand[c])
-                self.rl_nr_cand = self.nr_cand + int(nr_pages[cand[c]])
-            end = int(np.searchsorted(t_cand, self.rl_start_s + RATE_LIMIT_WINDOW_S,
-                                      side="right"))
-            end = max(end, c + 1)
-            block = cand[c:end]
-            nr_cand = self.nr_cand + np.cumsum(nr_pages[block])
-            limited = nr_cand - self.rl_nr_cand >= limit
-            self._count("numab_reject_rate_limit", int(nr_pages[block[limited]].sum()))
-            kept.append(block[~limited])
-            self.nr_cand = int(nr_cand[-1])
-            c = end
-        return np.concatenate(kept) if kept else np.zeros(0, dtype=np.intp)
 
 
 @dataclass
@@ -311,7 +179,7 @@ class _Fault:
 class NumabPolicy:
     """numa_balancing=2 on a SimMachine. A Policy for kscand.sim.run.run_scenario."""
 
-    name = "numab"
+    name = "numab-promote"
     payer = "app"
 
     def __init__(self, machine: SimMachine, params: NumabParams, seed: int) -> None:
@@ -524,9 +392,10 @@ class NumabPolicy:
     def _migrate(self, sim_proc: SimProcess, vma: SimVma, units: npt.NDArray[np.int64]) -> None:
         """migrate_misplaced_folio() for the chosen units of one VMA (one move call here)."""
         per_unit = _unit_pages(vma)
-        vaddrs = np.sort(np.uint64(vma.start) + (units.astype(np.uint64) * np.uint64(
-            per_unit * PAGE_SIZE)))
+        units = np.sort(units)
+        vaddrs = np.uint64(vma.start) + (units.astype(np.uint64) * np.uint64(per_unit * PAGE_SIZE))
         status = self.machine.move_pages(sim_proc.proc, vaddrs, self.target_nid)
+        self._promoted(vma, units[status == self.target_nid].astype(np.intp))
         moved = int(np.count_nonzero(status == self.target_nid)) * per_unit
         failed = int(np.count_nonzero(status != self.target_nid)) * per_unit
         proc = sim_proc.proc
@@ -534,6 +403,10 @@ class NumabPolicy:
         self.stats.add(proc, "numa_pages_migrated", moved)
         self.stats.add(proc, "nr_kscand_migrated", moved)  # read by the runner as promoted
         self.stats.add(proc, "pgmigrate_fail", failed)
+
+    def _promoted(self, vma: SimVma, units: IdxArray) -> None:
+        """Units of vma that a promotion moved to the target node (a hook: the LRU)."""
+        return None
 
 
 def _merge(batches: list[_Batch]) -> _Batch:

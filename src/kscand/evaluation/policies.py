@@ -1,8 +1,11 @@
 """The policies `kscand compare` runs, their parameters, and parameter sweeps.
 
-Policies: none (no tiering), numab (numa_balancing=2), damon (DAMON vaddr +
-DAMOS migrate_hot), kscand (the engine with the scenario's tunables) and the
-oracle (a reference row from the samples, not a run). A parameter is named
+Policies: none (no tiering); numab (numa_balancing=2 with demotion_enabled=1:
+hint-fault promotion, kswapd demoting the inactive LRU tail) and numab-promote
+(its promotion alone); damon (damo's mem_tier pair: paddr migrate_cold from the
+top node, migrate_hot to it, goal-tuned quotas) and damon-hot (DAMON vaddr +
+DAMOS migrate_hot alone); kscand (the engine with the scenario's tunables); and
+the oracle (a reference row from the samples, not a run). A parameter is named
 `policy.field` (numab.hot_threshold_ms, damon.quota_mib, kscand.scan_sleep_ms),
 a bare kscand tunable name, or one of the kscand shorthands `scan_size` (a fixed
 scan size: scan_size_bytes = its min = its max) and `scan_period` (a fixed scan
@@ -21,8 +24,10 @@ from typing import Any
 from kscand.errors import ConfigError
 from kscand.evaluation.costs import CostModel, CpuCost, cost_of
 from kscand.evaluation.damon import DamonParams, DamonPolicy
+from kscand.evaluation.damos_tier import DamonTierParams, DamonTierPolicy
 from kscand.evaluation.ledger import LedgerSummary
 from kscand.evaluation.numab import NumabParams, NumabPolicy
+from kscand.evaluation.numab_tier import NumabTieringPolicy
 from kscand.sim.machine import SimMachine
 from kscand.sim.run import KscandPolicy, Policy
 from kscand.sim.scenario import Scenario
@@ -30,14 +35,19 @@ from kscand.stats import Stats
 from kscand.tunables import Tunables, parse_assignment, tunable_fields
 
 ORACLE = "oracle"
-POLICY_NAMES = ("none", "numab", "damon", "kscand", ORACLE)
-DEFAULT_POLICIES = POLICY_NAMES
+POLICY_NAMES = ("none", "numab", "numab-promote", "damon", "damon-hot", "kscand", ORACLE)
+DEFAULT_POLICIES = ("none", "numab", "damon", "kscand", ORACLE)
+# The parameters of each baseline (policy.field on the command line).
+PARAMS: dict[str, type] = {"numab": NumabParams, "numab-promote": NumabParams,
+                           "damon": DamonTierParams, "damon-hot": DamonParams}
 # kscand shorthands: one value fixes a tunable and its adaptive clamps.
 KSCAND_FIXED = {
     "scan_size": ("scan_size_bytes", "scan_size_min_bytes", "scan_size_max_bytes"),
     "scan_period": ("mm_scan_period_ms", "scan_period_min_ms", "scan_period_max_ms"),
 }
 NONE_SLEEP_NS = 100_000_000
+ZERO_OK = ("min_nr_accesses", "min_age", "quota_mib", "weight_nr_accesses", "weight_age",
+           "intervals_goal_aggrs", "promote_min_access_pct")
 DEFAULT_VALUE = "default"  # a sweep value that leaves the parameter as it is
 
 
@@ -83,13 +93,14 @@ def policy_of_param(name: str) -> str:
     """Which policy a parameter name belongs to; raises ConfigError for unknown names."""
     policy, dot, field_name = name.partition(".")
     if dot:
-        known = {"numab": NumabParams, "damon": DamonParams}
+        known = PARAMS
         if policy == "kscand":
             if policy_of_param(field_name) != "kscand" or "." in field_name:
                 raise ConfigError(f"--sweep {name}: not a kscand tunable")
             return "kscand"
         if policy not in known:
-            raise ConfigError(f"--sweep {name}: unknown policy {policy!r} (numab, damon, kscand)")
+            raise ConfigError(f"--sweep {name}: unknown policy {policy!r} "
+                              f"({', '.join([*PARAMS, 'kscand'])})")
         fields = {f.name for f in dataclasses.fields(known[policy])}
         if field_name not in fields:
             raise ConfigError(
@@ -127,7 +138,7 @@ def apply_overrides(policy: str, overrides: Overrides, tunables: Tunables) -> An
             return tunables.replace(**changes)
         except ConfigError as err:
             raise ConfigError(f"--sweep: {err}") from None
-    cls: type = {"numab": NumabParams, "damon": DamonParams}.get(policy, type(None))
+    cls: type = PARAMS.get(policy, type(None))
     if cls is type(None):
         return None
     values = {name.partition(".")[2]: _typed(cls, name.partition(".")[2], value, name)
@@ -137,20 +148,26 @@ def apply_overrides(policy: str, overrides: Overrides, tunables: Tunables) -> An
     return params
 
 
-def check_params(params: NumabParams | DamonParams) -> None:
+def check_params(params: NumabParams | DamonParams | DamonTierParams) -> None:
     """Range checks of a baseline's parameters (ConfigError naming the field)."""
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         if isinstance(value, bool):
             continue
-        if value < 0 or (value == 0 and f.name not in ("min_nr_accesses", "min_age", "quota_mib",
-                                                      "weight_nr_accesses", "weight_age")):
+        if value < 0 or (value == 0 and f.name not in ZERO_OK):
             raise ConfigError(f"{f.name}: must be positive, got {value}")
     if isinstance(params, DamonParams):
         if params.aggr_us < params.sample_us:
             raise ConfigError("aggr_us: must be at least sample_us")
         if params.min_nr_regions < 3 or params.min_nr_regions > params.max_nr_regions:
             raise ConfigError("min_nr_regions: must be in [3, max_nr_regions]")
+    if isinstance(params, DamonTierParams):
+        if params.min_sample_us > params.max_sample_us:
+            raise ConfigError("min_sample_us: must not exceed max_sample_us")
+        if params.min_nr_regions < 3 or params.min_nr_regions > params.max_nr_regions:
+            raise ConfigError("min_nr_regions: must be in [3, max_nr_regions]")
+        if params.promote_min_access_pct > 100 or params.intervals_goal_bp > 10000:
+            raise ConfigError("promote_min_access_pct, intervals_goal_bp: at most 100 %")
     if isinstance(params, NumabParams) and params.scan_period_min_ms > params.scan_period_max_ms:
         raise ConfigError("scan_period_min_ms: must not exceed scan_period_max_ms")
 
@@ -206,15 +223,22 @@ def _kscand_cost(counters: dict[str, int], ledger: LedgerSummary, model: CostMod
 
 
 def _numab_cost(counters: dict[str, int], ledger: LedgerSummary, model: CostModel) -> CpuCost:
-    return cost_of("app", model, ptes=counters.get("numab_ptes_walked", 0),
-                   faults=counters.get("numa_hint_faults", 0),
-                   migrated_pages=ledger.promoted_pages)
+    """The application's (scan, hint faults, promotions) plus kswapd's (rmap walks,
+    demotions: a kernel thread, the daemon column)."""
+    app = cost_of("app", model, ptes=counters.get("numab_ptes_walked", 0),
+                  faults=counters.get("numa_hint_faults", 0),
+                  migrated_pages=ledger.promoted_pages)
+    kswapd = cost_of("daemon", model, ptes=counters.get("kswapd_ptes_checked", 0),
+                     migrated_pages=ledger.demoted_pages)
+    return CpuCost(*(getattr(app, f.name) + getattr(kswapd, f.name)
+                     for f in dataclasses.fields(CpuCost)))
 
 
 def _damon_cost(counters: dict[str, int], ledger: LedgerSummary, model: CostModel) -> CpuCost:
     return cost_of("daemon", model, ptes=counters.get("damos_ptes_walked", 0),
                    samples=counters.get("damon_samples", 0),
-                   migrated_pages=ledger.promoted_pages, migrate_calls=ledger.move_calls)
+                   migrated_pages=ledger.promoted_pages + ledger.demoted_pages,
+                   migrate_calls=ledger.move_calls)
 
 
 def _no_cost(counters: dict[str, int], ledger: LedgerSummary, model: CostModel) -> CpuCost:
@@ -223,7 +247,13 @@ def _no_cost(counters: dict[str, int], ledger: LedgerSummary, model: CostModel) 
 
 POLICY_KINDS: dict[str, PolicyKind] = {
     "none": PolicyKind("none", lambda m, sc, p, seed: NoPolicy(), _no_cost),
-    "numab": PolicyKind("app", lambda m, sc, p, seed: NumabPolicy(m, p, seed), _numab_cost),
-    "damon": PolicyKind("daemon", lambda m, sc, p, seed: DamonPolicy(m, p, seed), _damon_cost),
+    "numab": PolicyKind("app", lambda m, sc, p, seed: NumabTieringPolicy(m, p, seed),
+                        _numab_cost),
+    "numab-promote": PolicyKind("app", lambda m, sc, p, seed: NumabPolicy(m, p, seed),
+                                _numab_cost),
+    "damon": PolicyKind("daemon", lambda m, sc, p, seed: DamonTierPolicy(m, p, seed),
+                        _damon_cost),
+    "damon-hot": PolicyKind("daemon", lambda m, sc, p, seed: DamonPolicy(m, p, seed),
+                            _damon_cost),
     "kscand": PolicyKind("daemon", lambda m, sc, p, seed: KscandPolicy(m, p), _kscand_cost),
 }
