@@ -162,7 +162,7 @@ def check_trace(directory: Path, text: str) -> None:
     from kscand.errors import ConfigError
     from kscand.sim import workloads
 
-    workloads._TRACE_CACHE.clear()
+    os.environ["KSCAND_TRACE_CACHE"] = "off"  # every example parsed, none from the cache
     with contextlib.suppress(ConfigError):
         workloads.load_trace(str(_write(directory, "t.csv", text)))
 

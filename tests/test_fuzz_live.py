@@ -29,7 +29,8 @@ VMA = 0x10000000
 NR_PAGES = 64
 HOT = range(8, 40)  # pages present on node 1, private, on the LRU
 GOOD = {VMA + i * PAGE_SIZE for i in HOT}
-TUNABLES = Tunables().replace(scan_delay_ms=0, hot_history_depth=1, mm_scan_period_ms=1,
+TUNABLES = Tunables().replace(scan_delay_ms=0, hot_history_depth=1, rank_hotness=False,
+                              mm_scan_period_ms=1,
                               scan_period_min_ms=1, default_scale=1)
 
 # Text files of the tree, relative to its root, and the binary ones.

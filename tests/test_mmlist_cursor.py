@@ -9,16 +9,12 @@ without being scanned.
 
 from __future__ import annotations
 
-import pytest
-
 from kscand.machine import ProcessId
 from kscand.mmlist import MmList
 
 P = [ProcessId(1000 + i, i + 1) for i in range(100)]
 
 
-@pytest.mark.xfail(strict=True, reason="the fix is in src/kscand/mmlist.py (the lead's file): "
-                   "patch in the reliability helper's report; remove this mark with it")
 def test_exit_of_the_cursor_slot_that_compacts_keeps_the_next_slot_next() -> None:
     mm = MmList()
     mm.sync(P)

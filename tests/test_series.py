@@ -178,7 +178,8 @@ def test_trace_events_carry_the_series_fields() -> None:
     assert events[-1][0] == "mm_exit"
 
 
-def demotion_run(watermark_pct: float) -> tuple[SimMachine, Kscand]:
+def demotion_run(watermark_pct: float, exchange: bool = False) -> tuple[SimMachine, Kscand]:
+    """The watermark demoter alone (exchange off unless asked)."""
     sc = scenario(
         [{"name": "cold", "placement": "fast", "workload": COLD,
           "vmas": [{"kind": "anon", "size": "60MiB"}]},
@@ -186,19 +187,28 @@ def demotion_run(watermark_pct: float) -> tuple[SimMachine, Kscand]:
           "vmas": [{"kind": "anon", "size": "16MiB"}]}],
         nodes=[{"nid": 0, "capacity": "64MiB", "cpus": True, "tier": 4},
                {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
-        tunables={"demote_watermark_pct": watermark_pct, "demote_idle_scans": 2},
+        tunables={"demote_watermark_pct": watermark_pct, "demote_idle_scans": 2,
+                  "exchange_enabled": exchange},
     )
     machine, engine = machine_and_engine(sc)
     run_steps(machine, engine, 12)
     return machine, engine
 
 
-def test_demotion_is_off_by_default_and_the_hot_set_stays_out() -> None:
+def test_watermark_demotion_is_off_by_default_and_without_exchange_the_hot_set_stays_out(
+) -> None:
     machine, engine = demotion_run(0.0)
     assert engine.stats.total["nr_kscand_demoted"] == 0
     assert engine.stats.total["nr_kscand_demote_added"] == 0
     hot = machine.procs[machine.processes()[1].pid]
     assert int((hot.vmas[0].nid == 0).sum()) < 4096 // 2
+
+
+def test_with_exchange_by_default_the_hot_set_gets_in_without_a_watermark() -> None:
+    machine, engine = demotion_run(0.0, exchange=True)
+    cold, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert engine.stats.of(cold.proc)["nr_kscand_exchange_demoted"] > 0
+    assert int((hot.vmas[0].nid == 0).sum()) == 4096
 
 
 def test_demotion_makes_room_for_the_hot_set() -> None:

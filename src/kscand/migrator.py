@@ -397,7 +397,7 @@ class Migrator:
         try:
             if not self.machine.is_alive(proc):
                 raise ProcessGone(str(proc))
-            cands = self._revalidate(proc, cands, topology)
+            cands = self._revalidate(proc, cands, topology).hottest_first()
             for nid, part in self._assign_targets(proc, cands, order, topology, tunables):
                 part = part.select(self._rate_limit(proc, part))
                 ok, lost = self._move(proc, part, nid, tunables.migrate_batch_folios)
@@ -439,7 +439,11 @@ class Migrator:
         return ok
 
     def _revalidate(self, proc: ProcessId, cands: Candidates, topology: Topology) -> Candidates:
-        """Keep candidates still present, with the same pfn, on a slow-tier node."""
+        """Keep candidates still present, with the same pfn, on a slow-tier node.
+
+        Returns them by address (the Machine reads ascending addresses only).
+        """
+        cands = cands.select(np.argsort(cands.vaddr, kind="stable"))
         now = self.machine.read_pages(proc, cands.vaddr)
         present = now.nid >= 0
         same = present & (now.pfn == cands.pfn)
