@@ -4,8 +4,6 @@ the placement arithmetic, and the numpy workaround in the guest script."""
 
 from __future__ import annotations
 
-from kscand.tunables import Tunables
-
 import json
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 
 from kscand.config import config_from_text
+from kscand.tunables import Tunables
 from testbed import inguest
 from testbed.guest import NUMPY_DISABLED_CPU_FEATURES, guest_script
 from testbed.inguest import (
