@@ -154,6 +154,9 @@ PING_PONG_WINDOW_S = 60.0  # a page moved more than twice within this is a ping-
 # Scans a top-tier page must have been seen in (since it arrived) to be exchanged: half
 # a register of evidence, so that noise in a young estimate does not swap equals.
 EXCHANGE_MIN_SEEN = 4
+# A resident is judged for exchange on its last scans only: one that cooled down
+# reads cold after this many idle scans, not after a whole register.
+RESIDENT_RECENT_SCANS = 4
 
 
 def _idx(offsets: slice | npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
@@ -325,11 +328,19 @@ class Scanner:
         )
         self.judge(judged, ctx, entry.queued)
 
-    def _heat(self, j: Judged, ctx: ScanContext, bound: int = 0) -> npt.NDArray[np.uint8]:
-        """The heat bins of judged folios, from their registers (or a bound of them)."""
+    def _heat(
+        self, j: Judged, ctx: ScanContext, bound: int = 0, recent: int = 0
+    ) -> npt.NDArray[np.uint8]:
+        """The heat bins of judged folios, from their registers (or a bound of them).
+
+        recent > 0: from the last `recent` looks only (a resident that cooled down
+        reads cold after that many idle scans, not after a whole register).
+        """
         t = ctx.tunables
         slot = j.slot
         seen = slot.seen_chunk(j.chunk_base)[j.offsets]
+        if recent:
+            seen = np.minimum(seen, np.uint8(recent))
         interval_s = slot.pass_interval_s or (
             throttle.scaled_period_ms(slot.scan_period_ms or t.mm_scan_period_ms, slot.scale)
             / 1e3
@@ -397,16 +408,17 @@ class Scanner:
         # Residents of a short node colder than its threshold by the margin may make
         # room; pages with no evidence of access always may.
         limit = np.where(threshold > 0, np.maximum(threshold - t.exchange_margin_bins, 1), 0)
-        cold = on_top & (heat.astype(np.int16) < limit) & (seen >= EXCHANGE_MIN_SEEN)
+        judged_heat = self._heat(j, ctx, 0, RESIDENT_RECENT_SCANS)
+        cold = on_top & (judged_heat.astype(np.int16) < limit) & (seen >= EXCHANGE_MIN_SEEN)
         if pinned is not None:
             cold &= ~pinned
         if cold.any():
             at = np.flatnonzero(cold)
-            # Residents are queued with their estimate, candidates with their lower
-            # bound: a swap needs the newcomer to be surely hotter, and a page that
-            # cooled down is not kept on its optimistic bound.
+            # Residents are queued with their recent estimate, candidates with their
+            # lower bound: a swap needs the newcomer to be surely hotter, and a page
+            # that cooled down is not kept on its past.
             self.demoter.add(
-                proc, j.folios.take(at), _sizes(j.nr_pages, at), heat[at], ctx.now_ns
+                proc, j.folios.take(at), _sizes(j.nr_pages, at), judged_heat[at], ctx.now_ns
             )
 
     def _account_heat(
