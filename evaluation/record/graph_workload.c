@@ -4,7 +4,9 @@
  *
  *     graph_workload VERTICES EDGES_PER_VERTEX SEED [MARK_PID_FILE]
  *
- * Builds a directed Barabasi-Albert graph (preferential attachment: in-degrees
+ * Builds a directed Barabasi-Albert graph (preferential attachment, igraph's "bag"
+ * algorithm: a new vertex links to m targets drawn from a bag holding each vertex
+ * once per incident edge, multi-edges allowed; in-degrees
  * follow a power law), then sends SIGUSR1 to the pid in MARK_PID_FILE (the
  * recording starts), runs PageRank (PRPACK), a BFS from the highest-ranked
  * vertex and one from the newest vertex (both over edges in either direction), sends
@@ -69,7 +71,7 @@ int main(int argc, char **argv)
 	pid_file = argc == 5 ? argv[4] : NULL;
 
 	igraph_rng_seed(igraph_rng_default(), (igraph_uint_t)seed);
-	if (igraph_barabasi_game(&g, n, 1.0, m, NULL, 0, 1.0, 1, IGRAPH_BARABASI_PSUMTREE, NULL))
+	if (igraph_barabasi_game(&g, n, 1.0, m, NULL, 0, 1.0, 1, IGRAPH_BARABASI_BAG, NULL))
 		return 1;
 	mark(pid_file);
 

@@ -93,13 +93,29 @@ lackey_run() {
 	log "$name: wrote $TRACES/$name.csv ($(wc -l <"$TRACES/$name.csv") lines)"
 }
 
+# scenario NAME PROCESS PID WHAT: evaluation/scenarios/NAME.toml from the summary
+scenario() {
+	"$PY" "$HERE/make_scenario.py" --summary "$TRACES/$1.summary.json" --name "$1" \
+		--process "$2" --pid "$3" --what "$4" --out "$ROOT/evaluation/scenarios/$1.toml"
+}
+
 record_redis() {
-	local port=6399
+	local port=6399 rdb=redis-zipf.rdb
+	local server=(redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --save ""
+		--appendonly no --daemonize no --dir "$WORK" --dbfilename "$rdb")
+	rm -f "$WORK/$rdb"
+	# the key space, loaded into a native server and saved (not recorded)
+	"${server[@]}" --logfile "$WORK/redis-load.log" &
+	local native=$!
+	$SYSPY "$HERE/redis_client.py" --phase load --port "$port" --keys "$REDIS_KEYS"
+	wait "$native"
+	log "redis: $(du -h "$WORK/$rdb" | cut -f1) RDB file of $REDIS_KEYS keys"
 	lackey_run redis-zipf 6379 \
-		$SYSPY "$HERE/redis_client.py" --port "$port" --keys "$REDIS_KEYS" --ops "$REDIS_OPS" \
-		--skew "$REDIS_SKEW" --mark-pid-file "$WORK/redis-zipf.agg.pid" -- \
-		redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --save "" \
-		--appendonly no --daemonize no --logfile "$WORK/redis.log" --dir "$WORK"
+		$SYSPY "$HERE/redis_client.py" --phase run --port "$port" --keys "$REDIS_KEYS" \
+		--ops "$REDIS_OPS" --skew "$REDIS_SKEW" --mark-pid-file "$WORK/redis-zipf.agg.pid" -- \
+		"${server[@]}" --logfile "$WORK/redis.log"
+	scenario redis-zipf redis-server 6379 "redis-server 7 under a Zipf($REDIS_SKEW) client:\
+ $REDIS_KEYS keys, $REDIS_OPS requests, 90 % GET / 10 % SET."
 }
 
 record_sqlite() {
@@ -113,6 +129,8 @@ record_sqlite() {
 		--skew "$SQLITE_SKEW" --stdin-fifo "$in" --stdout-fifo "$out" \
 		--mark-pid-file "$WORK/sqlite-kv.agg.pid" -- sqlite3 "$db"
 	rm -f "$in" "$out"
+	scenario sqlite-kv sqlite3 3403 "the sqlite3 CLI: $SQLITE_ROWS-row table with an index,\
+ $SQLITE_STMTS Zipf($SQLITE_SKEW) lookups (80 %) and updates (20 %)."
 }
 
 record_graph() {
@@ -120,6 +138,8 @@ record_graph() {
 		$(pkg-config --cflags --libs igraph)
 	lackey_run igraph-pagerank 2718 -- "$WORK/graph_workload" "$GRAPH_VERTICES" \
 		"$GRAPH_EDGES_PER_VERTEX" 1 "$WORK/igraph-pagerank.agg.pid"
+	scenario igraph-pagerank graph_workload 2718 "igraph PageRank (PRPACK) and two BFS on a\
+ $GRAPH_VERTICES-vertex Barabasi-Albert graph, $GRAPH_EDGES_PER_VERTEX edges per vertex."
 }
 
 main() {

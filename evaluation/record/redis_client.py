@@ -1,14 +1,19 @@
 """A skewed key-value client for redis-server, raw RESP over a TCP socket (stdlib only).
 
-Phase 1 (load): SET every key of the key space once (pipelined), then PING.
-Mark: SIGUSR1 to the aggregator (--mark-pid-file): the recording starts here.
-Phase 2 (run): --ops requests, GET with probability --get-share else SET, keys
+--phase load (against a native redis-server, before the recording): SET every
+key of the key space once (pipelined), SAVE (the RDB file the recorded server
+starts from, so the recording does not pay for --keys SET commands under
+lackey), SHUTDOWN NOSAVE.
+--phase run (against the server under lackey, which loaded that RDB file): PING
+until the load is done, then mark: SIGUSR1 to the aggregator (--mark-pid-file),
+the recording starts; --ops requests, GET with probability --get-share else SET, keys
 drawn from a Zipf(--skew) popularity over the key space; popularity rank is a
 seeded random permutation of the keys, so hot keys are spread over the space
 and not clustered by insertion order. Pipelined --depth requests per round trip.
 Mark again (stop), then SHUTDOWN NOSAVE.
 
-    python3 redis_client.py --port 6399 --keys 100000 --ops 200000 --mark-pid-file F
+    python3 redis_client.py --phase load --port 6399 --keys 100000
+    python3 redis_client.py --phase run --port 6399 --keys 100000 --ops 60000 --mark-pid-file F
 """
 
 from __future__ import annotations
@@ -87,6 +92,18 @@ def zipf_cum_weights(n: int, skew: float) -> list[float]:
 SETTLE_S = 0.5  # after the server answered: let the aggregator drain the log
 
 
+def ping_until_loaded(conn: Conn, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.pipeline([resp(b"PING")])
+            return
+        except RuntimeError as err:  # -LOADING while the RDB file loads
+            if "LOADING" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def mark(pid_file: Path | None) -> None:
     time.sleep(SETTLE_S)
     if pid_file is None:
@@ -98,11 +115,20 @@ def value(rng: random.Random, lo: int, hi: int) -> bytes:
     return rng.randbytes(rng.randint(lo, hi) // 2).hex().encode()
 
 
+def shutdown(conn: Conn) -> None:
+    try:
+        conn.sock.sendall(resp(b"SHUTDOWN", b"NOSAVE"))
+        conn.sock.recv(1024)
+    except OSError:
+        pass
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--phase", choices=("load", "run"), required=True)
     ap.add_argument("--port", type=int, default=6399)
     ap.add_argument("--keys", type=int, default=100_000)
-    ap.add_argument("--ops", type=int, default=200_000)
+    ap.add_argument("--ops", type=int, default=60_000)
     ap.add_argument("--get-share", type=float, default=0.9)
     ap.add_argument("--skew", type=float, default=0.99)
     ap.add_argument("--value-min", type=int, default=64)
@@ -116,13 +142,20 @@ def main() -> int:
     conn = connect(args.port, args.wait_s)
     keys = [b"key:%08d" % i for i in range(args.keys)]
     t0 = time.monotonic()
-    for lo in range(0, args.keys, args.depth * 8):
-        batch = keys[lo : lo + args.depth * 8]
-        conn.pipeline(
-            [resp(b"SET", k, value(rng, args.value_min, args.value_max)) for k in batch]
-        )
-    conn.pipeline([resp(b"PING")])
+    if args.phase == "load":
+        for lo in range(0, args.keys, args.depth * 8):
+            batch = keys[lo : lo + args.depth * 8]
+            conn.pipeline(
+                [resp(b"SET", k, value(rng, args.value_min, args.value_max)) for k in batch]
+            )
+        conn.pipeline([resp(b"SAVE")])
+        shutdown(conn)
+        print(f"redis_client: loaded {args.keys} keys and saved in "
+              f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
+        return 0
+    ping_until_loaded(conn, args.wait_s)
     t_load = time.monotonic() - t0
+    rng = random.Random(args.seed + 1)
     mark(args.mark_pid_file)
     by_rank = keys[:]
     rng.shuffle(by_rank)
@@ -142,13 +175,9 @@ def main() -> int:
     conn.pipeline([resp(b"PING")])
     t_run = time.monotonic() - t0
     mark(args.mark_pid_file)
-    try:
-        conn.sock.sendall(resp(b"SHUTDOWN", b"NOSAVE"))
-        conn.sock.recv(1024)
-    except OSError:
-        pass
+    shutdown(conn)
     print(
-        f"redis_client: keys={args.keys} load_s={t_load:.1f} ops={args.ops} gets={gets} "
+        f"redis_client: keys={args.keys} rdb_load_s={t_load:.1f} ops={args.ops} gets={gets} "
         f"get_hits={hits} run_s={t_run:.1f}",
         file=sys.stderr,
     )

@@ -144,7 +144,7 @@ def top_share(per_page: I64, fraction: float) -> float:
     if not per_page.size:
         return 0.0
     ranked = np.sort(per_page)[::-1]
-    n = max(1, int(round(fraction * ranked.shape[0])))
+    n = max(1, round(fraction * ranked.shape[0]))
     return float(ranked[:n].sum() / ranked.sum())
 
 
