@@ -4,7 +4,7 @@
 # on an indexed lookup/update mix, igraph's PageRank and BFS (a small C driver over
 # libigraph) on a power-law graph.
 #
-#     bash evaluation/record/record.sh [redis|sqlite|graph|all]   (root: apt-get)
+#     bash evaluation/record/record.sh [redis|sqlite|graph|all|bench]   (root: apt-get)
 #
 # Each program runs under `valgrind --tool=lackey --trace-mem=yes`, its log
 # streamed through a FIFO into lackey_agg (built here with gcc), which bins the
@@ -24,13 +24,13 @@ WINDOW_ACCESSES="${WINDOW_ACCESSES:-5000000}"   # one bin window: 0.05 s at 1e8/
 MAPS_EVERY="${MAPS_EVERY:-1000000}"     # /proc/PID/maps snapshot period, data accesses
 
 # redis: key space, requests, skew; sqlite: rows, statements; graph: vertices
-REDIS_KEYS="${REDIS_KEYS:-100000}"
-REDIS_OPS="${REDIS_OPS:-60000}"
+REDIS_KEYS="${REDIS_KEYS:-40000}"
+REDIS_OPS="${REDIS_OPS:-20000}"
 REDIS_SKEW="${REDIS_SKEW:-0.99}"
 SQLITE_ROWS="${SQLITE_ROWS:-200000}"
-SQLITE_STMTS="${SQLITE_STMTS:-20000}"
+SQLITE_STMTS="${SQLITE_STMTS:-6000}"
 SQLITE_SKEW="${SQLITE_SKEW:-0.99}"
-GRAPH_VERTICES="${GRAPH_VERTICES:-100000}"
+GRAPH_VERTICES="${GRAPH_VERTICES:-20000}"
 GRAPH_EDGES_PER_VERTEX="${GRAPH_EDGES_PER_VERTEX:-8}"
 
 log() { printf 'record: %s\n' "$*" >&2; }
@@ -102,7 +102,8 @@ scenario() {
 record_redis() {
 	local port=6399 rdb=redis-zipf.rdb
 	local server=(redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --save ""
-		--appendonly no --daemonize no --dir "$WORK" --dbfilename "$rdb")
+		--appendonly no --daemonize no --dir "$WORK" --dbfilename "$rdb"
+		--rdbcompression no --rdbchecksum no)  # LZF and CRC64 would cost the load under lackey
 	rm -f "$WORK/$rdb"
 	# the key space, loaded into a native server and saved (not recorded)
 	"${server[@]}" --logfile "$WORK/redis-load.log" &
@@ -142,9 +143,32 @@ record_graph() {
  $GRAPH_VERTICES-vertex Barabasi-Albert graph, $GRAPH_EDGES_PER_VERTEX edges per vertex."
 }
 
+# bench: lackey's log of one igraph run (to a file), then lackey_agg and `wc -l`
+# over that same file: the aggregator's lines/s against lackey's own output rate.
+bench_agg() {
+	gcc -O2 -Wall -Wextra -o "$WORK/graph_workload" "$HERE/graph_workload.c" \
+		$(pkg-config --cflags --libs igraph)
+	local logf="$WORK/bench.lackey"
+	local t0 t1 t2 t3
+	t0=$(date +%s.%N)
+	valgrind --tool=lackey --trace-mem=yes --log-file="$logf" "$WORK/graph_workload" 5000 8 1 >/dev/null
+	t1=$(date +%s.%N)
+	"$WORK/lackey_agg" --in "$logf" --out "$WORK/bench.bins" --stats "$WORK/bench.stats"
+	t2=$(date +%s.%N)
+	wc -l <"$logf" >/dev/null
+	t3=$(date +%s.%N)
+	local lines
+	lines=$(awk '$1 == "lines" {print $2}' "$WORK/bench.stats")
+	awk -v n="$lines" -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" 'BEGIN {
+		printf "bench: %d lackey lines; lackey wrote them at %.2f M lines/s,", n, n / (b - a) / 1e6
+		printf " lackey_agg read them at %.1f M lines/s, wc -l at %.1f M lines/s", n / (c - b) / 1e6, n / (d - c) / 1e6
+		printf " (lackey_agg / lackey: %.0fx)\n", (b - a) / (c - b) }'
+	rm -f "$logf"
+}
+
 main() {
 	local what="${1:-all}"
-	case "$what" in redis|sqlite|graph|all) ;; *) log "usage: record.sh [redis|sqlite|graph|all]"; exit 2 ;; esac
+	case "$what" in redis|sqlite|graph|all|bench) ;; *) log "usage: record.sh [redis|sqlite|graph|all|bench]"; exit 2 ;; esac
 	install_deps
 	build_agg
 	mkdir -p "$TRACES"
@@ -152,6 +176,7 @@ main() {
 	redis) record_redis ;;
 	sqlite) record_sqlite ;;
 	graph) record_graph ;;
+	bench) bench_agg ;;
 	all) record_redis && record_sqlite && record_graph ;;
 	esac
 }
