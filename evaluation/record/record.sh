@@ -177,7 +177,11 @@ main() {
 	sqlite) record_sqlite ;;
 	graph) record_graph ;;
 	bench) bench_agg ;;
-	all) record_redis && record_sqlite && record_graph ;;
+	all)  # one after the other, each a plain command so that set -e stops at a failure
+		record_redis
+		record_sqlite
+		record_graph
+		;;
 	esac
 }
 

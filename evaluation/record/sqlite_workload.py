@@ -7,15 +7,16 @@ deterministic 64-255 character string, and an index kv_k on k.
 
 `drive` feeds the sqlite3 CLI (running under lackey) through two FIFOs: it sets a
 page cache larger than the database (no mmap), warms it with a count(*) over
-the table's b-tree and one over the index's (each walks every page), waits for the CLI to print MARK-START (the CLI is then
-idle), signals the aggregator (the recording starts), sends --stmts statements in
-transactions of --txn: `SELECT v FROM kv WHERE k = ?` with probability
---get-share, else `UPDATE kv SET v = ? WHERE k = ?` (a new value of similar
-length), keys drawn from Zipf(--skew) over a seeded random permutation of the
-keys; then waits for MARK-STOP and signals again (the recording stops).
+the table's b-tree and one over the index's (each walks every page), waits for
+the CLI to print MARK-START (the CLI is then idle), signals the aggregator (the
+recording starts), sends --stmts statements in transactions of --txn:
+`SELECT v FROM kv WHERE k = ?` with probability --get-share, else
+`UPDATE kv SET v = ? WHERE k = ?` (a new value of similar length), keys
+drawn from Zipf(--skew) over a seeded random permutation of the keys; then
+waits for MARK-STOP and signals again (the recording stops).
 
     python3 sqlite_workload.py build --rows 200000 | sqlite3 kv.db
-    python3 sqlite_workload.py drive --rows 200000 --stmts 20000 --stdin-fifo I \
+    python3 sqlite_workload.py drive --rows 200000 --stmts 6000 --stdin-fifo I \
         --stdout-fifo O --mark-pid-file F
 """
 
@@ -122,7 +123,12 @@ def mark(pid_file: Path | None) -> None:
 def drive(args: argparse.Namespace) -> int:
     multiplier(args.rows)
     stmts = workload_sql(args)
-    with open(args.stdin_fifo, "w") as cli_in, open(args.stdout_fifo) as cli_out:
+    # Not one `with` for both: closing the CLI's stdout while the reader thread
+    # blocks in read() on it would wait for that thread, and the thread for the
+    # CLI, which waits for its stdin to end.
+    cli_in = open(args.stdin_fifo, "w")  # noqa: SIM115
+    cli_out = open(args.stdout_fifo)  # noqa: SIM115
+    try:
         reader = Reader(cli_out)
         reader.start()
         cli_in.write("\n".join([
@@ -148,7 +154,10 @@ def drive(args: argparse.Namespace) -> int:
         t_run = time.monotonic() - t0
         mark(args.mark_pid_file)
         cli_in.write(".quit\n")
+    finally:
+        cli_in.close()  # first: the CLI sees EOF, exits, and the reader sees EOF
     reader.join(timeout=args.timeout_s)
+    cli_out.close()
     print(f"sqlite_workload: rows={args.rows} stmts={args.stmts} warm_s={t_warm:.1f} "
           f"run_s={t_run:.1f} output_lines={reader.lines}", file=sys.stderr)
     return 0
