@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-pagemap bench-trace clean testbed vm-compare evaluation fuzz
+.PHONY: demo test lint bench bench-pagemap bench-trace clean testbed vm-compare evaluation fuzz traces
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,3 +70,9 @@ clean:
 evaluation: $(STAMP)
 	$(PY) -m pip install -q -e '.[plot]'
 	$(PY) evaluation/make_docs.py
+
+# docs/recorded-workloads.md: redis-server, the sqlite3 CLI and an igraph PageRank run
+# under valgrind's lackey, their page accesses into evaluation/traces/*.csv and their
+# scenarios into evaluation/scenarios/ (root: apt-get; WHAT=redis|sqlite|graph|all).
+traces: $(STAMP)
+	bash evaluation/record/record.sh $(or $(WHAT),all)
