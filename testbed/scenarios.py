@@ -100,7 +100,7 @@ class PromoteLimits:
     """How long the promote scenario runs (TCG: generous)."""
 
     judge_scans: int = 10  # complete scans of main after which it is judged
-    max_s: float = 900.0  # upper bound from ready, for scans that never complete
+    max_s: float = 600.0  # upper bound from ready, for scans that never complete
     settle_s: float = 6.0  # keeps running after 90 %, so a late wrong move would show
     exiter_life_s: float = 8.0  # the exiting workload's life after its ready
 
@@ -194,7 +194,7 @@ class FullLimits:
     leave_mib: int = 40
     min_scans: int = 4  # once refusals were counted, until main had this many scans
     judge_scans: int = 12  # without a refusal by then, stop (the test fails)
-    max_s: float = 900.0
+    max_s: float = 600.0
 
 
 def run_full(
@@ -260,9 +260,9 @@ class ExchangeLimits:
 
     leave_mib: int = 40  # node 0's free memory the filler leaves (see FullLimits)
     judge_scans: int = 20  # complete scans of main after which it is judged
-    max_s: float = 900.0
+    max_s: float = 600.0
     settle_s: float = 6.0
-    filler_report_s: float = 2.0  # the filler's own placement reports (~230k pages each)
+    filler_report_s: float = 10.0  # the filler's own placement reports (~215k pages: ~2 s each)
 
 
 def filler_spec(leave_mib: int, report_interval_s: float) -> WorkloadSpec:

@@ -38,7 +38,7 @@ import pytest
 
 from testbed.scenarios import FullLimits, PromoteLimits
 
-from .conftest import require_guest
+from .conftest import BOOT_SLACK_S, SCENARIO_SLACK_S, require_guest
 from .scenario import (
     CASE_IDS,
     CASES,
@@ -70,7 +70,8 @@ class Boot:
 def boot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Boot:
     """One guest boot per kernel: the promote scenario, then the full one."""
     kernel, source = request.param
-    guest = require_guest(kernel)
+    limit_s = BOOT_SLACK_S + PromoteLimits().max_s + FullLimits().max_s + 2 * SCENARIO_SLACK_S
+    guest = require_guest(kernel, timeout_s=limit_s)
     rwdir = tmp_path_factory.mktemp(f"e2e-{kernel}")
     result = guest.run_commands(
         [inguest_command("promote", source), inguest_command("full", source)], rwdir
