@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.compare_guest import COMPARE_SCENARIOS
-from testbed.guest import Guest, GuestUnavailable, missing_prerequisites
+from testbed.guest import Guest, GuestUnavailable, Topology, missing_prerequisites
 from testbed.guestio import first_time_at, hot_fraction_on
 from testbed.mechanisms import MECHANISMS
 from testbed.scenarios import EXCHANGE_TUNABLES, FAST_TUNABLES
@@ -210,15 +210,16 @@ def write_report(
         tunables += " plus " + json.dumps(EXCHANGE_TUNABLES)
     setup = (
         "First a cold filler bound to node 0 populates all of its free memory but 40 MiB "
-        "and stays idle; then "
+        "and stays idle. "
         if exchange
         else ""
     )
     lines = [
         f"# vm-compare ({meta['date']})",
         "",
-        f"Kernel {meta['kernel']} in a QEMU TCG guest (2 vCPUs; node 0: 1 GiB with the CPUs, "
-        f"node 1: 1 GiB CPU-less, HMAT 80/300 ns). {setup}Workload: {meta['size_mib']} MiB "
+        f"Kernel {meta['kernel']} in a QEMU TCG guest (2 vCPUs; node 0: "
+        f"{meta.get('node0_mib', 1024)} MiB with the CPUs, node 1: 1 GiB CPU-less, HMAT "
+        f"80/300 ns). {setup}Workload: {meta['size_mib']} MiB "
         f"bound to node 1, hot 10 % ({meta['layout']}) written in a loop; "
         f"{meta['duration_s']:g} s per mechanism from the moment it is ready"
         + ("; the workload flushes its TLB before each pass" if meta.get("flush_tlb") else "")
@@ -254,6 +255,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="exchange: a cold filler fills node 0 first; promote: node 0 has room")
     parser.add_argument("--layout", default="chunks:4", help="contiguous | chunks:K | scattered")
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--node0-mib", type=int, default=1024,
+                        help="node 0's memory (the exchange test uses 512: a smaller filler)")
     parser.add_argument("--mechanisms", default=",".join(MECHANISMS),
                         help=f"comma-separated, of {', '.join(MECHANISMS)}")
     parser.add_argument("--fast", action="store_true",
@@ -273,8 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vm-compare: unknown mechanism {unknown}: one of {', '.join(MECHANISMS)}",
               file=sys.stderr)
         return 2
-    if args.duration_s <= 0 or args.size_mib <= 0:
-        print("vm-compare: --duration-s and --size-mib must be positive", file=sys.stderr)
+    if args.duration_s <= 0 or args.size_mib <= 0 or args.node0_mib < 256:
+        print("vm-compare: --duration-s and --size-mib must be positive, --node0-mib >= 256",
+              file=sys.stderr)
         return 2
     if reasons := missing_prerequisites(args.kernel):
         print(f"vm-compare: {'; '.join(reasons)}", file=sys.stderr)
@@ -282,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timeout_s = BOOT_SLACK_S + len(mechanisms) * (args.duration_s + PER_RUN_SLACK_S)
-    guest = Guest(kernel=args.kernel, timeout_s=timeout_s)
+    topology = Topology(node0_mib=args.node0_mib)
+    guest = Guest(kernel=args.kernel, timeout_s=timeout_s, topology=topology)
     commands = guest_commands(
         mechanisms, args.duration_s, args.layout, args.size_mib, args.fast, args.flush_tlb,
         args.scenario,
@@ -306,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "date": time.strftime("%Y-%m-%d"), "kernel": kernel, "duration_s": args.duration_s,
         "layout": args.layout, "size_mib": args.size_mib, "fast": args.fast,
-        "flush_tlb": args.flush_tlb, "scenario": args.scenario,
+        "flush_tlb": args.flush_tlb, "scenario": args.scenario, "node0_mib": args.node0_mib,
         "mechanisms": mechanisms, "guest_elapsed_s": round(booted.elapsed_s, 1),
         "command": shlex.join(["python", "-m", "testbed.compare", *raw_argv]),
     }  # fmt: skip
