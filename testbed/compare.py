@@ -184,13 +184,14 @@ def guest_commands(
     fast: bool,
     flush_tlb: bool = True,
     scenario: str = "promote",
+    hot_pct: float = 10.0,
 ) -> list[str]:
     """One guest command per mechanism; outputs under $KSCAND_RWDIR/<mechanism>."""
     commands = []
     for name in mechanisms:
         argv = ["python", "-m", "testbed.inguest", "compare", "--mechanism", name,
                 "--duration-s", f"{duration_s:g}", "--layout", layout,
-                "--size-mib", str(size_mib)]  # fmt: skip
+                "--size-mib", str(size_mib), "--hot-pct", f"{hot_pct:g}"]  # fmt: skip
         argv += ["--fast"] if fast else []
         argv += ["--flush-tlb"] if flush_tlb else []
         argv += ["--scenario", scenario]
@@ -220,7 +221,8 @@ def write_report(
         f"Kernel {meta['kernel']} in a QEMU TCG guest (2 vCPUs; node 0: "
         f"{meta.get('node0_mib', 1024)} MiB with the CPUs, node 1: 1 GiB CPU-less, HMAT "
         f"80/300 ns). {setup}Workload: {meta['size_mib']} MiB "
-        f"bound to node 1, hot 10 % ({meta['layout']}) written in a loop; "
+        f"bound to node 1, hot {meta.get('hot_pct', 10):g} % ({meta['layout']}) written in "
+        "a loop; "
         f"{meta['duration_s']:g} s per mechanism from the moment it is ready"
         + ("; the workload flushes its TLB before each pass" if meta.get("flush_tlb") else "")
         + f". kscand with {tunables}.",
@@ -255,8 +257,12 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="exchange: a cold filler fills node 0 first; promote: node 0 has room")
     parser.add_argument("--layout", default="chunks:4", help="contiguous | chunks:K | scattered")
     parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--node0-mib", type=int, default=1024,
-                        help="node 0's memory (the exchange test uses 512: a smaller filler)")
+    parser.add_argument("--node0-mib", type=int, default=None,
+                        help="node 0's memory (default: exchange 512, as its test: a smaller "
+                             "filler to scan; promote 1024)")
+    parser.add_argument("--hot-pct", type=float, default=None,
+                        help="the workload's hot share (default: exchange 20, well over node "
+                             "0's room; promote 10)")
     parser.add_argument("--mechanisms", default=",".join(MECHANISMS),
                         help=f"comma-separated, of {', '.join(MECHANISMS)}")
     parser.add_argument("--fast", action="store_true",
@@ -270,15 +276,20 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse_args(raw_argv)
+    exchange = args.scenario == "exchange"
+    args.node0_mib = args.node0_mib or (512 if exchange else 1024)
+    args.hot_pct = args.hot_pct or (20.0 if exchange else 10.0)
     mechanisms = [m for m in args.mechanisms.split(",") if m]
     unknown = [m for m in mechanisms if m not in MECHANISMS]
     if unknown or not mechanisms:
         print(f"vm-compare: unknown mechanism {unknown}: one of {', '.join(MECHANISMS)}",
               file=sys.stderr)
         return 2
-    if args.duration_s <= 0 or args.size_mib <= 0 or args.node0_mib < 256:
-        print("vm-compare: --duration-s and --size-mib must be positive, --node0-mib >= 256",
-              file=sys.stderr)
+    if args.duration_s <= 0 or args.size_mib <= 0 or args.node0_mib < 256 or not (
+        0 < args.hot_pct <= 100
+    ):
+        print("vm-compare: --duration-s and --size-mib must be positive, --node0-mib >= 256, "
+              "--hot-pct in (0, 100]", file=sys.stderr)
         return 2
     if reasons := missing_prerequisites(args.kernel):
         print(f"vm-compare: {'; '.join(reasons)}", file=sys.stderr)
@@ -290,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     guest = Guest(kernel=args.kernel, timeout_s=timeout_s, topology=topology)
     commands = guest_commands(
         mechanisms, args.duration_s, args.layout, args.size_mib, args.fast, args.flush_tlb,
-        args.scenario,
+        args.scenario, args.hot_pct,
     )
     print(f"vm-compare: one {args.kernel} guest, {len(mechanisms)} runs of "
           f"{args.duration_s:g} s (TCG: expect ~{timeout_s / 60 * 0.6:.0f} min)", file=sys.stderr)
@@ -312,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "kernel": kernel, "duration_s": args.duration_s,
         "layout": args.layout, "size_mib": args.size_mib, "fast": args.fast,
         "flush_tlb": args.flush_tlb, "scenario": args.scenario, "node0_mib": args.node0_mib,
+        "hot_pct": args.hot_pct,
         "mechanisms": mechanisms, "guest_elapsed_s": round(booted.elapsed_s, 1),
         "command": shlex.join(["python", "-m", "testbed.compare", *raw_argv]),
     }  # fmt: skip
