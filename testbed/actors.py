@@ -29,7 +29,9 @@ STOP_TIMEOUT_S = 30.0
 Tunables = dict[str, int | float]
 
 
-WORKLOAD_OUTPUTS = (".stop", ".ready", ".done", ".placement.jsonl", ".hot.npy", ".cold.npy")
+WORKLOAD_OUTPUTS = (
+    ".stop", ".exit", ".ready", ".done", ".placement.jsonl", ".hot.npy", ".cold.npy",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class WorkloadSpec:
     comm: str = WORKLOAD_COMM
     duration_s: float = 3600.0
     exit_after_s: float | None = None
+    exit_file: bool = False  # exits abruptly once Workload.exit_abruptly() is called
     hold: bool = False
     keep_bind: bool = False
     fill_leave_mib: int | None = None
@@ -62,6 +65,8 @@ class WorkloadSpec:
         ]  # fmt: skip
         if self.exit_after_s is not None:
             argv += ["--exit-after-s", str(self.exit_after_s)]
+        if self.exit_file:
+            argv += ["--exit-file", str(out / f"{self.name}.exit")]
         if self.fill_leave_mib is not None:
             argv += ["--fill-leave-mib", str(self.fill_leave_mib)]
         argv += ["--hold"] if self.hold else []
@@ -122,6 +127,10 @@ class Workload:
             )
         return ""
 
+    def exit_abruptly(self) -> None:
+        """Make a workload started with exit_file exit at once (no report, no cleanup)."""
+        (self.out / f"{self.spec.name}.exit").touch()
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """Ask it to stop (stop file), then kill it if it does not; its exit status."""
         self.stop_file.touch()
@@ -181,6 +190,11 @@ class Daemon:
         """A counter of the daemon's totals; 0 until the daemon counted it (or wrote a state)."""
         state = self.state() if state is None else state
         return int(((state or {}).get("totals") or {}).get(name, 0))
+
+    def lists(self, pid: int, state: dict[str, Any] | None = None) -> bool:
+        """Whether the daemon's process list (its mm slots) holds pid."""
+        state = self.state() if state is None else state
+        return any(slot.get("pid") == pid for slot in (state or {}).get("processes") or [])
 
     def full_scans(self, pid: int, state: dict[str, Any] | None = None) -> int:
         """Complete scans of pid's address space so far (0 before its first, or once gone)."""

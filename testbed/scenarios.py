@@ -102,7 +102,12 @@ class PromoteLimits:
     judge_scans: int = 10  # complete scans of main after which it is judged
     max_s: float = 600.0  # upper bound from ready, for scans that never complete
     settle_s: float = 6.0  # keeps running after 90 %, so a late wrong move would show
-    exiter_life_s: float = 8.0  # the exiting workload's life after its ready
+    # The exiting workload exits this long after the daemon first lists it (it must have
+    # seen it: under load a step took 40 s, and an exiter with a fixed 8 s life was gone
+    # before the daemon ever looked, so no exit was counted); it waits at most
+    # exiter_seen_max_s for that.
+    exiter_life_s: float = 2.0
+    exiter_seen_max_s: float = 300.0
 
 
 def run_promote(
@@ -124,8 +129,7 @@ def run_promote(
             daemon.wait_up()
             exiter = Workload(
                 WorkloadSpec(name="exiter", size_mib=64, hot_pct=100, layout="contiguous",
-                             comm=f"{WORKLOAD_COMM}-exit", exit_after_s=limits.exiter_life_s,
-                             flush_tlb=True),
+                             comm=f"{WORKLOAD_COMM}-exit", exit_file=True, flush_tlb=True),
                 out,
             )  # fmt: skip
             result.data["exiter"] = exiter.wait_ready()
@@ -152,6 +156,8 @@ def _poll_promotion(
     scans = ScanLog(daemon, main.pid, ready_wall, [])
     reached_s: float | None = None
     alive_after_exit: list[bool] = []
+    exiter_ready_wall = float(exiter.info["ready_wall"])
+    seen_wall: float | None = None  # when the daemon first listed the exiter
     lo, hi = (int(a) for a in main.info["buffer"])
     regions = DamonRegionLog(main.pid, lo, hi, enabled=daemon.source == "damon")
     while time.time() - ready_wall < limits.max_s:
@@ -161,6 +167,13 @@ def _poll_promotion(
             reached_s = first_time_at(main.timeline(), "hot", 0, HOT_SHARE)
             if reached_s is not None:
                 result.data["scans_at_90"] = nr_scans
+        now = time.time()
+        if seen_wall is None and daemon.lists(exiter.pid, state):
+            seen_wall = now
+            result.data["exiter_seen_s"] = round(now - ready_wall, 1)
+        waited_out = now - exiter_ready_wall >= limits.exiter_seen_max_s
+        if (seen_wall is not None and now - seen_wall >= limits.exiter_life_s) or waited_out:
+            exiter.exit_abruptly()
         if exiter.proc.poll() is not None:
             alive_after_exit.append(daemon.alive())
         exit_counted = daemon.total("nr_kscand_mm_exit", state) >= 1

@@ -89,3 +89,23 @@ def test_filler_column() -> None:
     assert filler_on_slow({}) is None
     timeline = [{"cold": {"node0": 9}}, {"cold": {"node0": 4, "node1": 5}}]
     assert filler_on_slow({"filler_timeline": timeline}) == 5
+
+
+def test_daemon_lists_a_process() -> None:
+    daemon = bare_daemon()
+    assert daemon.lists(10, STATE) and not daemon.lists(99, STATE) and not daemon.lists(10, {})
+
+
+def test_exit_file_makes_the_workload_exit_at_once(tmp_path: Path) -> None:
+    from testbed.actors import Workload, WorkloadSpec
+
+    workload = Workload(WorkloadSpec(name="e", size_mib=4, node=0, exit_file=True), tmp_path)
+    try:
+        workload.wait_ready(timeout_s=60)
+        workload.exit_abruptly()
+        assert workload.proc.wait(timeout=30) == 0
+        assert not (tmp_path / "e.done").exists()  # abrupt: no final report
+    finally:
+        if workload.proc.poll() is None:
+            workload.proc.kill()
+            workload.proc.wait()
