@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from testbed.guest import KERNEL_KINDS, Guest, GuestResult, missing_prerequisites
+from testbed.guest import KERNEL_KINDS, Guest, GuestResult, Topology, missing_prerequisites
 
 GUEST_DIR = Path(__file__).parent
 # TCG boots take 20-40 s on 2 shared cores; leave room for slow CI machines.
 DEFAULT_TIMEOUT_S = float(os.environ.get("KSCAND_GUEST_TIMEOUT_S", "600"))
+BOOT_SLACK_S = 120.0  # boot and power-off (TCG)
+# Before a scenario's own clock starts: a filler populating, the daemon and the workload
+# importing numpy (each bounded by testbed/actors.py's 180 s timeouts), the stops after.
+SCENARIO_SLACK_S = 3 * 180.0 + 60.0
 
 BootOnce = Callable[[str, Sequence[str]], GuestResult]
 
@@ -30,11 +34,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.guest)
 
 
-def require_guest(kernel: str) -> Guest:
-    """A Guest for `kernel`, or skip (fail under CI=true) naming what is missing."""
+def require_guest(
+    kernel: str, timeout_s: float | None = None, topology: Topology | None = None
+) -> Guest:
+    """A Guest for `kernel`, or skip (fail under CI=true) naming what is missing.
+
+    timeout_s: the boot's limit when it is longer than the default (a scenario's own
+    upper bounds in time); topology: the default two 1 GiB nodes unless given."""
     reasons = missing_prerequisites(kernel)
     require(not reasons, f"guest kernel {kernel!r} cannot boot: {'; '.join(reasons)}")
-    return Guest(kernel=kernel, timeout_s=DEFAULT_TIMEOUT_S)
+    limit_s = max(DEFAULT_TIMEOUT_S, timeout_s or 0.0)
+    return Guest(kernel=kernel, timeout_s=limit_s, topology=topology or Topology())
 
 
 @pytest.fixture(scope="session", params=KERNEL_KINDS)

@@ -19,9 +19,9 @@ Run inside the QEMU guest (`python tests/guest/workload.py --out DIR --name wl .
    a pass every --pass-interval-ms, and every --report-interval-s (0: never;
    one line at ready and one at the end still) append one JSON line to
    NAME.placement.jsonl with where the pages are (move_pages(2) query mode on
-   its own pages). Until --duration-s, --exit-after-s (exit at
-   once, without a final report: the "process exits mid-scan" case) or a stop
-   file (--stop-file) appears.
+   its own pages). Until --duration-s, --exit-after-s or an exit file (--exit-file;
+   both exit at once, without a final report: the "process exits mid-scan" case)
+   or a stop file (--stop-file) appears.
 5. Write NAME.done (JSON: the last placement and why it stopped).
 
 --hold keeps the memory without touching it (a filler); --fill-leave-mib N
@@ -250,6 +250,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--comm", default="kscand-wl", help="process name once ready")
     p.add_argument("--duration-s", type=float, default=120.0)
     p.add_argument("--exit-after-s", type=float, help="exit this long after ready, no report")
+    p.add_argument("--exit-file", type=Path, help="exit at once, no report, when this file exists")
     p.add_argument("--stop-file", type=Path, help="stop when this file exists")
     p.add_argument("--pass-interval-ms", type=float, default=5.0)
     p.add_argument("--report-interval-s", type=float, default=1.0, help="0: never")
@@ -352,6 +353,8 @@ def run_loop(
         now = time.monotonic()
         if args.exit_after_s is not None and now - start >= args.exit_after_s:
             os._exit(0)  # abrupt, like a crash: no final report, no cleanup
+        if args.exit_file is not None and args.exit_file.exists():
+            os._exit(0)
         if now - start >= args.duration_s:
             return "duration", passes
         if args.stop_file is not None and args.stop_file.exists():
