@@ -65,7 +65,7 @@ FAST_TUNABLES: dict[str, Tunables] = {
 # only with demote_watermark_pct > 0 (src/kscand/demoter.py). THE SWITCH: once the engine
 # exchanges by default when the top tier is short, make this {} and the exchange test
 # asserts kscand's default behaviour.
-EXCHANGE_TUNABLES: Tunables = {"demote_watermark_pct": 10}
+EXCHANGE_TUNABLES: Tunables = {}  # kscand's defaults: exchange is on when node 0 is short
 HOT_SHARE = 0.9
 FILLER_COMM = f"{WORKLOAD_COMM}-fill"  # scanned: kscand's comm_patterns is kscand-wl*
 
