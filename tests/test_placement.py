@@ -235,3 +235,26 @@ def test_first_promotion_comes_as_soon_as_numa_balancing_would() -> None:
         if engine.stats.total["nr_kscand_migrated"]:
             first_s = machine.clock.now_s
     assert first_s is not None and first_s <= 1.5, first_s
+
+
+def test_exchange_works_when_a_step_outlasts_the_demotion_window() -> None:
+    """Under TCG a step took 5-7 s against a 1 s longest period: cold folios queued at
+    the step's start expired before the same step's migration used them, and nothing was
+    demoted (1.6 M drop_demote_stale in the guest). A step's finds live at least until
+    the next step."""
+    sc = scenario(
+        [{"name": "filler", "placement": "fast", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "24MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 16),
+          "vmas": [{"kind": "anon", "size": "16MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 200, "scan_period_min_ms": 200,
+                  "scan_period_max_ms": 1000, "default_scale": 1, "target_free_min_pct": 0},
+        sim={"scan_cost_ns_per_pte": 200_000.0},  # 40 MiB = 10,240 PTEs: ~2 s a step
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 120.0)
+    filler, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert engine.stats.of(filler.proc)["nr_kscand_exchange_demoted"] > 0
+    assert int((hot.vmas[0].nid == 0).sum()) == 16 * PAGES_PER_MIB

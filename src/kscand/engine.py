@@ -112,6 +112,8 @@ class Kscand:
             ledger=self.ledger, reprobes=self.reprobes, drain=self._migrate,
         )
         self._ctx: ScanContext | None = None  # this step's, built when first needed
+        self._step_start_ns = machine.clock.now_ns()
+        self._prev_step_start_ns = self._step_start_ns
 
     def set_tunables(self, tunables: Tunables) -> None:
         """Apply new tunables; they take effect from the next step (the sysfs analog)."""
@@ -133,6 +135,8 @@ class Kscand:
     def step(self) -> StepResult:
         """One wake-up: sync the mm list, re-probe, scan the processes that are due, migrate."""
         self._ctx = None
+        self._prev_step_start_ns = self._step_start_ns
+        self._step_start_ns = self.machine.clock.now_ns()
         entered, exited = self._sync()
         if not self.tunables.scan_enabled:
             return StepResult(0, 0, entered, exited)
@@ -169,9 +173,11 @@ class Kscand:
     def _migrate(self) -> None:
         """Demote what must make room, then promote what is queued, hottest first."""
         t = self.tunables
-        now_ns = self.machine.clock.now_ns()
         if self.demoter.nr_queued:
-            self.demoter.expire(now_ns - 2 * t.scan_period_max_ms * 1_000_000)
+            # Relative to the step's start, which queued folios carry: a step that
+            # outlasts the window (seconds under load) must not expire its own finds.
+            window_ns = 2 * t.scan_period_max_ms * 1_000_000
+            self.demoter.expire(min(self._step_start_ns - window_ns, self._prev_step_start_ns))
         if not self.migrator.nr_queued and not self.demoter.nr_queued:
             return  # nothing queued: no topology read (it re-reads every node's meminfo)
         topology = self.machine.topology()
