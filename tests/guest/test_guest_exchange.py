@@ -17,7 +17,7 @@ make room for the hot ones (testbed/scenarios.py's run_exchange; one boot per ke
   (DamonSettings.min_access_share). Not a kscand exchange fault, but not a passing test
   either; testbed/README says so.
 - Judged once >= 90 % of the hot set is on node 0, or after ExchangeLimits.judge_scans
-  complete scans of the workload (10 min at most), not after a fixed time.
+  complete scans of the workload (20 min at most), not after a fixed time.
 """
 
 from __future__ import annotations
