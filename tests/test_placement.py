@@ -15,6 +15,7 @@ from kscand.engine import Kscand
 from kscand.machine import PAGE_SIZE
 from kscand.placement import HeatLedger, node_plan
 from kscand.sim.machine import SimMachine
+from kscand.sim.scenario import Scenario
 from kscand.tunables import Tunables
 
 MiB = 1 << 20
@@ -146,16 +147,24 @@ def test_exchange_demotes_the_warm_for_the_hot_without_ping_pong() -> None:
     assert total["nr_kscand_moved"] <= 2.5 * minimum, total["nr_kscand_moved"]
 
 
-@pytest.mark.parametrize("exchange", [True, False])
-def test_exchange_makes_room_in_a_node_filled_first_by_a_cold_process(exchange: bool) -> None:
-    sc = scenario(
+def filled_by_a_cold_process(tunables: dict[str, object], **top: object) -> Scenario:
+    """A 32 MiB top node filled 24 MiB by a cold process; a hot 16 MiB one on the slow node."""
+    return scenario(
         [{"name": "filler", "placement": "fast", "workload": COLD,
           "vmas": [{"kind": "anon", "size": "24MiB"}]},
          {"name": "hot", "placement": "slow", "workload": per_page(40.0, 16),
           "vmas": [{"kind": "anon", "size": "16MiB"}]}],
         nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
                {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
-        tunables={**SERIES_PERIODS, "target_free_min_pct": 0, "exchange_enabled": exchange},
+        tunables=tunables,
+        **top,
+    )
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_exchange_makes_room_in_a_node_filled_first_by_a_cold_process(exchange: bool) -> None:
+    sc = filled_by_a_cold_process(
+        {**SERIES_PERIODS, "target_free_min_pct": 0, "exchange_enabled": exchange}
     )
     machine, engine = machine_and_engine(sc)
     run_for(machine, engine, 15.0)
@@ -242,15 +251,9 @@ def test_exchange_works_when_a_step_outlasts_the_demotion_window() -> None:
     the step's start expired before the same step's migration used them, and nothing was
     demoted (1.6 M drop_demote_stale in the guest). A step's finds live at least until
     the next step."""
-    sc = scenario(
-        [{"name": "filler", "placement": "fast", "workload": COLD,
-          "vmas": [{"kind": "anon", "size": "24MiB"}]},
-         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 16),
-          "vmas": [{"kind": "anon", "size": "16MiB"}]}],
-        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
-               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
-        tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 200, "scan_period_min_ms": 200,
-                  "scan_period_max_ms": 1000, "default_scale": 1, "target_free_min_pct": 0},
+    sc = filled_by_a_cold_process(
+        {"scan_delay_ms": 0, "mm_scan_period_ms": 200, "scan_period_min_ms": 200,
+         "scan_period_max_ms": 1000, "default_scale": 1, "target_free_min_pct": 0},
         sim={"scan_cost_ns_per_pte": 200_000.0},  # 40 MiB = 10,240 PTEs: ~2 s a step
     )
     machine, engine = machine_and_engine(sc)
