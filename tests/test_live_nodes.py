@@ -16,6 +16,7 @@ from kscand.live.nodes import (
     decide_top_tier,
     parse_id_list,
     parse_node_meminfo,
+    parse_zoneinfo_wmark,
 )
 from kscand.machine import NID_NONE
 
@@ -46,6 +47,75 @@ def test_parse_meminfo() -> None:
     assert parse_node_meminfo(text, "m") == (1024, 512)
     with pytest.raises(Unsupported, match="MemTotal"):
         parse_node_meminfo("Node 1 MemTotal: lots kB\nNode 1 MemFree: 2 kB\n", "m")
+
+
+# /proc/zoneinfo of the testbed guest (6.12, 512 MiB node 0, 1 GiB CPU-less node 1),
+# per-node and per-cpu stats cut; the per-cpu "high:" lines are not the watermark.
+GUEST_ZONEINFO = """\
+Node 0, zone      DMA
+  per-node stats
+      nr_inactive_anon 3141
+  pages free     616
+        boost    0
+        min      169
+        low      211
+        high     253
+        promo    295
+        spanned  4095
+        present  3998
+        managed  3840
+        cma      0
+        protection: (0, 473, 473, 473)
+  pagesets
+    cpu: 0
+              count: 31
+              high:  0
+Node 0, zone    DMA32
+  pages free     5301
+        boost    0
+        min      5347
+        low      6683
+        high     8019
+        spanned  126976
+        present  126976
+        managed  121696
+        protection: (0, 0, 0, 0)
+Node 0, zone   Normal
+  pages free     0
+        boost    0
+        min      0
+        low      0
+        high     0
+        spanned  0
+        present  0
+        managed  0
+        protection: (0, 0, 0, 0)
+Node 1, zone    DMA32
+  pages free     181451
+        boost    0
+        min      11378
+        low      14222
+        high     17066
+        managed  258002
+        protection: (0, 0, 0, 0)
+"""
+
+
+def test_parse_zoneinfo_wmark_sums_high_and_protection_per_node() -> None:
+    assert parse_zoneinfo_wmark(GUEST_ZONEINFO) == {0: 253 + 473 + 8019, 1: 17066}
+    # A zone protected by more than it manages reserves what it manages, no more.
+    tiny = "Node 0, zone DMA\n  high 20\n  managed 100\n  protection: (0, 3018, 17226)\n"
+    assert parse_zoneinfo_wmark(tiny) == {0: 100}
+    assert parse_zoneinfo_wmark("") == {}
+    assert parse_zoneinfo_wmark("Node 0, zone DMA\n  high lots\n  managed 9\n") == {0: 0}
+
+
+def test_topology_carries_the_kernel_reserve(fake: FakeLinux) -> None:
+    fake.two_tier()
+    nodes = SysfsNodes(fake.sysfs, fake.procfs)
+    assert [n.wmark_pages for n in nodes.topology().nodes] == [0, 0]  # no zoneinfo: unknown
+    (Path(fake.procfs) / "zoneinfo").write_text(GUEST_ZONEINFO)
+    assert [n.wmark_pages for n in nodes.topology().nodes] == [8745, 17066]
 
 
 def test_two_tier_topology(fake: FakeLinux) -> None:

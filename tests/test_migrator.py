@@ -7,7 +7,13 @@ import errno
 import numpy as np
 
 from kscand.machine import NodeInfo, Topology
-from kscand.migrator import default_target, fit_in_room, move_fail_counter, room_pages
+from kscand.migrator import (
+    default_target,
+    fit_in_room,
+    headroom_pages,
+    move_fail_counter,
+    room_pages,
+)
 from kscand.tunables import Tunables
 
 
@@ -18,6 +24,18 @@ def node(nid: int, top: bool, free: int = 50, cap: int = 100) -> NodeInfo:
 def test_room_keeps_the_watermark() -> None:
     assert room_pages(node(0, True, free=50, cap=100), 2.0) == 48
     assert room_pages(node(0, True, free=1, cap=100), 2.0) == 0
+
+
+def test_room_keeps_the_kernel_reserve_when_it_is_larger() -> None:
+    # A 512 MiB guest node: high watermark + protection 8,745 pages, 6.7 % of it.
+    small = NodeInfo(0, 131_072, 10_000, True, 4, True, wmark_pages=8_745)
+    assert room_pages(small, 2.0) == 10_000 - 8_745
+    assert headroom_pages(small, 2.0) == 10_000 - 8_745
+    under = NodeInfo(0, 131_072, 5_917, True, 4, True, wmark_pages=8_745)
+    assert room_pages(under, 2.0) == 0
+    assert headroom_pages(under, 2.0) == 5_917 - 8_745  # the deficit exchange makes up
+    big = NodeInfo(0, 131_072, 10_000, True, 4, True, wmark_pages=100)
+    assert room_pages(big, 2.0) == 10_000 - 2_622  # the 2 % floor
 
 
 def test_fit_in_room_takes_whole_folios_in_order() -> None:

@@ -26,7 +26,7 @@ from kscand.migrator import (
     MigrateResult,
     Migrator,
     default_target,
-    room_pages,
+    headroom_pages,
     target_order,
 )
 from kscand.mmlist import MmList, MmSlot, note_moves
@@ -208,7 +208,9 @@ class Kscand:
         for nid, parts in wanting.items():
             heat = np.concatenate([p.heat for p in parts])
             nr_pages = np.concatenate([p.nr_pages for p in parts])
-            need = int(nr_pages.sum()) - room_pages(topology.node(nid), t.target_free_min_pct)
+            # Under the watermark, the deficit is made up too: the promotions after
+            # the demotions must find the room they were counted against.
+            need = int(nr_pages.sum()) - headroom_pages(topology.node(nid), t.target_free_min_pct)
             if need <= 0:
                 continue
             hottest = np.argsort(-heat.astype(np.int16), kind="stable")

@@ -127,6 +127,11 @@ class NodeInfo:
     has_cpu: bool
     tier: int  # memory tier id (abstract distance >> 7); lower is faster
     top_tier: bool
+    # Free pages an allocation of user memory on this node may not take: the sum over
+    # its zones of the high watermark (boost included) and the largest lowmem
+    # protection (/proc/zoneinfo). Below it the kernel refuses migration targets
+    # (ENOMEM) or wakes kswapd. 0 when unknown.
+    wmark_pages: int = 0
 
 
 @dataclass(frozen=True, slots=True)

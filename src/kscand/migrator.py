@@ -79,10 +79,20 @@ def move_fail_counter(status: int) -> str:
     return f"move_fail_{name.lower()}"
 
 
+def headroom_pages(node: NodeInfo, free_min_pct: float) -> int:
+    """Free base pages of node above what must stay free, negative when under it.
+
+    What must stay free is the larger of free_min_pct of its capacity and the
+    kernel's own reserve (NodeInfo.wmark_pages): on a small node the high watermark
+    is several percent, and moves into it fail with ENOMEM.
+    """
+    reserve = max(int(np.ceil(node.capacity_pages * free_min_pct / 100.0)), node.wmark_pages)
+    return node.free_pages - reserve
+
+
 def room_pages(node: NodeInfo, free_min_pct: float) -> int:
-    """Base pages that may still be promoted to node without passing its watermark."""
-    reserve = int(np.ceil(node.capacity_pages * free_min_pct / 100.0))
-    return max(0, node.free_pages - reserve)
+    """Base pages that may still be moved to node without passing its watermark."""
+    return max(0, headroom_pages(node, free_min_pct))
 
 
 def fit_in_room(nr_pages: I64Array, room: int) -> BoolArray:

@@ -83,6 +83,46 @@ def parse_node_meminfo(text: str, what: str) -> tuple[int, int]:
     return values["MemTotal"], values["MemFree"]
 
 
+_ZONE_HEAD = re.compile(r"^Node\s+([0-9]+),\s+zone\s+\S+\s*$")
+_PROTECTION = re.compile(r"^\s*protection:\s*\(([0-9,\s]*)\)\s*$")
+
+
+def parse_zoneinfo_wmark(text: str) -> dict[int, int]:
+    """Per node, the free pages user allocations may not take, from /proc/zoneinfo.
+
+    For each zone with managed pages: its high watermark as printed (it includes
+    watermark_boost, mm/vmstat.c zoneinfo_show_print) plus its largest lowmem
+    protection, the reserve held against allocations that could use a higher zone
+    (mm/page_alloc.c __zone_watermark_ok), at most the zone's managed pages (a small
+    DMA zone protected by more than it holds is simply never a user target).
+    Fields that do not parse count 0.
+    """
+    out: dict[int, int] = {}
+    zones: list[tuple[int, dict[str, int]]] = []
+    for line in text.splitlines():
+        head = _ZONE_HEAD.match(line)
+        if head:
+            zones.append((int(head.group(1)), {}))
+            continue
+        if not zones:
+            continue
+        fields = zones[-1][1]
+        prot = _PROTECTION.match(line)
+        if prot:
+            values = [int(v) for v in prot.group(1).replace(",", " ").split()]
+            fields["protection"] = max(values, default=0)
+            continue
+        words = line.split()
+        if len(words) == 2 and words[0] in ("high", "managed") and words[1].isdigit():
+            fields.setdefault(words[0], int(words[1]))
+    for nid, fields in zones:
+        if fields.get("managed", 0) <= 0:
+            continue
+        reserve = min(fields["managed"], fields.get("high", 0) + fields.get("protection", 0))
+        out[nid] = out.get(nid, 0) + reserve
+    return out
+
+
 def _read(path: str) -> str:
     """A sysfs/procfs text file; Unsupported with one line when it cannot be read."""
     try:
@@ -315,9 +355,17 @@ class SysfsNodes:
         path = self._path(NODE_DIR, f"node{nid}", "meminfo")
         return parse_node_meminfo(_read(path), path)
 
+    def zoneinfo_wmark(self) -> dict[int, int]:
+        """parse_zoneinfo_wmark of this machine; empty when /proc/zoneinfo is unreadable."""
+        try:
+            return parse_zoneinfo_wmark(_read(os.path.join(self.procfs, "zoneinfo")))
+        except Unsupported:
+            return {}
+
     def topology(self) -> Topology:
-        """The node topology now: the static layout plus each node's current free memory."""
+        """The node topology now: the static layout, each node's free memory and reserve."""
         layout = self.layout
+        wmark = self.zoneinfo_wmark()
         infos = []
         for nid in layout.nids:
             total_kb, free_kb = self.meminfo_kb(nid)
@@ -329,6 +377,7 @@ class SysfsNodes:
                     has_cpu=bool(layout.cpus[nid]),
                     tier=layout.tier_of[nid],
                     top_tier=nid in layout.top_tier,
+                    wmark_pages=wmark.get(nid, 0),
                 )
             )
         return Topology(tuple(infos))

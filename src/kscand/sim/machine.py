@@ -266,6 +266,9 @@ class SimMachine:
         size = int(self.nids.max()) + 1
         self.capacity_pages = np.zeros(size, dtype=np.int64)
         self.used_pages = np.zeros(size, dtype=np.int64)
+        # The kernel's reserve per node (NodeInfo.wmark_pages): moves into a node
+        # stop with ENOMEM this far above full. Scenarios leave it 0.
+        self.wmark_pages = np.zeros(size, dtype=np.int64)
         self.latency_ns = np.zeros(size, dtype=np.float64)
         for n in nodes:
             self.capacity_pages[n.nid] = n.capacity_pages
@@ -449,6 +452,7 @@ class SimMachine:
                 has_cpu=spec.cpus,
                 tier=spec.tier,
                 top_tier=nid in self.top_nids,
+                wmark_pages=int(self.wmark_pages[nid]),
             )
             for nid, spec in self._node_specs.items()
         )
@@ -557,7 +561,7 @@ class SimMachine:
             status[hit] = code
             todo &= ~hit
             self.nr_injected[errno.errorcode[-code]] += int(np.count_nonzero(hit))
-        free = int(self.capacity_pages[nid] - self.used_pages[nid])
+        free = int(self.capacity_pages[nid] - self.used_pages[nid] - self.wmark_pages[nid])
         fits = np.cumsum(todo.astype(np.int64) * folio_pages) <= free
         status[todo & ~fits] = -errno.ENOMEM
         move = heads[todo & fits]
