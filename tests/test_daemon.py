@@ -27,11 +27,11 @@ from daemon_fakes import (
 
 from kscand.config import config_from_text
 from kscand.control import request
+from kscand.core.tunables import Tunables
 from kscand.daemon import Daemon, apply_tunable_changes, run_foreground, tunables_diff
 from kscand.errors import ConfigError, KscandError
 from kscand.machine import ProcessId
 from kscand.statedir import socket_path, state_file_path
-from kscand.tunables import Tunables
 
 REPO = Path(__file__).resolve().parents[1]
 

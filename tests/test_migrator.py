@@ -6,9 +6,9 @@ import errno
 
 import numpy as np
 
+from kscand.core.migrator import default_target, fit_in_room, move_fail_counter, room_pages
+from kscand.core.tunables import Tunables
 from kscand.machine import NodeInfo, Topology
-from kscand.migrator import default_target, fit_in_room, move_fail_counter, room_pages
-from kscand.tunables import Tunables
 
 
 def node(nid: int, top: bool, free: int = 50, cap: int = 100) -> NodeInfo:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kscand.config import config_from_text
-from kscand.tunables import Tunables
+from kscand.core.tunables import Tunables
 from testbed import inguest
 from testbed.guest import NUMPY_DISABLED_CPU_FEATURES, guest_script
 from testbed.inguest import (

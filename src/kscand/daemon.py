@@ -54,7 +54,9 @@ from typing import TYPE_CHECKING, Any
 from kscand import __version__
 from kscand.config import Config, load_config
 from kscand.control import ControlServer
-from kscand.engine import Kscand, ScalePolicy
+from kscand.core.engine import Kscand, ScalePolicy
+from kscand.core.throttle import SCALE_MAX
+from kscand.core.tunables import Tunables, coerce_tunable, tunable_fields
 from kscand.errors import ConfigError, KscandError
 from kscand.machine import (
     BoolArray,
@@ -76,9 +78,7 @@ from kscand.metrics import (
 )
 from kscand.rules import RuleScalePolicy
 from kscand.statedir import prepare_state_dir, remove_state, socket_path, write_state_file
-from kscand.throttle import SCALE_MAX
 from kscand.trace import open_trace
-from kscand.tunables import Tunables, coerce_tunable, tunable_fields
 
 if TYPE_CHECKING:  # imported only when the endpoint is on (prometheus_client is optional)
     from kscand.prometheus import MetricsServer

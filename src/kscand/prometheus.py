@@ -27,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from kscand.config import MetricsAddress
+from kscand.core.stats import SERIES_COUNTERS
 from kscand.errors import KscandError
 from kscand.metrics import (
     FAMILY_HELP,
@@ -35,7 +36,6 @@ from kscand.metrics import (
     counter_metric,
     process_family,
 )
-from kscand.stats import SERIES_COUNTERS
 
 CLIENT_TIMEOUT_S = 5.0  # a scraper that stalls is dropped after this long
 POLL_INTERVAL_S = 0.1  # how quickly close() stops the server thread

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kscand.cgroups import in_cgroup
 from kscand.config import ProcessRule
-from kscand.engine import ScalePolicy
+from kscand.core.engine import ScalePolicy
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import Machine, ProcessId, ProcessInfo
 

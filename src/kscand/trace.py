@@ -43,7 +43,7 @@ def events_of_level(level: str) -> frozenset[str]:
 
 
 class JsonLinesTrace:
-    """A trace sink (kscand.engine.Tracer) writing one JSON object per event."""
+    """A trace sink (kscand.core.engine.Tracer) writing one JSON object per event."""
 
     def __init__(
         self,

@@ -19,8 +19,8 @@ from kscand.cli.pathargs import path_arg
 from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.control import DaemonNotRunning, request
+from kscand.core.tunables import parse_assignment
 from kscand.statedir import socket_path
-from kscand.tunables import parse_assignment
 
 EXIT_NOT_RUNNING = 1
 

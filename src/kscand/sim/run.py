@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from kscand.engine import Kscand
+from kscand.core.engine import Kscand
+from kscand.core.stats import Stats
+from kscand.core.tunables import Tunables
 from kscand.machine import ProcessId
 from kscand.sim.machine import UNPOPULATED_KINDS, SimMachine, SimProcess
 from kscand.sim.metrics import (
@@ -21,8 +23,6 @@ from kscand.sim.metrics import (
 )
 from kscand.sim.scenario import Scenario
 from kscand.sim.workloads import workload_end_s
-from kscand.stats import Stats
-from kscand.tunables import Tunables
 
 # Fraction of the oracle's top-tier share that counts as "converged".
 CONVERGED_FRACTION = 0.9

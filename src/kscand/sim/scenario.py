@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kscand.core.tunables import Tunables, tunables_from_mapping
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag, top_tier_from_tiers
 from kscand.sim.workloads import ADDED_KINDS, load_trace, trace_span_pages
-from kscand.tunables import Tunables, tunables_from_mapping
 from kscand.units import parse_size_bytes
 
 
