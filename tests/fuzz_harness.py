@@ -171,8 +171,8 @@ def check_reply(_directory: Path, line: bytes) -> None:
     from rich.console import Console
 
     from kscand.cli.status import render
-    from kscand.control import check_reply as check
-    from kscand.control import decode_reply
+    from kscand.daemon.control import check_reply as check
+    from kscand.daemon.control import decode_reply
     from kscand.errors import KscandError
 
     for cmd in ("status", "get", "set", "scale", "ping"):
@@ -185,7 +185,7 @@ def check_reply(_directory: Path, line: bytes) -> None:
 
 
 def check_request(_directory: Path, line: bytes) -> None:
-    from kscand.control import answer
+    from kscand.daemon.control import answer
 
     def handler(request: dict[str, Any]) -> dict[str, Any]:
         return {"echo": request["cmd"]}

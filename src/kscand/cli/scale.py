@@ -14,8 +14,8 @@ from typing import Any
 from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, request
-from kscand.statedir import socket_path
+from kscand.daemon.control import DaemonNotRunning, request
+from kscand.daemon.statedir import socket_path
 
 EXIT_NOT_RUNNING = 1
 

@@ -22,10 +22,10 @@ from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
 from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, ReplyShapeError, check_status, request
 from kscand.core.stats import SERIES_COUNTERS
+from kscand.daemon.control import DaemonNotRunning, ReplyShapeError, check_status, request
+from kscand.daemon.statedir import read_state_file, socket_path, state_file_path
 from kscand.errors import AccessDenied, KscandError
-from kscand.statedir import read_state_file, socket_path, state_file_path
 
 EXIT_NOT_RUNNING = 1
 

@@ -18,9 +18,9 @@ from kscand.cli import one_line
 from kscand.cli.pathargs import path_arg
 from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, request
 from kscand.core.tunables import parse_assignment
-from kscand.statedir import socket_path
+from kscand.daemon.control import DaemonNotRunning, request
+from kscand.daemon.statedir import socket_path
 
 EXIT_NOT_RUNNING = 1
 
