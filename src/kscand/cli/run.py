@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kscand.cli import early_signals
+from kscand.cli import SUMMARIES, early_signals
 from kscand.cli.pathargs import path_arg
 from kscand.config import LOG_LEVELS, Config, load_config, parse_metrics_address
 from kscand.daemon.metrics import require_prometheus_client
@@ -68,7 +68,7 @@ def setup_logging(level: str, journal: bool) -> None:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="run the kscand daemon in the foreground",
+        help=SUMMARIES["run"],
         description=(
             "Scan every selected process's Accessed bits and promote hot pages from "
             "slow-tier nodes to the top tier, until SIGTERM or SIGINT. SIGHUP re-reads "

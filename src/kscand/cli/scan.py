@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli import SUMMARIES
 from kscand.cli.pathargs import path_arg, path_str_arg
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError, ProcessGone, Unsupported
@@ -26,7 +27,7 @@ CANDIDATE_ROWS = 20  # candidate address ranges listed; the rest are summed up
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "scan",
-        help="scan one process a few times and show what would be promoted (moves nothing)",
+        help=SUMMARIES["scan"],
         description="Run kscand's scanner over one process for a few passes, without moving "
         "anything: pages per node, accessed/hot/cold per node, and the candidates that would "
         "be promoted.",
