@@ -60,7 +60,8 @@ from kscand.evaluation.damon_regions import (
     three_regions,
 )
 from kscand.machine import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, ProcessId
-from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimProcess, SimVma
+from kscand.sim.machine import SimMachine
+from kscand.sim.process import MOVABLE_KINDS, SimProcess, SimVma
 
 __all__ = ["DAMOS_MAX_SCORE", "DamonParams", "DamonPolicy", "Regions", "hot_score",
            "initial_regions", "merge_regions", "split_regions", "three_regions"]

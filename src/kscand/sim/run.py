@@ -12,7 +12,7 @@ from kscand.core.engine import Kscand
 from kscand.core.stats import Stats
 from kscand.core.tunables import Tunables
 from kscand.machine import ProcessId
-from kscand.sim.machine import UNPOPULATED_KINDS, SimMachine, SimProcess
+from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import (
     HindsightTracker,
     ProcSample,
@@ -21,6 +21,7 @@ from kscand.sim.metrics import (
     StaticBest,
     access_weighted,
 )
+from kscand.sim.process import UNPOPULATED_KINDS, SimProcess
 from kscand.sim.scenario import Scenario
 from kscand.sim.workloads import workload_end_s
 
