@@ -47,27 +47,7 @@ from kscand.sim.process import (
     SimProcess,
     SimVma,
 )
-from kscand.sim.scenario import ProcessSpec, Scenario, WorkloadSpec
-
-
-def make_workload(spec: WorkloadSpec, nr_pages: int, rng: np.random.Generator) -> wl.Workload:
-    """The Workload of a VMA from its spec."""
-    if spec.kind == "uniform":
-        return wl.uniform(nr_pages, spec.rate_per_s)
-    if spec.kind == "hotset":
-        return wl.hotset(nr_pages, spec.rate_per_s, spec.hot_fraction, spec.hot_share, rng)
-    if spec.kind == "zipf":
-        return wl.zipf(nr_pages, spec.rate_per_s, spec.skew, spec.hot_share, rng)
-    if spec.kind == "moving-hotset":
-        return wl.moving_hotset(
-            nr_pages, spec.rate_per_s, spec.hot_fraction, spec.hot_share, spec.period_s,
-            spec.shift_fraction, rng,
-        )
-    if spec.kind == "sequential":
-        return wl.Sequential(nr_pages, spec.pages_per_s)
-    if spec.kind in wl.ADDED_KINDS:  # gups, power-law, trace (the evaluation's kinds)
-        return wl.make_added(spec, nr_pages, rng)
-    return wl.uniform(nr_pages, 0.0)  # "idle"
+from kscand.sim.scenario import ProcessSpec, Scenario
 
 
 class SimMachine:
@@ -173,7 +153,7 @@ class SimMachine:
                     start=vaddr,
                     kind_name=vspec.kind,
                     spec=vspec,
-                    workload=make_workload(vspec.workload, n, self.workload_rng),
+                    workload=wl.make_workload(vspec.workload, n, self.workload_rng),
                     page_id_base=self._next_page_id,
                     nid=np.full(n, NID_NONE, dtype=np.int8),
                     last_clear_s=np.full(n, self.clock.now_s, dtype=np.float32),

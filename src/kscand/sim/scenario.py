@@ -18,7 +18,7 @@ from typing import Any
 from kscand.core.tunables import Tunables, tunables_from_mapping
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag, top_tier_from_tiers
-from kscand.sim.workloads import ADDED_KINDS, load_trace, trace_span_pages
+from kscand.sim.workloads import WORKLOAD_KINDS, load_trace, trace_span_pages
 from kscand.units import parse_size_bytes
 
 
@@ -45,9 +45,6 @@ VMA_KINDS: dict[str, VmaKind] = {
     "io": VmaKind(RW | VmFlag.IO | VmFlag.PFNMAP, PageFlag(0)),
 }
 
-WORKLOAD_KINDS = (
-    "uniform", "hotset", "zipf", "moving-hotset", "sequential", "idle", *ADDED_KINDS,
-)
 PLACEMENTS = ("slow", "fast", "first-touch")
 
 SCENARIO_MAX_BYTES = 1 << 20  # a scenario file is a page of TOML; 1 MiB is far beyond any
