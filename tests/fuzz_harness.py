@@ -149,7 +149,8 @@ def check_config(directory: Path, text: str) -> None:
 
 def check_scenario(directory: Path, text: str) -> None:
     from kscand.errors import ConfigError
-    from kscand.sim.scenario import SIM_MEMORY_LIMIT_BYTES, estimated_memory_bytes, load_scenario
+    from kscand.sim.checks import SIM_MEMORY_LIMIT_BYTES, estimated_memory_bytes
+    from kscand.sim.scenario import load_scenario
 
     try:
         scenario = load_scenario(_write(directory, "s.toml", text))

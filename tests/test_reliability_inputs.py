@@ -36,7 +36,8 @@ from kscand.errors import AccessDenied, ConfigError, ProcessGone, TransientError
 from kscand.live import LinuxMachine
 from kscand.live.processes import ProcessSelection, proc_error
 from kscand.machine import PAGE_SIZE, ProcessId, ProcessInfo
-from kscand.sim.scenario import SIM_MEMORY_LIMIT_BYTES, load_scenario, scenario_from_mapping
+from kscand.sim.checks import SIM_MEMORY_LIMIT_BYTES
+from kscand.sim.scenario import load_scenario, scenario_from_mapping
 
 VMA = 0x10000000
 NODE1_PFN = 8 * ((128 << 20) >> 12)
