@@ -110,7 +110,7 @@ def test_daemon_config_is_valid_and_selects_only_the_workload() -> None:
 
 
 def test_damon_scan_period_is_not_shorter_than_its_snapshot_refresh() -> None:
-    from kscand.live.damon import DamonSettings
+    from kscand.live.damon_sysfs import DamonSettings
 
     assert FAST_TUNABLES["damon"]["scan_period_min_ms"] > DamonSettings().refresh_ms
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kscand.errors import ConfigError, Unsupported
-from kscand.live.damon import DAMON_KDAMONDS
+from kscand.live.damon_sysfs import DAMON_KDAMONDS
 from kscand.live.move import SYS_MOVE_PAGES
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PAGE_IDLE_BITMAP
