@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from kscand.errors import AccessDenied, ConfigError, ProcessGone
+from kscand.errors import MOVE_CALL_FAULTS, AccessDenied, ConfigError, ProcessGone
 from kscand.machine import (
     HPAGE_PMD_NR,
     NID_NONE,
@@ -95,7 +95,7 @@ class SimMachine:
         self._page_faults = {
             -getattr(errno, name): rate
             for name, rate in self.params.move_faults
-            if name not in ("ESRCH", "EPERM")
+            if name not in MOVE_CALL_FAULTS
         }
         if self.params.ebusy_rate:
             self._page_faults[-errno.EBUSY] = self.params.ebusy_rate

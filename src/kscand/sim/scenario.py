@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kscand.core.tunables import Tunables, tunables_from_mapping
-from kscand.errors import ConfigError
+from kscand.errors import MOVE_CALL_FAULTS, MOVE_PAGE_FAULTS, ConfigError
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag
 from kscand.sim.checks import (
     SIM_BYTES_PER_PAGE,
@@ -346,12 +346,10 @@ def _sim(raw: Any) -> SimParams:
     )
 
 
-PAGE_FAULTS = ("EBUSY", "ENOENT", "EFAULT", "ENOMEM", "EACCES", "EIO")
-CALL_FAULTS = ("ESRCH", "EPERM")
 
 
 def _move_faults(raw: Any) -> tuple[tuple[str, float], ...]:
-    raw = read_table(raw, "sim.move_faults", set(PAGE_FAULTS + CALL_FAULTS))
+    raw = read_table(raw, "sim.move_faults", set(MOVE_PAGE_FAULTS + MOVE_CALL_FAULTS))
     return tuple(
         (name, read_num(raw, name, "sim.move_faults", lo=0.0, hi=1.0)) for name in sorted(raw)
     )
