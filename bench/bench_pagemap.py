@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kscand.filters import page_skip_codes
+from kscand.core.filters import page_skip_codes
+from kscand.core.mmlist import HISTORY_CHUNK_BYTES
+from kscand.core.stats import PageSkip
 from kscand.live import LinuxMachine, ProcessSelection
 from kscand.machine import PAGE_SIZE, PageFlag
-from kscand.mmlist import HISTORY_CHUNK_BYTES
-from kscand.stats import PageSkip
 
 HERE = Path(__file__).resolve().parent
 GiB = 1 << 30

@@ -14,7 +14,7 @@ import resource
 import time
 from pathlib import Path
 
-from kscand.engine import Kscand
+from kscand.core.engine import Kscand
 from kscand.sim.machine import SimMachine
 from kscand.sim.run import run_scenario
 from kscand.sim.scenario import load_scenario

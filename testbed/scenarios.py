@@ -62,7 +62,7 @@ FAST_TUNABLES: dict[str, Tunables] = {
     },
 }
 # What the exchange scenario adds to FAST_TUNABLES: the engine of 2026-12-01 demotes
-# only with demote_watermark_pct > 0 (src/kscand/demoter.py). THE SWITCH: once the engine
+# only with demote_watermark_pct > 0 (src/kscand/core/demoter.py). THE SWITCH: once the engine
 # exchanges by default when the top tier is short, make this {} and the exchange test
 # asserts kscand's default behaviour.
 EXCHANGE_TUNABLES: Tunables = {}  # kscand's defaults: exchange is on when node 0 is short

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from kscand.backends import Backend
 from kscand.config import Config, config_from_text
-from kscand.daemon import Backend, Daemon
+from kscand.daemon.loop import Daemon
 from kscand.machine import (
     PAGE_SIZE,
     BoolArray,

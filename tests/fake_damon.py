@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kscand.live.damon import DamonSysfs
+from kscand.live.damon_sysfs import DamonSysfs
 
 
 @dataclass

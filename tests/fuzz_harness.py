@@ -149,7 +149,8 @@ def check_config(directory: Path, text: str) -> None:
 
 def check_scenario(directory: Path, text: str) -> None:
     from kscand.errors import ConfigError
-    from kscand.sim.scenario import SIM_MEMORY_LIMIT_BYTES, estimated_memory_bytes, load_scenario
+    from kscand.sim.checks import SIM_MEMORY_LIMIT_BYTES, estimated_memory_bytes
+    from kscand.sim.scenario import load_scenario
 
     try:
         scenario = load_scenario(_write(directory, "s.toml", text))
@@ -171,8 +172,8 @@ def check_reply(_directory: Path, line: bytes) -> None:
     from rich.console import Console
 
     from kscand.cli.status import render
-    from kscand.control import check_reply as check
-    from kscand.control import decode_reply
+    from kscand.daemon.control import check_reply as check
+    from kscand.daemon.control import decode_reply
     from kscand.errors import KscandError
 
     for cmd in ("status", "get", "set", "scale", "ping"):
@@ -185,7 +186,7 @@ def check_reply(_directory: Path, line: bytes) -> None:
 
 
 def check_request(_directory: Path, line: bytes) -> None:
-    from kscand.control import answer
+    from kscand.daemon.control import answer
 
     def handler(request: dict[str, Any]) -> dict[str, Any]:
         return {"echo": request["cmd"]}

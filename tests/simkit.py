@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kscand.engine import Kscand
+from kscand.core.engine import Kscand
 from kscand.sim.machine import SimMachine
 from kscand.sim.scenario import Scenario, scenario_from_mapping
 

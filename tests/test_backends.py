@@ -14,10 +14,10 @@ from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entr
 
 from kscand.backends import open_live_backend, open_sim_backend
 from kscand.config import config_from_text
+from kscand.core.tunables import Tunables
 from kscand.errors import ConfigError, Unsupported
 from kscand.live import probe
 from kscand.machine import PAGE_SIZE, U64Array
-from kscand.tunables import Tunables
 
 PID = 4242
 VMA = 0x7F00_0000_0000

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from kscand.cli import main
+from kscand.core.tunables import Tunables
 from kscand.errors import ConfigError
 from kscand.evaluation.compare import compare
 from kscand.evaluation.policies import RunSpec, apply_overrides, parse_sweep, plan_runs
 from kscand.sim.scenario import load_scenario
-from kscand.tunables import Tunables
 
 SMALL = """
 name = "small"

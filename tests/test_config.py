@@ -15,8 +15,8 @@ from kscand.config import (
     load_config,
     parse_metrics_address,
 )
+from kscand.core.tunables import GiB, MiB, Tunables, tunable_fields
 from kscand.errors import ConfigError
-from kscand.tunables import GiB, MiB, Tunables, tunable_fields
 
 REPO = Path(__file__).resolve().parents[1]
 

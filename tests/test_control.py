@@ -15,21 +15,21 @@ import pytest
 from daemon_fakes import DaemonThread, FakeMachine, fast_config
 
 from kscand.cli import main as cli_main
-from kscand.control import (
+from kscand.daemon.control import (
     REQUEST_MAX_BYTES,
     ControlServer,
     DaemonNotRunning,
     answer,
     request,
 )
-from kscand.errors import AccessDenied, ConfigError, KscandError
-from kscand.statedir import (
+from kscand.daemon.statedir import (
     prepare_state_dir,
     read_state_file,
     socket_path,
     state_file_path,
     write_state_file,
 )
+from kscand.errors import AccessDenied, ConfigError, KscandError
 
 
 @pytest.fixture

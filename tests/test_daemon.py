@@ -26,12 +26,14 @@ from daemon_fakes import (
 )
 
 from kscand.config import config_from_text
-from kscand.control import request
-from kscand.daemon import Daemon, apply_tunable_changes, run_foreground, tunables_diff
+from kscand.core.tunables import Tunables
+from kscand.daemon.control import request
+from kscand.daemon.loop import Daemon
+from kscand.daemon.retune import apply_tunable_changes, tunables_diff
+from kscand.daemon.signals import run_foreground
+from kscand.daemon.statedir import socket_path, state_file_path
 from kscand.errors import ConfigError, KscandError
 from kscand.machine import ProcessId
-from kscand.statedir import socket_path, state_file_path
-from kscand.tunables import Tunables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -518,12 +520,12 @@ def test_state_file_write_failure_is_said_once_and_counted(
 ) -> None:
     import errno
 
-    import kscand.daemon
+    import kscand.daemon.loop
 
     def full_disk(_state_dir: Path, _state: dict[str, object]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(kscand.daemon, "write_state_file", full_disk)
+    monkeypatch.setattr(kscand.daemon.loop, "write_state_file", full_disk)
     config = config_from_text(
         f"[tunables]\n{FAST_TUNABLES}\n[daemon]\nstatus_interval_ms = 100\n"
     ).with_state_dir(tmp_path / "s")
@@ -536,7 +538,7 @@ def test_state_file_write_failure_is_said_once_and_counted(
 
 
 def test_counters_of_exited_processes_are_pruned_and_totals_kept(tmp_path: Path) -> None:
-    from kscand.daemon import PRUNE_SLACK
+    from kscand.daemon.loop import PRUNE_SLACK
 
     machine = FakeMachine(nr_procs=2 * PRUNE_SLACK + 10, nr_pages=4)
     run = DaemonThread(make_config(tmp_path / "s"), machine)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kscand.tunables import tunable_fields
+from kscand.core.tunables import tunable_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

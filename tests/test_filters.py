@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kscand.filters import page_skip_codes, vma_skip_reason
+from kscand.core.filters import page_skip_codes, vma_skip_reason
+from kscand.core.stats import PageSkip, VmaSkip
 from kscand.machine import PageFlag, Vma, VmFlag
-from kscand.stats import PageSkip, VmaSkip
 
 RW = VmFlag.READ | VmFlag.WRITE
 
@@ -72,7 +72,7 @@ def test_page_filter_ignores_unrelated_high_bits() -> None:
 
 
 def test_folio_sizes_count_the_tails_of_each_head() -> None:
-    from kscand.filters import folio_sizes
+    from kscand.core.filters import folio_sizes
 
     P, L, H, T = PageFlag.PRESENT, PageFlag.LRU, PageFlag.THP_HEAD, PageFlag.THP_TAIL
     flags = np.array([P | L, P | L | H, P | L | T, P | L | T, P | L | T,  # a 16 KiB mTHP

@@ -15,12 +15,12 @@ from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kscand.engine import Kscand
+from kscand.core.engine import Kscand
+from kscand.core.tunables import Tunables
 from kscand.errors import KscandError, ProcessGone
 from kscand.live import LinuxMachine, ProcessSelection
 from kscand.live.procfs import ParseError, parse_maps, parse_smaps, parse_smaps_vmflags, parse_stat
 from kscand.machine import PAGE_SIZE, I32Array, U64Array
-from kscand.tunables import Tunables
 
 BLOCK_PAGES = (128 << 20) >> 12
 NODE1_PFN = 8 * BLOCK_PAGES

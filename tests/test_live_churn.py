@@ -27,7 +27,8 @@ from live_harness import (
 )
 
 import kscand.live.linux
-from kscand.daemon import PRUNE_SLACK, Backend
+from kscand.backends import Backend
+from kscand.daemon.loop import PRUNE_SLACK
 from kscand.errors import ProcessGone
 from kscand.machine import PageBatch, ProcessId
 

@@ -15,7 +15,8 @@ from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entr
 import kscand.live.linux as live_linux
 from kscand.errors import Unsupported
 from kscand.live import LinuxMachine
-from kscand.live.damon import ConsumedRanges, DamonSettings, DamonSource, Regions, regions_accessed
+from kscand.live.damon import DamonSource
+from kscand.live.damon_sysfs import ConsumedRanges, DamonSettings, Regions, regions_accessed
 from kscand.machine import NID_NONE, PAGE_SIZE, PageBatch, ProcessId
 
 BASE = 0x10000000

@@ -14,7 +14,7 @@ from conftest import require
 from daemon_fakes import DaemonThread, fast_config
 from live_harness import Spawner, TwoTierHost, host_can_run_live_tests
 
-from kscand.daemon import Backend
+from kscand.backends import Backend
 from kscand.live.faults import FaultyMover
 
 pytestmark = pytest.mark.live

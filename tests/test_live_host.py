@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from conftest import require
 
+from kscand.core.filters import page_skip_codes, vma_skip_reason
+from kscand.core.stats import PageSkip
 from kscand.errors import ProcessGone
-from kscand.filters import page_skip_codes, vma_skip_reason
 from kscand.live import LinuxMachine, ProcessSelection, probe
 from kscand.machine import HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag
-from kscand.stats import PageSkip
 
 pytestmark = pytest.mark.live
 

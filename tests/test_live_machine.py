@@ -20,12 +20,12 @@ from fake_linux import (
     write_u64s,
 )
 
+from kscand.core.filters import page_skip_codes
+from kscand.core.stats import PageSkip
 from kscand.errors import ProcessGone, Unsupported
-from kscand.filters import page_skip_codes
 from kscand.live import LinuxMachine, ProcessSelection
 from kscand.live.procfs import PF_KTHREAD
 from kscand.machine import HPAGE_PMD_NR, NID_NONE, PAGE_SIZE, PageFlag, ProcessId, U64Array
-from kscand.stats import PageSkip
 
 BLOCK_PAGES = (128 << 20) >> 12
 NODE1_PFN = 8 * BLOCK_PAGES  # first PFN of node 1 in FakeLinux.two_tier()
@@ -361,8 +361,8 @@ class StepClock:
 
 def test_engine_promotes_hot_slow_pages_through_the_live_backend(fake: FakeLinux) -> None:
     """Two scans with the real engine: pages touched in both are moved to node 0."""
-    from kscand.engine import Kscand
-    from kscand.tunables import Tunables
+    from kscand.core.engine import Kscand
+    from kscand.core.tunables import Tunables
 
     nr = 64
     pfns = [NODE1_PFN + 2 * i for i in range(nr)]  # every other PFN: several words, gaps

@@ -15,7 +15,8 @@ from fake_linux import (
     stat_line,
 )
 
-from kscand.filters import vma_skip_reason
+from kscand.core.filters import vma_skip_reason
+from kscand.core.stats import VmaSkip
 from kscand.live.procfs import (
     PF_KTHREAD,
     ParseError,
@@ -32,7 +33,6 @@ from kscand.live.procfs import (
     vaddr_range,
 )
 from kscand.machine import PageFlag, VmFlag
-from kscand.stats import VmaSkip
 
 
 def u64(values: list[int]) -> np.ndarray:

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kscand.cli import main as cli_main
 from kscand.config import parse_metrics_address
-from kscand.daemon import Daemon
+from kscand.daemon.loop import Daemon
+from kscand.daemon.metrics import MAX_PROCESS_SERIES, DurationHistogram, counter_metric
 from kscand.errors import KscandError, Unsupported
 from kscand.machine import I32Array, ProcessId, U64Array
-from kscand.metrics import MAX_PROCESS_SERIES, DurationHistogram, counter_metric
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -204,7 +204,7 @@ def test_bad_metrics_option_is_one_line_exit_2(
 
 def test_numpy_status_values_do_not_break_the_exposition(tmp_path: Path) -> None:
     # Counters are plain ints in the snapshot; a numpy integer would also be exported.
-    from kscand.prometheus import total_families
+    from kscand.daemon.prometheus import total_families
 
     families = list(total_families({"nr_kscand_migrated": int(np.int64(5))}))
     assert families[0].samples[0].value == 5
@@ -234,8 +234,8 @@ def test_run_sim_serves_metrics_and_writes_the_trace_level(tmp_path: Path, level
 
     from daemon_fakes import FAST_TUNABLES, write_config
 
-    from kscand.control import request
-    from kscand.statedir import socket_path
+    from kscand.daemon.control import request
+    from kscand.daemon.statedir import socket_path
 
     scenario = tmp_path / "e2e.toml"
     scenario.write_text(E2E_SCENARIO)
@@ -307,7 +307,7 @@ def test_run_sim_serves_metrics_and_writes_the_trace_level(tmp_path: Path, level
 def test_access_source_counters_reach_the_status_and_the_exposition(tmp_path: Path) -> None:
     import dataclasses
 
-    from kscand.prometheus import daemon_families
+    from kscand.daemon.prometheus import daemon_families
 
     counters = {"snapshots": 7, "pages_stale": 3, "kdamonds_tracking": 2}
     backend = dataclasses.replace(fake_backend(FakeMachine()), access_counters=lambda: counters)

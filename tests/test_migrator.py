@@ -6,15 +6,15 @@ import errno
 
 import numpy as np
 
-from kscand.machine import NodeInfo, Topology
-from kscand.migrator import (
+from kscand.core.migrator import (
     default_target,
     fit_in_room,
     headroom_pages,
     move_fail_counter,
     room_pages,
 )
-from kscand.tunables import Tunables
+from kscand.core.tunables import Tunables
+from kscand.machine import NodeInfo, Topology
 
 
 def node(nid: int, top: bool, free: int = 50, cap: int = 100) -> NodeInfo:

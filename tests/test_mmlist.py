@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from kscand.core.mmlist import MmList
 from kscand.machine import ProcessId
-from kscand.mmlist import MmList
 
 
 def pids(n: int) -> list[ProcessId]:

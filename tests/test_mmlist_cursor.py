@@ -9,8 +9,8 @@ without being scanned.
 
 from __future__ import annotations
 
+from kscand.core.mmlist import MmList
 from kscand.machine import ProcessId
-from kscand.mmlist import MmList
 
 P = [ProcessId(1000 + i, i + 1) for i in range(100)]
 

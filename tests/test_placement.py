@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from simkit import COLD, machine_and_engine, run_steps, scenario
 
-from kscand import hotness
-from kscand.engine import Kscand
+from kscand.core import hotness
+from kscand.core.engine import Kscand
+from kscand.core.placement import HeatLedger, node_plan
+from kscand.core.tunables import Tunables
 from kscand.machine import PAGE_SIZE
-from kscand.placement import HeatLedger, node_plan
 from kscand.sim.machine import SimMachine
 from kscand.sim.scenario import Scenario
-from kscand.tunables import Tunables
 
 MiB = 1 << 20
 PAGES_PER_MIB = MiB // PAGE_SIZE

@@ -16,11 +16,11 @@ from conftest import require
 from daemon_fakes import DaemonThread, FakeMachine, fast_config
 
 from kscand.config import config_from_text
-from kscand.control import ControlServer
+from kscand.daemon.control import ControlServer
+from kscand.daemon.statedir import prepare_state_dir, socket_path
+from kscand.daemon.trace import open_trace
 from kscand.errors import ConfigError
 from kscand.live.features import Features, missing_capabilities
-from kscand.statedir import prepare_state_dir, socket_path
-from kscand.trace import open_trace
 
 NOBODY = 65534
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 # cannot read the interpreter's own library (under /root, mode 0700).
 PRELUDE = """
 import encodings.ascii, encodings.latin_1, encodings.utf_8, os, sys
-import kscand.backends, kscand.cli, kscand.control, kscand.daemon, kscand.live
-import kscand.cli.run, kscand.statedir
+import kscand.backends, kscand.cli, kscand.daemon.control, kscand.daemon.loop, kscand.live
+import kscand.cli.run, kscand.daemon.signals, kscand.daemon.statedir
 kscand.cli.build_parser()
 """
 DROP_TO_NOBODY = f"""
@@ -148,7 +148,7 @@ def test_socket_refuses_another_uid_by_peer_credentials(root: None, public_dir: 
     try:
         path.chmod(0o666)
         proc = python(PRELUDE + DROP_TO_NOBODY + f"""
-from kscand.control import request
+from kscand.daemon.control import request
 from kscand.errors import AccessDenied
 try:
     request(__import__("pathlib").Path({str(path)!r}), {{"cmd": "set", "tunables": {{}}}})
@@ -199,7 +199,7 @@ def test_config_state_dir_is_checked_when_the_daemon_starts(root: None, tmp_path
     run_error = None
     from daemon_fakes import fake_backend
 
-    from kscand.daemon import Daemon
+    from kscand.daemon.loop import Daemon
 
     daemon = Daemon(config, fake_backend(FakeMachine()))
     try:

@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-from kscand.sim.workloads import parse_trace
+from kscand.sim.tracefile import parse_trace
 
 RECORD = Path(__file__).resolve().parents[1] / "evaluation" / "record"
 

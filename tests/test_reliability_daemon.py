@@ -13,8 +13,8 @@ import pytest
 from daemon_fakes import FAST_TUNABLES, STOP_BOUND_S, two_tier_scenario, write_config
 
 from kscand.cli import main as cli_main
-from kscand.control import request
-from kscand.statedir import socket_path
+from kscand.daemon.control import request
+from kscand.daemon.statedir import socket_path
 
 SCENARIO = two_tier_scenario(
     "early-hup",

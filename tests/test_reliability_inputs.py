@@ -28,15 +28,16 @@ import kscand.live.oneshot as oneshot
 from kscand.cgroups import in_cgroup
 from kscand.cli import main
 from kscand.cli.tables import print_table
-from kscand.control import ReplyShapeError, check_reply, decode_reply, request
-from kscand.daemon import Daemon
+from kscand.daemon.control import ReplyShapeError, check_reply, decode_reply, request
+from kscand.daemon.loop import Daemon
+from kscand.daemon.rules import in_cgroup as rules_in_cgroup
+from kscand.daemon.statedir import socket_path
 from kscand.errors import AccessDenied, ConfigError, ProcessGone, TransientError
 from kscand.live import LinuxMachine
 from kscand.live.processes import ProcessSelection, proc_error
 from kscand.machine import PAGE_SIZE, ProcessId, ProcessInfo
-from kscand.rules import in_cgroup as rules_in_cgroup
-from kscand.sim.scenario import SIM_MEMORY_LIMIT_BYTES, load_scenario, scenario_from_mapping
-from kscand.statedir import socket_path
+from kscand.sim.checks import SIM_MEMORY_LIMIT_BYTES
+from kscand.sim.scenario import load_scenario, scenario_from_mapping
 
 VMA = 0x10000000
 NODE1_PFN = 8 * ((128 << 20) >> 12)
@@ -370,7 +371,7 @@ def test_one_in_cgroup_for_scan_and_rules(selected: str) -> None:
     assert in_cgroup("/system.slice/a.service", selected)
     assert not in_cgroup("/system.slicer", selected)
     from kscand.config import ProcessRule
-    from kscand.rules import rule_matches
+    from kscand.daemon.rules import rule_matches
     rule = ProcessRule(cgroup=selected, scale=1)
     info = ProcessInfo(comm="a", cgroup="/system.slice/a.service")
     assert rule_matches(rule, ProcessId(1, 1), info)

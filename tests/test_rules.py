@@ -10,9 +10,9 @@ from daemon_fakes import FAST_TUNABLES, DaemonThread, FakeMachine, write_config
 
 from kscand.cli import main as cli_main
 from kscand.config import ProcessRule, config_from_text
+from kscand.daemon.rules import RuleScalePolicy, first_match, in_cgroup
 from kscand.errors import ConfigError, ProcessGone
 from kscand.machine import ProcessId, ProcessInfo
-from kscand.rules import RuleScalePolicy, first_match, in_cgroup
 
 
 def rules_of(text: str) -> tuple[ProcessRule, ...]:

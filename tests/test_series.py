@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from simkit import COLD, HOT, machine_and_engine, run_steps, scenario
 
-from kscand.engine import Kscand
+from kscand.core.engine import Kscand
 from kscand.machine import PAGE_SIZE
 from kscand.sim.machine import SimMachine
 from kscand.sim.run import run_scenario

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from simkit import scenario
 
+from kscand.core.stats import Stats
 from kscand.evaluation.compare import STATIC_BEST_LABEL, compare, summarize
 from kscand.evaluation.ledger import PromotionLedger, ping_pong
 from kscand.evaluation.policies import RunSpec
@@ -24,7 +25,6 @@ from kscand.machine import PAGE_SIZE
 from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import access_weighted, sample_weights_s
 from kscand.sim.run import run_end_s, run_scenario
-from kscand.stats import Stats
 
 TRACE = "time_s,pid,address,count\n0.5,7,0x10000000,100\n1.5,7,0x10001000,300\n"
 NODES = [{"nid": 0, "capacity": "2MiB", "cpus": True, "tier": 4, "latency_ns": 100},

@@ -25,9 +25,10 @@ from daemon_fakes import (
 
 from kscand.cli import main as cli_main
 from kscand.config import parse_metrics_address
-from kscand.control import request
-from kscand.daemon import Daemon, run_foreground
-from kscand.statedir import socket_path, state_file_path
+from kscand.daemon.control import request
+from kscand.daemon.loop import Daemon
+from kscand.daemon.signals import run_foreground
+from kscand.daemon.statedir import socket_path, state_file_path
 
 REPO = Path(__file__).resolve().parents[1]
 

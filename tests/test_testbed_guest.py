@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from testbed import guest
-from testbed.guest import Guest, Topology, clean_console, guest_script, step_paths, vng_argv
+from testbed.guest import Guest, Topology, guest_script, step_paths, vng_argv
+from testbed.guestresult import clean_console
 
 
 def test_topology_qemu_opts_describe_two_hmat_nodes() -> None:

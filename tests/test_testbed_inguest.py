@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kscand.config import config_from_text
-from kscand.tunables import Tunables
+from kscand.core.tunables import Tunables
 from testbed import inguest
 from testbed.guest import NUMPY_DISABLED_CPU_FEATURES, guest_script
 from testbed.inguest import (
@@ -110,7 +110,7 @@ def test_daemon_config_is_valid_and_selects_only_the_workload() -> None:
 
 
 def test_damon_scan_period_is_not_shorter_than_its_snapshot_refresh() -> None:
-    from kscand.live.damon import DamonSettings
+    from kscand.live.damon_sysfs import DamonSettings
 
     assert FAST_TUNABLES["damon"]["scan_period_min_ms"] > DamonSettings().refresh_ms
 

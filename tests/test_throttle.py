@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kscand.throttle import (
+from kscand.core.throttle import (
     USEFUL_MIN_PAGES,
     ScanRate,
     decay_failures,

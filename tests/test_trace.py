@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from kscand.daemon.trace import ALL_EVENTS, JsonLinesTrace
 from kscand.errors import ConfigError
-from kscand.trace import ALL_EVENTS, JsonLinesTrace
 
 EVENTS = ("mm_enter", "scan_mm_start", "scan_mm_end", "scan_mm_migrate", "mm_exit")
 
@@ -48,7 +48,7 @@ def test_reload_changes_the_trace_level(tmp_path) -> None:  # type: ignore[no-un
     from daemon_fakes import FAST_TUNABLES, DaemonThread, FakeMachine, write_config
 
     from kscand.config import config_from_text
-    from kscand.trace import MM_EVENTS
+    from kscand.daemon.trace import MM_EVENTS
 
     trace = tmp_path / "trace.jsonl"
     head = f'[tunables]\n{FAST_TUNABLES}[daemon]\ntrace = "{trace}"\n'

@@ -12,6 +12,7 @@ import pytest
 
 from kscand.cli import main
 from kscand.errors import ConfigError
+from kscand.sim import tracedecode as td
 from kscand.sim import tracefile as tf
 from kscand.sim import workloads as wl
 
@@ -32,9 +33,9 @@ def per_line(text: str) -> list[tuple[float, int, int, float]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if header_possible and line.strip() and not line.strip().startswith("#"):
             header_possible = False
-            if tf._is_header(line):
+            if td._is_header(line):
                 continue
-        row = tf._parse_line(line, "ref", lineno)
+        row = td._parse_line(line, "ref", lineno)
         if row is not None:
             rows.append(row)
     return rows

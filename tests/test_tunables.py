@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kscand.core.tunables import Tunables, parse_assignment, tunables_from_mapping
 from kscand.errors import ConfigError
-from kscand.tunables import Tunables, parse_assignment, tunables_from_mapping
 
 
 def test_series_defaults() -> None:

@@ -9,6 +9,7 @@ import pytest
 from simkit import scenario
 
 from kscand.errors import ConfigError
+from kscand.sim import tracefile
 from kscand.sim import workloads as wl
 from kscand.sim.machine import SimMachine
 from kscand.sim.scenario import load_scenario
@@ -47,7 +48,7 @@ TRACE = """time_s,pid,address,count
 
 
 def test_trace_rates_per_window_integral_and_loop() -> None:
-    trace = wl.parse_trace(TRACE, "t")
+    trace = tracefile.parse_trace(TRACE, "t")
     w = wl.trace_rates(trace, 8, 7, 1.0, 0.85, True, "t")
     assert w.rates(0.5).tolist() == pytest.approx([90, 0, 0, 10, 0, 0, 0, 0])
     assert w.rates(1.5)[5] == pytest.approx(100)
@@ -73,7 +74,7 @@ def test_trace_rates_per_window_integral_and_loop() -> None:
 )
 def test_bad_trace_is_one_line_naming_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        wl.parse_trace(text, "f.csv")
+        tracefile.parse_trace(text, "f.csv")
 
 
 def _trace_scenario(tmp_path: Path, size: str, pid: int = 7) -> Path:

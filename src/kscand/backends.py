@@ -1,18 +1,50 @@
-"""Machine factories for the daemon: this Linux host (after the feature probe) or a simulation.
+"""The machine the daemon drives (Backend), and its factories: this Linux host (after the
+feature probe) or a simulation.
 
-Each returns a kscand.daemon.Backend: the machine plus what the daemon tells
-the operator at start (which access source and why). Imports of the live
-and simulated backends are local, so neither pays for the other.
+Each factory returns a Backend: the machine plus what the daemon tells the operator
+at start (which access source and why). Imports of the live and simulated backends
+are local, so neither pays for the other. Nothing here imports the daemon.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kscand.config import Config
-from kscand.daemon import Backend
+from kscand.core.engine import ScalePolicy
+from kscand.core.tunables import Tunables
 from kscand.errors import KscandError, Unsupported
+from kscand.machine import Machine
+
+
+def _no_counters() -> dict[str, int]:
+    return {}
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The machine the daemon drives, and what to tell the operator about it."""
+
+    machine: Machine
+    kind: str  # "live", or "sim:<scenario>"
+    access_source: str  # page_idle | damon | simulated
+    access_source_reason: str  # one sentence: why this source
+    close: Callable[[], None] = _noop
+    # The access source's own counters (DAMON snapshots, pages it could not judge, ...).
+    access_counters: Callable[[], dict[str, int]] = _no_counters
+    # Simulated machines keep virtual time: told how long the daemon really slept.
+    after_sleep: Callable[[int], None] | None = None
+    # Tunables the machine comes with (a scenario's [tunables]), used without --config.
+    tunables: Tunables | None = None
+    # Scales the machine gives processes no [[process]] rule matches (a scenario's `scale`).
+    scale_policy: ScalePolicy | None = None
 
 
 def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys") -> Backend:

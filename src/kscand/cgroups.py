@@ -1,7 +1,7 @@
 """cgroup v2 paths as kscand compares them: the one definition of "in a cgroup".
 
 Both users, the [scan] cgroups selection (kscand.live.processes) and the
-[[process]] rules' cgroup field (kscand.rules), match through in_cgroup(), so
+[[process]] rules' cgroup field (kscand.daemon.rules), match through in_cgroup(), so
 a path given as "/sys/fs/cgroup/system.slice", "system.slice/" or
 "/system.slice" selects the same processes in both.
 """

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kscand.core.throttle import SCALE_MAX
+from kscand.core.tunables import Tunables, tunables_from_mapping
 from kscand.errors import ConfigError
 from kscand.paths import has_nul, untrusted_symlink
-from kscand.tunables import Tunables, tunables_from_mapping
 
-ACCESS_SOURCES = ("auto", "page_idle", "damon")
+ACCESS_SOURCES = ("auto", "page_idle", "damon")  # [scan] access_source, kscand scan
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_STATE_DIR = Path("/run/kscand")
 PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit
@@ -29,7 +30,6 @@ MAX_NUMNODES = 1024  # CONFIG_NODES_SHIFT=10, the x86_64 maximum
 TASK_COMM_LEN = 16  # /proc/PID/comm holds at most 15 characters
 CONFIG_MAX_BYTES = 1 << 20
 PROCESS_RULES_MAX = 1024  # [[process]] rules: each new process is matched against all of them
-SCALE_MAX = 10  # the series' per-process scale, 0..10 (kscand.throttle.SCALE_MAX)
 # Trace levels: which of the series' trace events daemon.trace writes.
 TRACE_LEVELS = ("mm", "scan", "all")
 METRICS_DEFAULT_HOST = "127.0.0.1"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from testbed.guest import KERNEL_KINDS, Guest, GuestResult, Topology, missing_prerequisites
+from testbed.guest import KERNEL_KINDS, Guest, Topology, missing_prerequisites
+from testbed.guestresult import GuestResult
 
 GUEST_DIR = Path(__file__).parent
 # TCG boots take 20-40 s on 2 shared cores; leave room for slow CI machines.

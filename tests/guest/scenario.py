@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from testbed.guest import GuestResult
+from testbed.guestresult import GuestResult
 
 # (kernel, access source): page_idle where the kernel has the bitmap, DAMON on the stock one.
 CASES = (("idle", "page_idle"), ("stock", "damon"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.guest import GuestResult, StepResult
+from testbed.guestresult import GuestResult, StepResult
 
 from .conftest import BootOnce
 

@@ -36,6 +36,19 @@ COMMANDS: dict[str, str] = {
     "compare": "kscand.cli.compare",
 }
 
+# Subcommand name -> its one-line help, for `kscand --help` without importing the
+# subcommands (each module's add_parser uses the same line).
+SUMMARIES: dict[str, str] = {
+    "sim": "run kscand on the simulated two-tier machine",
+    "topology": "show NUMA nodes, memory tiers and what kscand can do on this machine",
+    "scan": "scan one process a few times and show what would be promoted (moves nothing)",
+    "run": "run the kscand daemon in the foreground",
+    "status": "show the running daemon's counters and per-process state",
+    "tune": "show or change the running daemon's tunables",
+    "scale": "set a running process's scan scale (0 = never scan it)",
+    "compare": "compare kscand with no tiering, NUMA balancing, DAMON and the oracle",
+}
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -55,15 +68,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every subcommand's in full, or (only) that one's in full
+    and the others by name and summary, so that a command imports only its own module."""
     parser = _Parser(prog="kscand", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"kscand {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module_name in COMMANDS.values():
+    for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=SUMMARIES[name])
+            continue
         module = importlib.import_module(module_name)
         module.add_parser(sub)
     return parser
+
+
+def chosen_command(words: Sequence[str]) -> str:
+    """The subcommand words name ('' when none does): the first word that is not an
+    option (the top level has only --help and --version, neither takes a value)."""
+    first = next((w for w in words if not w.startswith("-")), "")
+    return first if first in COMMANDS else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kscand.cli import early_signals
 
         early_signals.install()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(only=chosen_command(words))
+    args = parser.parse_args(words)
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.main(args))

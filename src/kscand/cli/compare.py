@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 import kscand
+from kscand.cli import SUMMARIES
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.evaluation.compare import Comparison, check_jobs, compare
@@ -29,7 +30,7 @@ TABLE_WIDTH = 240  # columns of the table when stdout is not a terminal
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "compare",
-        help="compare kscand with no tiering, NUMA balancing, DAMON and the oracle",
+        help=SUMMARIES["compare"],
         description="Run policies (and parameter sweeps) on the same simulated scenario and "
         "seed; print a table, optionally write an HTML report with plots and the raw JSON.",
     )

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kscand.cli import early_signals
+from kscand.cli import SUMMARIES, early_signals
 from kscand.cli.pathargs import path_arg
 from kscand.config import LOG_LEVELS, Config, load_config, parse_metrics_address
-from kscand.metrics import require_prometheus_client
+from kscand.daemon.metrics import require_prometheus_client
 
 # Under systemd, stderr is a journal stream: journald adds the time and parses
 # the "<N>" syslog priority prefix (sd-daemon(3)), so the line carries only
@@ -68,7 +68,7 @@ def setup_logging(level: str, journal: bool) -> None:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="run the kscand daemon in the foreground",
+        help=SUMMARIES["run"],
         description=(
             "Scan every selected process's Accessed bits and promote hot pages from "
             "slow-tier nodes to the top tier, until SIGTERM or SIGINT. SIGHUP re-reads "
@@ -119,7 +119,8 @@ def command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Confi
 
 
 def main(args: argparse.Namespace) -> int:
-    from kscand.daemon import Daemon, run_foreground
+    from kscand.daemon.loop import Daemon
+    from kscand.daemon.signals import run_foreground
 
     overrides = command_line_overrides(args)
     config = overrides(load_config(args.config) if args.config is not None else Config())

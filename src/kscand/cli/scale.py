@@ -11,11 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from kscand.cli import one_line
+from kscand.cli import SUMMARIES, one_line
 from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, request
-from kscand.statedir import socket_path
+from kscand.daemon.control import DaemonNotRunning, request
+from kscand.daemon.statedir import socket_path
 
 EXIT_NOT_RUNNING = 1
 
@@ -23,7 +23,7 @@ EXIT_NOT_RUNNING = 1
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "scale",
-        help="set a running process's scan scale (0 = never scan it)",
+        help=SUMMARIES["scale"],
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("pid", type=int, help="process id")

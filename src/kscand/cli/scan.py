@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli import SUMMARIES
 from kscand.cli.pathargs import path_arg, path_str_arg
 from kscand.cli.tables import print_table, text
+from kscand.config import ACCESS_SOURCES
 from kscand.errors import ConfigError, ProcessGone, Unsupported
 from kscand.machine import PAGE_SHIFT, PAGE_SIZE
 from kscand.units import format_bytes
@@ -26,7 +28,7 @@ CANDIDATE_ROWS = 20  # candidate address ranges listed; the rest are summed up
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "scan",
-        help="scan one process a few times and show what would be promoted (moves nothing)",
+        help=SUMMARIES["scan"],
         description="Run kscand's scanner over one process for a few passes, without moving "
         "anything: pages per node, accessed/hot/cold per node, and the candidates that would "
         "be promoted.",
@@ -38,7 +40,7 @@ def add_parser(sub: Any) -> None:
                         help="pause between passes in milliseconds (default 1000)")
     parser.add_argument("--heatmap", type=heatmap_arg, default=None, metavar="FILE.png",
                         help="also draw accessed pages per pass (needs matplotlib: kscand[plot])")
-    parser.add_argument("--access-source", choices=("auto", "page_idle", "damon"),
+    parser.add_argument("--access-source", choices=ACCESS_SOURCES,
                         default="auto", help="where Accessed bits come from (default auto)")
     parser.add_argument("--procfs", default="/proc", type=path_str_arg,
                         help="procfs root (default /proc)")

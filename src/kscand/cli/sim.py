@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kscand.cli import SUMMARIES
 from kscand.cli.pathargs import path_arg
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
@@ -26,7 +27,7 @@ SHOWN_PREFIXES = ("nr_kscand_", "promoted_pages_", "vma_", "page_", "drop_", "mo
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "sim",
-        help="run kscand on the simulated two-tier machine",
+        help=SUMMARIES["sim"],
         description="Run the kscand engine on a simulated machine described by a scenario file.",
     )
     parser.add_argument("scenario", type=path_arg, help="scenario TOML file (see scenarios/)")

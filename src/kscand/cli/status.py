@@ -18,14 +18,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kscand.cli import one_line
+from kscand.cli import SUMMARIES, one_line
 from kscand.cli.pathargs import path_arg
 from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, ReplyShapeError, check_status, request
+from kscand.core.stats import SERIES_COUNTERS
+from kscand.daemon.control import DaemonNotRunning, ReplyShapeError, check_status, request
+from kscand.daemon.statedir import read_state_file, socket_path, state_file_path
 from kscand.errors import AccessDenied, KscandError
-from kscand.statedir import read_state_file, socket_path, state_file_path
-from kscand.stats import SERIES_COUNTERS
 
 EXIT_NOT_RUNNING = 1
 
@@ -33,7 +33,7 @@ EXIT_NOT_RUNNING = 1
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="show the running daemon's counters and per-process state",
+        help=SUMMARIES["status"],
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from kscand.cli import SUMMARIES
 from kscand.cli.pathargs import path_str_arg
 from kscand.cli.tables import print_table, text
 from kscand.machine import PAGE_SIZE
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "topology",
-        help="show NUMA nodes, memory tiers and what kscand can do on this machine",
+        help=SUMMARIES["topology"],
         description="Show the NUMA nodes, memory tiers, top tier and access source kscand would "
         "use here, and say what is missing.",
     )

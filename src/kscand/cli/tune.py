@@ -14,13 +14,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kscand.cli import one_line
+from kscand.cli import SUMMARIES, one_line
 from kscand.cli.pathargs import path_arg
 from kscand.cli.tables import print_table, text
 from kscand.config import DEFAULT_STATE_DIR
-from kscand.control import DaemonNotRunning, request
-from kscand.statedir import socket_path
-from kscand.tunables import parse_assignment
+from kscand.core.tunables import parse_assignment
+from kscand.daemon.control import DaemonNotRunning, request
+from kscand.daemon.statedir import socket_path
 
 EXIT_NOT_RUNNING = 1
 
@@ -28,7 +28,7 @@ EXIT_NOT_RUNNING = 1
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "tune",
-        help="show or change the running daemon's tunables",
+        help=SUMMARIES["tune"],
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument(

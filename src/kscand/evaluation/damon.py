@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.stats import Stats
 from kscand.errors import ProcessGone
 from kscand.evaluation.damon_regions import (
     DAMON_MIN_REGION,
@@ -59,8 +60,8 @@ from kscand.evaluation.damon_regions import (
     three_regions,
 )
 from kscand.machine import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, ProcessId
-from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimProcess, SimVma
-from kscand.stats import Stats
+from kscand.sim.machine import SimMachine
+from kscand.sim.process import MOVABLE_KINDS, SimProcess, SimVma
 
 __all__ = ["DAMOS_MAX_SCORE", "DamonParams", "DamonPolicy", "Regions", "hot_score",
            "initial_regions", "merge_regions", "split_regions", "three_regions"]

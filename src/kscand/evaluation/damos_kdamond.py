@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.stats import Stats
 from kscand.evaluation.damon_regions import (
     DAMOS_MAX_SCORE,
     Regions,
@@ -19,7 +20,6 @@ from kscand.evaluation.damon_regions import (
 from kscand.evaluation.lru import Watermarks
 from kscand.machine import PAGE_SIZE
 from kscand.sim.machine import SimMachine
-from kscand.stats import Stats
 
 I64Array = npt.NDArray[np.int64]
 ULONG_MAX = (1 << 64) - 1

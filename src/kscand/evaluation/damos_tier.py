@@ -56,12 +56,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.stats import Stats
 from kscand.evaluation.damon_regions import DAMOS_MAX_SCORE, Regions, hot_score
 from kscand.evaluation.damos_kdamond import Kdamond, SchemeSpec
 from kscand.evaluation.folios import FolioIndex
 from kscand.evaluation.frames import FrameMap
 from kscand.sim.machine import SimMachine
-from kscand.stats import Stats
 
 __all__ = ["DAMOS_MAX_SCORE", "DamonTierParams", "DamonTierPolicy", "Regions", "hot_score"]
 

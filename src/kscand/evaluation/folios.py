@@ -20,7 +20,8 @@ import numpy.typing as npt
 
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import HPAGE_PMD_NR, PAGE_SIZE
-from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimProcess, SimVma
+from kscand.sim.machine import SimMachine
+from kscand.sim.process import MOVABLE_KINDS, SimProcess, SimVma
 
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]

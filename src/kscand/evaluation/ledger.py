@@ -38,8 +38,9 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.machine import ProcessId
-from kscand.sim.machine import MOVABLE_KINDS, MoveChunk, SimMachine, SimVma
+from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import Sample, movable_rates
+from kscand.sim.process import MOVABLE_KINDS, MoveChunk, SimVma
 
 IdxArray = npt.NDArray[np.intp]
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.stats import Stats
 from kscand.evaluation.folios import FolioIndex, I64Array, VmaEntry, keys_of, split_keys
 from kscand.evaluation.numab_gate import (
     WMARK_HIGH_FRACTION,
@@ -55,7 +56,6 @@ from kscand.evaluation.numab_gate import (
 )
 from kscand.machine import PAGE_SHIFT
 from kscand.sim.machine import SimMachine
-from kscand.stats import Stats
 
 SWAP_CLUSTER_MAX = 32
 DEF_PRIORITY = 12

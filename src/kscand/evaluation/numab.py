@@ -53,12 +53,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.filters import vma_skip_reason
+from kscand.core.stats import Stats
 from kscand.evaluation.numab_gate import NumabParams, PromotionGate
-from kscand.filters import vma_skip_reason
 from kscand.machine import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, ProcessId, Vma
 from kscand.sim import workloads as wl
-from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimProcess, SimVma
-from kscand.stats import Stats
+from kscand.sim.machine import SimMachine
+from kscand.sim.process import MOVABLE_KINDS, SimProcess, SimVma
 
 __all__ = ["NumabParams", "NumabPolicy", "PromotionGate", "epoch_boundary_s", "next_access_s",
            "task_scan_min_ms"]

@@ -31,7 +31,8 @@ from kscand.evaluation.folios import FolioIndex, keys_of
 from kscand.evaluation.lru import INACTIVE, Kswapd, NodeLru, next_demotion_node
 from kscand.evaluation.numab import IdxArray, NumabParams, NumabPolicy, _Fault
 from kscand.machine import HPAGE_PMD_NR
-from kscand.sim.machine import SimMachine, SimVma
+from kscand.sim.machine import SimMachine
+from kscand.sim.process import SimVma
 
 # kswapd is a thread of its own: woken by a failed promotion, it reclaims while later
 # faults go on. The step's faults are resolved in windows this long, kswapd running

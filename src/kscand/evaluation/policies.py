@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kscand.core.stats import Stats
+from kscand.core.tunables import Tunables, parse_assignment, tunable_fields
 from kscand.errors import ConfigError
 from kscand.evaluation.costs import CostModel, CpuCost, cost_of
 from kscand.evaluation.damon import DamonParams, DamonPolicy
@@ -31,8 +33,6 @@ from kscand.evaluation.numab_tier import NumabTieringPolicy
 from kscand.sim.machine import SimMachine
 from kscand.sim.run import KscandPolicy, Policy
 from kscand.sim.scenario import Scenario
-from kscand.stats import Stats
-from kscand.tunables import Tunables, parse_assignment, tunable_fields
 
 ORACLE = "oracle"
 POLICY_NAMES = ("none", "numab", "numab-promote", "damon", "damon-hot", "kscand", ORACLE)

@@ -51,11 +51,6 @@ COLUMN_DEFINITIONS = (
      "oracle's coldest"),
     ("CPU %", "cost-model CPU time as a share of one core, and who pays (app or daemon)"),
 )
-PLOTS = {
-    "share.png": "Share of accesses served by the top tier",
-    "traffic.png": "Promotion traffic",
-    "cpu.png": "CPU cost by component",
-}
 SWEEP_PLOT = "sweep.png"
 
 

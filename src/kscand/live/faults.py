@@ -19,11 +19,12 @@ from typing import Protocol
 
 import numpy as np
 
+from kscand.errors import MOVE_CALL_FAULTS, MOVE_PAGE_FAULTS
 from kscand.live.move import move_pages_error
 from kscand.machine import I32Array, U64Array
 
-CALL_FAULTS = frozenset({"ESRCH", "EPERM"})  # the whole call fails with this errno
-PAGE_FAULTS = frozenset({"ENOMEM", "EBUSY", "ENOENT", "EFAULT", "EACCES", "EIO"})
+CALL_FAULTS = frozenset(MOVE_CALL_FAULTS)  # the whole call fails with this errno
+PAGE_FAULTS = frozenset(MOVE_PAGE_FAULTS)
 
 
 class Mover(Protocol):

@@ -16,15 +16,14 @@ import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from kscand.config import ACCESS_SOURCES
 from kscand.errors import ConfigError, Unsupported
-from kscand.live.damon import DAMON_KDAMONDS
+from kscand.live.damon_sysfs import DAMON_KDAMONDS
 from kscand.live.move import SYS_MOVE_PAGES
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PAGE_IDLE_BITMAP
 from kscand.live.procfs import KPF_KSM, PM_PFRAME_MASK, PM_PRESENT
 from kscand.machine import PAGE_SIZE
-
-ACCESS_SOURCES = ("auto", "page_idle", "damon")
 
 # Capabilities the live daemon needs (include/uapi/linux/capability.h bit numbers), and why.
 # CAP_SYS_NICE is only needed for MPOL_MF_MOVE_ALL, which kscand does not use.

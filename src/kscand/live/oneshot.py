@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
+from kscand.core.migrator import Migrator, default_target
+from kscand.core.mmlist import MmSlot
+from kscand.core.placement import series_context
+from kscand.core.scanner import ScanEnd, Scanner, plan_scan
+from kscand.core.stats import PageSkip, Stats
+from kscand.core.tunables import Tunables
 from kscand.errors import ProcessGone, Unsupported
-from kscand.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
 from kscand.live.linux import LinuxMachine
 from kscand.machine import (
     BoolArray,
@@ -35,12 +41,6 @@ from kscand.machine import (
     U64Array,
     Vma,
 )
-from kscand.migrator import Migrator, default_target
-from kscand.mmlist import MmSlot
-from kscand.placement import series_context
-from kscand.scanner import ScanEnd, Scanner, plan_scan
-from kscand.stats import PageSkip, Stats
-from kscand.tunables import Tunables
 
 WHOLE_PROCESS_BYTES = 1 << 40  # the largest scan_size_bytes: one pass covers everything
 

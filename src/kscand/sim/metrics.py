@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.machine import ProcessId
-from kscand.sim.machine import MOVABLE_KINDS, SimMachine, SimProcess, SimVma
+from kscand.sim.machine import SimMachine
+from kscand.sim.process import MOVABLE_KINDS, SimProcess, SimVma
 
 F32Array = npt.NDArray[np.float32]
 

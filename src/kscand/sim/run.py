@@ -8,9 +8,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from kscand.engine import Kscand
+from kscand.core.engine import Kscand
+from kscand.core.stats import Stats
+from kscand.core.tunables import Tunables
 from kscand.machine import ProcessId
-from kscand.sim.machine import UNPOPULATED_KINDS, SimMachine, SimProcess
+from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import (
     HindsightTracker,
     ProcSample,
@@ -19,10 +21,9 @@ from kscand.sim.metrics import (
     StaticBest,
     access_weighted,
 )
+from kscand.sim.process import UNPOPULATED_KINDS, SimProcess
 from kscand.sim.scenario import Scenario
 from kscand.sim.workloads import workload_end_s
-from kscand.stats import Stats
-from kscand.tunables import Tunables
 
 # Fraction of the oracle's top-tier share that counts as "converged".
 CONVERGED_FRACTION = 0.9

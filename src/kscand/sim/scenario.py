@@ -7,7 +7,6 @@ The format is documented in the README ("Scenario format").
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import tomllib
@@ -15,10 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kscand.errors import ConfigError
-from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag, top_tier_from_tiers
-from kscand.sim.workloads import ADDED_KINDS, load_trace, trace_span_pages
-from kscand.tunables import Tunables, tunables_from_mapping
+from kscand.core.tunables import Tunables, tunables_from_mapping
+from kscand.errors import MOVE_CALL_FAULTS, MOVE_PAGE_FAULTS, ConfigError
+from kscand.machine import PAGE_SIZE, PMD_SIZE, PageFlag, VmFlag
+from kscand.sim.checks import (
+    SIM_BYTES_PER_PAGE,
+    SIM_MEMORY_LIMIT_BYTES,
+    check_fits,
+    check_memory,
+    check_target_node,
+    gib,
+)
+from kscand.sim.fields import read_bool, read_int, read_list, read_num, read_str, read_table
+from kscand.sim.workloads import WORKLOAD_KINDS, load_trace, trace_span_pages
 from kscand.units import parse_size_bytes
 
 
@@ -45,18 +53,9 @@ VMA_KINDS: dict[str, VmaKind] = {
     "io": VmaKind(RW | VmFlag.IO | VmFlag.PFNMAP, PageFlag(0)),
 }
 
-WORKLOAD_KINDS = (
-    "uniform", "hotset", "zipf", "moving-hotset", "sequential", "idle", *ADDED_KINDS,
-)
 PLACEMENTS = ("slow", "fast", "first-touch")
 
 SCENARIO_MAX_BYTES = 1 << 20  # a scenario file is a page of TOML; 1 MiB is far beyond any
-# What one simulated run may hold in memory, estimated before anything is allocated: the
-# machine has 24 GiB; the 1 TiB stress scenario (make stress) needs ~6 GiB.
-SIM_MEMORY_LIMIT_BYTES = 16 << 30
-SIM_BYTES_PER_PAGE = 24  # node and clear time per page, workload rates, metrics temporaries
-SIM_BYTES_PER_SAMPLE = 512  # one timeline sample and its bookkeeping
-SIM_BYTES_PER_PROC_SAMPLE = 256  # ... plus this per process alive in it
 RATE_MAX_PER_S = 1e15  # accesses (or pages swept) per second of one VMA; beyond any machine
 
 
@@ -148,119 +147,47 @@ class Scenario:
     sim: SimParams = field(default_factory=SimParams)
 
 
-# --- field readers: each names the field in its error --------------------------------
-
-
-def _show_key(key: str) -> str:
-    """A key as an error shows it: as is when it is a plain name, else quoted and escaped."""
-    return key if key.isidentifier() else repr(key)
-
-
-def _table(raw: dict[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        known = ", ".join(sorted(allowed))
-        raise ConfigError(f"{where}.{_show_key(unknown[0])}: unknown key (known: {known})")
-    return raw
-
-
-def _num(raw: dict[str, Any], key: str, where: str, default: float | None = None,
-         lo: float | None = None, hi: float | None = None) -> float:
-    value = raw.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}.{key}: missing")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{where}.{key}: {value} is out of range [{lo}, {hi}]")
-    return float(value)
-
-
-def _int(raw: dict[str, Any], key: str, where: str, default: int | None = None,
-         lo: int | None = None, hi: int | None = None) -> int:
-    value = raw.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}.{key}: missing")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{where}.{key}: {value} is out of range [{lo}, {hi}]")
-    return value
-
-
-def _str(raw: dict[str, Any], key: str, where: str, default: str | None = None,
-         choices: tuple[str, ...] | None = None) -> str:
-    value = raw.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}.{key}: missing")
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    value = raw.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _list(raw: dict[str, Any], key: str, where: str) -> list[Any]:
-    value = raw.get(key)
-    if value is None:
-        raise ConfigError(f"{where}{key}: missing (at least one entry)")
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}{key}: expected a non-empty array of tables")
-    return value
-
-
 def _node(raw: Any, where: str) -> NodeSpec:
-    raw = _table(raw, where, {"nid", "capacity", "cpus", "tier", "latency_ns"})
+    raw = read_table(raw, where, {"nid", "capacity", "cpus", "tier", "latency_ns"})
     if "capacity" not in raw:
         raise ConfigError(f"{where}.capacity: missing")
     capacity = parse_size_bytes(raw["capacity"], f"{where}.capacity")
     if capacity < PMD_SIZE:
         raise ConfigError(f"{where}.capacity: at least 2 MiB, got {capacity} bytes")
     return NodeSpec(
-        nid=_int(raw, "nid", where, lo=0, hi=1023),
+        nid=read_int(raw, "nid", where, lo=0, hi=1023),
         capacity_bytes=capacity,
-        cpus=_bool(raw, "cpus", where, False),
-        tier=_int(raw, "tier", where, lo=0, hi=1 << 16),
-        latency_ns=_num(raw, "latency_ns", where, 100.0, lo=0.0),
+        cpus=read_bool(raw, "cpus", where, False),
+        tier=read_int(raw, "tier", where, lo=0, hi=1 << 16),
+        latency_ns=read_num(raw, "latency_ns", where, 100.0, lo=0.0),
     )
 
 
 def _workload(raw: Any, where: str, base: WorkloadSpec) -> WorkloadSpec:
-    raw = _table(raw, where, set(WorkloadSpec.__slots__))
+    raw = read_table(raw, where, set(WorkloadSpec.__slots__))
     d = base
     return WorkloadSpec(
-        kind=_str(raw, "kind", where, d.kind, WORKLOAD_KINDS),
-        rate_per_s=_num(raw, "rate_per_s", where, d.rate_per_s, lo=0.0, hi=RATE_MAX_PER_S),
-        hot_fraction=_num(raw, "hot_fraction", where, d.hot_fraction, lo=0.0, hi=1.0),
-        hot_share=_num(raw, "hot_share", where, d.hot_share, lo=0.0, hi=1.0),
-        skew=_num(raw, "skew", where, d.skew, lo=0.0, hi=10.0),
-        period_s=_num(raw, "period_s", where, d.period_s, lo=1e-3, hi=1e9),
-        shift_fraction=_num(raw, "shift_fraction", where, d.shift_fraction, lo=0.0, hi=1.0),
-        pages_per_s=_num(raw, "pages_per_s", where, d.pages_per_s, lo=0.0, hi=RATE_MAX_PER_S),
-        vertices_per_page=_int(raw, "vertices_per_page", where, d.vertices_per_page, lo=1,
+        kind=read_str(raw, "kind", where, d.kind, WORKLOAD_KINDS),
+        rate_per_s=read_num(raw, "rate_per_s", where, d.rate_per_s, lo=0.0, hi=RATE_MAX_PER_S),
+        hot_fraction=read_num(raw, "hot_fraction", where, d.hot_fraction, lo=0.0, hi=1.0),
+        hot_share=read_num(raw, "hot_share", where, d.hot_share, lo=0.0, hi=1.0),
+        skew=read_num(raw, "skew", where, d.skew, lo=0.0, hi=10.0),
+        period_s=read_num(raw, "period_s", where, d.period_s, lo=1e-3, hi=1e9),
+        shift_fraction=read_num(raw, "shift_fraction", where, d.shift_fraction, lo=0.0, hi=1.0),
+        pages_per_s=read_num(raw, "pages_per_s", where, d.pages_per_s, lo=0.0, hi=RATE_MAX_PER_S),
+        vertices_per_page=read_int(raw, "vertices_per_page", where, d.vertices_per_page, lo=1,
                                hi=4096),
-        sorted_ids=_bool(raw, "sorted_ids", where, d.sorted_ids),
-        path=_str(raw, "path", where, d.path),
-        trace_pid=_int(raw, "trace_pid", where, d.trace_pid, lo=-1),
-        window_s=_num(raw, "window_s", where, d.window_s, lo=1e-3, hi=1e9),
-        loop=_bool(raw, "loop", where, d.loop),
+        sorted_ids=read_bool(raw, "sorted_ids", where, d.sorted_ids),
+        path=read_str(raw, "path", where, d.path),
+        trace_pid=read_int(raw, "trace_pid", where, d.trace_pid, lo=-1),
+        window_s=read_num(raw, "window_s", where, d.window_s, lo=1e-3, hi=1e9),
+        loop=read_bool(raw, "loop", where, d.loop),
     )
 
 
 def _vma(raw: Any, where: str, default_workload: WorkloadSpec) -> VmaSpec:
-    raw = _table(raw, where, {"kind", "size", "workload"})
-    kind = _str(raw, "kind", where, "anon", tuple(VMA_KINDS))
+    raw = read_table(raw, where, {"kind", "size", "workload"})
+    kind = read_str(raw, "kind", where, "anon", tuple(VMA_KINDS))
     if "size" not in raw:
         raise ConfigError(f"{where}.size: missing")
     size = parse_size_bytes(raw["size"], f"{where}.size")
@@ -270,9 +197,9 @@ def _vma(raw: Any, where: str, default_workload: WorkloadSpec) -> VmaSpec:
     limit_pages = SIM_MEMORY_LIMIT_BYTES // SIM_BYTES_PER_PAGE
     if size // PAGE_SIZE > limit_pages:  # before a trace is read for it
         raise ConfigError(
-            f"{where}.size: {_gib(size)} simulated needs about "
-            f"{_gib(size // PAGE_SIZE * SIM_BYTES_PER_PAGE)} of memory, over the "
-            f"{_gib(SIM_MEMORY_LIMIT_BYTES)} limit of one simulated run"
+            f"{where}.size: {gib(size)} simulated needs about "
+            f"{gib(size // PAGE_SIZE * SIM_BYTES_PER_PAGE)} of memory, over the "
+            f"{gib(SIM_MEMORY_LIMIT_BYTES)} limit of one simulated run"
         )
     workload = default_workload
     if "workload" in raw:
@@ -315,7 +242,7 @@ def _resolve_trace_paths(raw: Any, base: Path) -> None:
 
 
 def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
-    raw = _table(
+    raw = read_table(
         raw, where,
         {"name", "vmas", "placement", "start_s", "exit_s", "count", "workload", "scale",
          "stagger_s", "lifetime_s"},
@@ -325,29 +252,29 @@ def _process(raw: Any, where: str, nids: set[int]) -> ProcessSpec:
         default_workload = _workload(raw["workload"], f"{where}.workload", default_workload)
     vmas = tuple(
         _vma(v, f"{where}.vmas[{i}]", default_workload)
-        for i, v in enumerate(_list(raw, "vmas", f"{where}."))
+        for i, v in enumerate(read_list(raw, "vmas", f"{where}."))
     )
     placement, placement_nids = _placement(raw, where, nids)
-    start_s = _num(raw, "start_s", where, 0.0, lo=0.0)
+    start_s = read_num(raw, "start_s", where, 0.0, lo=0.0)
     exit_s = raw.get("exit_s")
     if exit_s is not None:
-        exit_s = _num(raw, "exit_s", where, lo=start_s)
+        exit_s = read_num(raw, "exit_s", where, lo=start_s)
     return ProcessSpec(
-        name=_str(raw, "name", where, "proc"),
+        name=read_str(raw, "name", where, "proc"),
         vmas=vmas,
         placement=placement,
         placement_nids=placement_nids,
-        scale=_int(raw, "scale", where, 8, lo=0, hi=10) if "scale" in raw else None,
-        stagger_s=_num(raw, "stagger_s", where, 0.0, lo=0.0),
-        lifetime_s=_num(raw, "lifetime_s", where, lo=0.0) if "lifetime_s" in raw else None,
+        scale=read_int(raw, "scale", where, 8, lo=0, hi=10) if "scale" in raw else None,
+        stagger_s=read_num(raw, "stagger_s", where, 0.0, lo=0.0),
+        lifetime_s=read_num(raw, "lifetime_s", where, lo=0.0) if "lifetime_s" in raw else None,
         start_s=start_s,
         exit_s=exit_s,
-        count=_int(raw, "count", where, 1, lo=1, hi=100_000),
+        count=read_int(raw, "count", where, 1, lo=1, hi=100_000),
     )
 
 
 def _placement(raw: dict[str, Any], where: str, nids: set[int]) -> tuple[str, tuple[int, ...]]:
-    text = _str(raw, "placement", where, "slow")
+    text = read_str(raw, "placement", where, "slow")
     policy, sep, node_list = text.partition(":")
     if sep and policy in ("node", "interleave"):
         try:
@@ -368,13 +295,13 @@ def _placement(raw: dict[str, Any], where: str, nids: set[int]) -> tuple[str, tu
 
 def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenario:
     """Validate a parsed TOML document into a Scenario."""
-    raw = _table(
+    raw = read_table(
         raw,
         "scenario",
         {"name", "description", "seed", "duration_s", "sample_interval_s", "nodes",
          "processes", "tunables", "sim"},
     )
-    nodes = tuple(_node(n, f"nodes[{i}]") for i, n in enumerate(_list(raw, "nodes", "")))
+    nodes = tuple(_node(n, f"nodes[{i}]") for i, n in enumerate(read_list(raw, "nodes", "")))
     nids = [n.nid for n in nodes]
     if len(set(nids)) != len(nids):
         raise ConfigError("nodes: duplicate nid")
@@ -382,130 +309,50 @@ def scenario_from_mapping(raw: dict[str, Any], name: str = "scenario") -> Scenar
         raise ConfigError("nodes: at least one node needs cpus = true")
     processes = tuple(
         _process(p, f"processes[{i}]", set(nids))
-        for i, p in enumerate(_list(raw, "processes", ""))
+        for i, p in enumerate(read_list(raw, "processes", ""))
     )
-    tunables = tunables_from_mapping(_table(raw.get("tunables", {}), "tunables", set(
+    tunables = tunables_from_mapping(read_table(raw.get("tunables", {}), "tunables", set(
         Tunables.__dataclass_fields__)))
-    _check_target_node(tunables, nodes)
+    check_target_node(tunables, nodes)
     scenario = Scenario(
-        name=_str(raw, "name", "scenario", name),
-        description=_str(raw, "description", "scenario", ""),
-        seed=_int(raw, "seed", "scenario", 1, lo=0),
-        duration_s=_num(raw, "duration_s", "scenario", 60.0, lo=0.001, hi=1e7),
-        sample_interval_s=_num(raw, "sample_interval_s", "scenario", 1.0, lo=0.001),
+        name=read_str(raw, "name", "scenario", name),
+        description=read_str(raw, "description", "scenario", ""),
+        seed=read_int(raw, "seed", "scenario", 1, lo=0),
+        duration_s=read_num(raw, "duration_s", "scenario", 60.0, lo=0.001, hi=1e7),
+        sample_interval_s=read_num(raw, "sample_interval_s", "scenario", 1.0, lo=0.001),
         nodes=nodes,
         processes=processes,
         tunables=tunables,
         sim=_sim(raw.get("sim", {})),
     )
-    _check_fits(scenario)
-    _check_memory(scenario)
+    check_fits(scenario)
+    check_memory(scenario)
     return scenario
 
 
-def _gib(nr_bytes: float) -> str:
-    return f"{nr_bytes / (1 << 30):,.1f} GiB"
-
-
-def _check_target_node(tunables: Tunables, nodes: tuple[NodeSpec, ...]) -> None:
-    """tunables.target_node, when set, must be a top-tier node of the scenario."""
-    target = tunables.target_node
-    if target < 0:
-        return
-    top = top_tier_from_tiers({n.nid: n.tier for n in nodes}, {n.nid: n.cpus for n in nodes})
-    if target in top:
-        return
-    tops = ", ".join(str(n) for n in sorted(top)) or "none"
-    if any(n.nid == target for n in nodes):
-        raise ConfigError(f"tunables.target_node: node {target} is on the slow tier "
-                          f"(top-tier nodes: {tops})")
-    raise ConfigError(f"tunables.target_node: node {target} is not in nodes "
-                      f"(top-tier nodes: {tops})")
-
-
-def _max_alive(proc: ProcessSpec) -> int:
-    """At most this many copies of proc are alive at once."""
-    if proc.count == 1 or proc.stagger_s == 0:
-        return proc.count
-    span_s = proc.lifetime_s
-    if proc.exit_s is not None:
-        span_s = min(span_s, proc.exit_s - proc.start_s) if span_s is not None else (
-            proc.exit_s - proc.start_s)
-    if span_s is None:
-        return proc.count
-    return min(proc.count, math.ceil(span_s / proc.stagger_s) + 1)
-
-
-def estimated_memory_bytes(scenario: Scenario) -> int:
-    """An upper estimate of what running scenario holds in memory: every page of every
-    process that can be alive at once, and the timeline samples."""
-    peak_pages = sum(p.nr_pages * _max_alive(p) for p in scenario.processes)
-    peak_procs = sum(_max_alive(p) for p in scenario.processes)
-    nr_samples = math.floor(scenario.duration_s / scenario.sample_interval_s) + 1
-    per_sample = SIM_BYTES_PER_SAMPLE + SIM_BYTES_PER_PROC_SAMPLE * peak_procs
-    return peak_pages * SIM_BYTES_PER_PAGE + nr_samples * per_sample
-
-
-def _check_memory(scenario: Scenario) -> None:
-    """Refuse, before allocating anything, a run that would not fit the stated limit."""
-    need = estimated_memory_bytes(scenario)
-    if need <= SIM_MEMORY_LIMIT_BYTES:
-        return
-    nr_samples = math.floor(scenario.duration_s / scenario.sample_interval_s) + 1
-    raise ConfigError(
-        f"scenario: needs about {_gib(need)} of memory to simulate ({nr_samples:,} samples of "
-        f"duration_s / sample_interval_s, the processes' pages), over the "
-        f"{_gib(SIM_MEMORY_LIMIT_BYTES)} limit of one simulated run"
-    )
-
-
 def _sim(raw: Any) -> SimParams:
-    raw = _table(raw, "sim", set(SimParams.__slots__))
+    raw = read_table(raw, "sim", set(SimParams.__slots__))
     d = SimParams()
     return SimParams(
-        scan_cost_ns_per_pte=_num(raw, "scan_cost_ns_per_pte", "sim", d.scan_cost_ns_per_pte,
+        scan_cost_ns_per_pte=read_num(raw, "scan_cost_ns_per_pte", "sim", d.scan_cost_ns_per_pte,
                                   lo=0.0),
-        move_cost_ns_per_page=_num(raw, "move_cost_ns_per_page", "sim", d.move_cost_ns_per_page,
+        move_cost_ns_per_page=read_num(raw, "move_cost_ns_per_page", "sim", d.move_cost_ns_per_page,
                                    lo=0.0),
-        move_cost_ns_per_call=_num(raw, "move_cost_ns_per_call", "sim", d.move_cost_ns_per_call,
+        move_cost_ns_per_call=read_num(raw, "move_cost_ns_per_call", "sim", d.move_cost_ns_per_call,
                                    lo=0.0),
-        ebusy_rate=_num(raw, "ebusy_rate", "sim", d.ebusy_rate, lo=0.0, hi=1.0),
-        pid_max=_int(raw, "pid_max", "sim", d.pid_max, lo=301, hi=1 << 22),
+        ebusy_rate=read_num(raw, "ebusy_rate", "sim", d.ebusy_rate, lo=0.0, hi=1.0),
+        pid_max=read_int(raw, "pid_max", "sim", d.pid_max, lo=301, hi=1 << 22),
         move_faults=_move_faults(raw.get("move_faults", {})),
     )
 
 
-PAGE_FAULTS = ("EBUSY", "ENOENT", "EFAULT", "ENOMEM", "EACCES", "EIO")
-CALL_FAULTS = ("ESRCH", "EPERM")
 
 
 def _move_faults(raw: Any) -> tuple[tuple[str, float], ...]:
-    raw = _table(raw, "sim.move_faults", set(PAGE_FAULTS + CALL_FAULTS))
+    raw = read_table(raw, "sim.move_faults", set(MOVE_PAGE_FAULTS + MOVE_CALL_FAULTS))
     return tuple(
-        (name, _num(raw, name, "sim.move_faults", lo=0.0, hi=1.0)) for name in sorted(raw)
+        (name, read_num(raw, name, "sim.move_faults", lo=0.0, hi=1.0)) for name in sorted(raw)
     )
-
-
-def _check_fits(scenario: Scenario) -> None:
-    """Processes alive at time 0 must fit in the machine's memory."""
-    total_pages = sum(n.capacity_pages for n in scenario.nodes)
-    at_start = sum(
-        p.nr_pages * (p.count if p.stagger_s == 0 else 1)
-        for p in scenario.processes if p.start_s == 0
-    )
-    if at_start > total_pages:
-        raise ConfigError(
-            f"processes: {at_start * PAGE_SIZE >> 20} MiB at start do not fit in the nodes' "
-            f"{total_pages * PAGE_SIZE >> 20} MiB"
-        )
-    for i, proc in enumerate(scenario.processes):
-        if proc.placement == "node" and len(proc.placement_nids) == 1:
-            node = next(n for n in scenario.nodes if n.nid == proc.placement_nids[0])
-            if proc.nr_pages > node.capacity_pages:
-                raise ConfigError(
-                    f"processes[{i}].placement: {proc.nr_pages * PAGE_SIZE >> 20} MiB do not "
-                    f"fit on node {node.nid} ({node.capacity_bytes >> 20} MiB)"
-                )
 
 
 def read_scenario_text(path: Path) -> str:

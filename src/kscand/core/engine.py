@@ -17,11 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from kscand import throttle
-from kscand.demoter import Demoter
-from kscand.errors import AccessDenied, ProcessGone
-from kscand.machine import PAGE_SHIFT, Machine, ProcessId, Topology
-from kscand.migrator import (
+from kscand.core import throttle
+from kscand.core.demoter import Demoter
+from kscand.core.migrator import (
     Candidates,
     MigrateResult,
     Migrator,
@@ -29,18 +27,20 @@ from kscand.migrator import (
     headroom_pages,
     target_order,
 )
-from kscand.mmlist import MmList, MmSlot, note_moves
-from kscand.placement import (
+from kscand.core.mmlist import MmList, MmSlot, note_moves
+from kscand.core.placement import (
     HeatLedger,
     ScanContext,
     moved_histogram,
     plan_nodes,
     reprobe_delay_s,
 )
-from kscand.reprobe import ReprobeQueue
-from kscand.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner
-from kscand.stats import MigrateDrop, Stats
-from kscand.tunables import Tunables
+from kscand.core.reprobe import ReprobeQueue
+from kscand.core.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner
+from kscand.core.stats import MigrateDrop, Stats
+from kscand.core.tunables import Tunables
+from kscand.errors import AccessDenied, ProcessGone
+from kscand.machine import PAGE_SHIFT, Machine, ProcessId, Topology
 
 # A trace event sink: (event name, fields). The series' trace events:
 # mm_enter, mm_exit, scan_mm_start, scan_mm_end, scan_mm_migrate.

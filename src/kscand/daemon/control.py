@@ -4,7 +4,7 @@ A request is one JSON object on one line, ``{"cmd": "status"}``; the answer
 is one JSON object on one line with ``"ok": true`` and the command's fields,
 or ``"ok": false`` and a one-line ``"error"``. Only peers whose uid
 (SO_PEERCRED) is root or the daemon's own may talk to it; the socket itself
-is mode 0600 inside the 0700 state directory (kscand.statedir).
+is mode 0600 inside the 0700 state directory (kscand.daemon.statedir).
 
 The server is one thread that serves one connection at a time with a short
 timeout, so a stuck client cannot hold it for long and nothing grows
@@ -27,7 +27,7 @@ from typing import Any
 
 from kscand.errors import AccessDenied, ConfigError, DaemonUnreachable, KscandError
 
-log = logging.getLogger("kscand.control")
+log = logging.getLogger("kscand.daemon.control")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -2,7 +2,7 @@
 
 Pure and dependency-free: the daemon measures step and move-batch durations
 whether or not the endpoint is on, and the names below decide how each
-kscand counter appears. The HTTP endpoint itself (kscand.prometheus) needs
+kscand counter appears. The HTTP endpoint itself (kscand.daemon.prometheus) needs
 the optional prometheus_client package and is imported only when
 `--metrics` or daemon.metrics asks for it.
 

@@ -40,7 +40,7 @@ class MmSlot:
     resume_vaddr: int = 0
     dead: bool = False
     full_scans: int = 0  # complete walks of the address space
-    # Throttling (kscand.throttle): this process's own period and size, when
+    # Throttling (kscand.core.throttle): this process's own period and size, when
     # it is next due, and the useful slow-tier pages of its last two scans.
     scan_period_ms: float = 0.0
     scan_size_bytes: int = 0
@@ -64,7 +64,7 @@ class MmSlot:
 
     # Scans each page was seen in (saturating at 255).
     seen: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
-    # Re-probe shift registers (kscand.hotness): one bit per scan, the page's
+    # Re-probe shift registers (kscand.core.hotness): one bit per scan, the page's
     # Accessed bit reprobe_delay_ms after the scan cleared it (0 when idle).
     short: dict[int, npt.NDArray[np.uint8]] = field(default_factory=dict)
     # The last two move times of each page (virtual or monotonic seconds,
@@ -76,7 +76,7 @@ class MmSlot:
     pass_start_ns: int | None = None
     pass_interval_s: float = 0.0  # 0: not measured yet (the period stands in)
     useful_this_pass: int = 0  # accessed slow-tier pages found over the current pass
-    # The heat histograms (kscand.placement) this process contributes to the
+    # The heat histograms (kscand.core.placement) this process contributes to the
     # engine's totals, and the one its current pass is building.
     heat_contrib: dict[tuple[int, bool], npt.NDArray[np.int64]] = field(default_factory=dict)
     heat_cur: dict[tuple[int, bool], npt.NDArray[np.int64]] = field(default_factory=dict)

@@ -22,10 +22,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from kscand.errors import AccessDenied, ProcessGone
-from kscand.hotness import exchange_pairs
-from kscand.machine import BoolArray, I32Array, I64Array, Machine, PageBatch, ProcessId, Topology
-from kscand.migrator import (
+from kscand.core.hotness import exchange_pairs
+from kscand.core.migrator import (
     CandidateQueue,
     Candidates,
     RateLimiter,
@@ -33,8 +31,10 @@ from kscand.migrator import (
     move_fail_counter,
     room_pages,
 )
-from kscand.stats import MigrateDrop, Stats
-from kscand.tunables import Tunables
+from kscand.core.stats import MigrateDrop, Stats
+from kscand.core.tunables import Tunables
+from kscand.errors import AccessDenied, ProcessGone
+from kscand.machine import BoolArray, I32Array, I64Array, Machine, PageBatch, ProcessId, Topology
 
 U8Array = npt.NDArray[np.uint8]
 

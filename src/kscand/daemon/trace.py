@@ -21,7 +21,7 @@ from typing import IO, Any
 from kscand.errors import ConfigError
 from kscand.paths import untrusted_symlink
 
-log = logging.getLogger("kscand.trace")
+log = logging.getLogger("kscand.daemon.trace")
 
 MM_EVENTS = frozenset({"mm_enter", "mm_exit"})
 SCAN_EVENTS = MM_EVENTS | {"scan_mm_start", "scan_mm_end"}
@@ -43,7 +43,7 @@ def events_of_level(level: str) -> frozenset[str]:
 
 
 class JsonLinesTrace:
-    """A trace sink (kscand.engine.Tracer) writing one JSON object per event."""
+    """A trace sink (kscand.core.engine.Tracer) writing one JSON object per event."""
 
     def __init__(
         self,

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kscand.hotness import NR_HEAT_BINS, probe_delay_s, threshold_bin
+from kscand.core.hotness import NR_HEAT_BINS, probe_delay_s, threshold_bin
+from kscand.core.migrator import room_pages
+from kscand.core.tunables import Tunables
 from kscand.machine import BoolArray, Topology
-from kscand.migrator import room_pages
-from kscand.tunables import Tunables
 
 I64Array = npt.NDArray[np.int64]
 # A histogram key: (top-tier nid, resident?) -- False: slow-tier pages that want the node.

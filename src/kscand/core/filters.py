@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.stats import PageSkip, VmaSkip
 from kscand.machine import HPAGE_PMD_NR, PageFlag, U32Array, Vma, VmFlag
-from kscand.stats import PageSkip, VmaSkip
 
 
 def vma_skip_reason(vma: Vma) -> VmaSkip | None:

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kscand import throttle
-from kscand.demoter import Demoter, cold_mask
+from kscand.core import throttle
+from kscand.core.demoter import Demoter, cold_mask
+from kscand.core.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes, vma_skip_reason
+from kscand.core.hotness import heat_histogram, heat_of
+from kscand.core.migrator import Migrator
+from kscand.core.mmlist import HISTORY_CHUNK_BYTES, MmSlot
+from kscand.core.placement import HeatKey, HeatLedger, ScanContext, add_into
+from kscand.core.reprobe import Reprobe, ReprobeQueue
+from kscand.core.stats import PageSkip, Stats, VmaSkip
 from kscand.errors import AccessDenied, ProcessGone
-from kscand.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes, vma_skip_reason
-from kscand.hotness import heat_histogram, heat_of
 from kscand.machine import (
     PAGE_SHIFT,
     PMD_SIZE,
@@ -30,11 +35,6 @@ from kscand.machine import (
     ProcessId,
     Vma,
 )
-from kscand.migrator import Migrator
-from kscand.mmlist import HISTORY_CHUNK_BYTES, MmSlot
-from kscand.placement import HeatKey, HeatLedger, ScanContext, add_into
-from kscand.reprobe import Reprobe, ReprobeQueue
-from kscand.stats import PageSkip, Stats, VmaSkip
 
 
 class ScanEnd(enum.Enum):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kscand.cgroups import in_cgroup
 from kscand.config import ProcessRule
-from kscand.engine import ScalePolicy
+from kscand.core.engine import ScalePolicy
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import Machine, ProcessId, ProcessInfo
 
@@ -53,7 +53,6 @@ class RuleScalePolicy:
         self.rules = tuple(rules)
         self.fallback = fallback
         self.names: dict[ProcessId, ProcessInfo] = {}
-        self.nr_matched = 0
 
     def set_rules(self, rules: Sequence[ProcessRule]) -> None:
         """New rules (a reload): they apply to processes that appear from now on."""
@@ -80,6 +79,5 @@ class RuleScalePolicy:
         info = self.describe(proc) if any(r.needs_describe for r in self.rules) else None
         rule = first_match(self.rules, proc, info)
         if rule is not None:
-            self.nr_matched += 1
             return rule.scale
         return self.fallback(proc) if self.fallback is not None else None

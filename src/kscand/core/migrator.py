@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.stats import MigrateDrop, Stats
+from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone
 from kscand.machine import (
     PAGE_SIZE,
@@ -31,8 +33,6 @@ from kscand.machine import (
     Topology,
     U64Array,
 )
-from kscand.stats import MigrateDrop, Stats
-from kscand.tunables import Tunables
 
 U8Array = npt.NDArray[np.uint8]
 

@@ -4,7 +4,7 @@ Imported only when the endpoint is wanted (prometheus_client is the optional
 extra `metrics`). One HTTP thread ("kscand-metrics") serves GET /metrics;
 each scrape reads the daemon's published status snapshot (rebuilt by the loop
 thread when a step ended since) and the duration histograms, so the endpoint
-never touches the engine. See kscand.metrics for the metric names.
+never touches the engine. See kscand.daemon.metrics for the metric names.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from kscand.config import MetricsAddress
-from kscand.errors import KscandError
-from kscand.metrics import (
+from kscand.core.stats import SERIES_COUNTERS
+from kscand.daemon.metrics import (
     FAMILY_HELP,
     MAX_PROCESS_SERIES,
     DurationHistogram,
     counter_metric,
     process_family,
 )
-from kscand.stats import SERIES_COUNTERS
+from kscand.errors import KscandError
 
 CLIENT_TIMEOUT_S = 5.0  # a scraper that stalls is dropped after this long
 POLL_INTERVAL_S = 0.1  # how quickly close() stops the server thread
