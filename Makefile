@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kscand sim scenarios/hotset.toml
+	$(VENV)/bin/kscand sim hotset
 
 # The QEMU guest testbed (tests/guest): qemu, virtme-ng, Debian's stock 6.12 image
 # and the page_idle kernel build. Idempotent and cached in ~/.cache/kscand; needs

@@ -17,6 +17,7 @@ from rich.table import Table
 
 import kscand
 from kscand.cli import SUMMARIES
+from kscand.cli.scenarioargs import add_scenario_argument, print_scenario_list, scenario_path
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.evaluation.compare import Comparison, check_jobs, compare
@@ -34,7 +35,7 @@ def add_parser(sub: Any) -> None:
         description="Run policies (and parameter sweeps) on the same simulated scenario and "
         "seed; print a table, optionally write an HTML report with plots and the raw JSON.",
     )
-    parser.add_argument("scenario", type=Path, help="scenario TOML file")
+    add_scenario_argument(parser)
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
                         help=f"comma-separated, from {','.join(POLICY_NAMES)} "
                         f"(default: {','.join(DEFAULT_POLICIES)})")
@@ -58,12 +59,15 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.list:
+        print_scenario_list(Console(width=TABLE_WIDTH))
+        return 0
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed: must not be negative, got {args.seed}")
     jobs = check_jobs(args.jobs)
     sweeps = [parse_sweep(text) for text in args.sweep]
     runs = plan_runs([p.strip() for p in args.policies.split(",") if p.strip()], sweeps)
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(scenario_path(args))
     if args.duration is not None:
         if not 0 < args.duration <= 1e7:
             raise ConfigError(f"--duration: must be in (0, 1e7] seconds, got {args.duration}")

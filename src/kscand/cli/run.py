@@ -95,7 +95,8 @@ def add_parser(subparsers: Any) -> None:
         "--sim",
         type=path_arg,
         metavar="SCENARIO",
-        help="drive a simulated machine from a scenario file, in real time, instead of "
+        help="drive a simulated machine from a scenario file (or a shipped scenario's name: "
+        "kscand sim --list), in real time, instead of "
         "this host (no root needed; for trying kscand out and for tests); without "
         "--config the scenario's [tunables] apply",
     )
@@ -129,8 +130,9 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or config.daemon.log_level, stderr_is_journal())
     if args.sim is not None:
         from kscand.backends import open_sim_backend
+        from kscand.data import resolve_scenario
 
-        backend = open_sim_backend(args.sim)
+        backend = open_sim_backend(resolve_scenario(str(args.sim)))
         if args.config is None and backend.tunables is not None:
             config = dataclasses.replace(config, tunables=backend.tunables)
     else:

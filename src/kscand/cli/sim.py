@@ -13,6 +13,7 @@ from rich.table import Table
 
 from kscand.cli import SUMMARIES
 from kscand.cli.pathargs import path_arg
+from kscand.cli.scenarioargs import add_scenario_argument, print_scenario_list, scenario_path
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE
@@ -28,9 +29,10 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "sim",
         help=SUMMARIES["sim"],
-        description="Run the kscand engine on a simulated machine described by a scenario file.",
+        description="Run the kscand engine on a simulated machine described by a scenario file "
+        "or a shipped scenario's name (--list).",
     )
-    parser.add_argument("scenario", type=path_arg, help="scenario TOML file (see scenarios/)")
+    add_scenario_argument(parser)
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     parser.add_argument("--json", type=path_arg, default=None, metavar="FILE",
                         help="write the full report (timeline, processes, counters) as JSON")
@@ -38,11 +40,14 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.seed is not None and args.seed < 0:
-        raise ConfigError(f"--seed: must not be negative, got {args.seed}")
-    scenario = load_scenario(args.scenario)
     # Wide enough for the tables when the output is a pipe or a CI log.
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 132)
+    if args.list:
+        print_scenario_list(console)
+        return 0
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed: must not be negative, got {args.seed}")
+    scenario = load_scenario(scenario_path(args))
     progress = Progress(
         TextColumn(f"[bold]{text(scenario.name)}"),
         BarColumn(),
