@@ -1,19 +1,26 @@
 # kscand: `make demo` runs the simulator on the default scenario,
-# `make test` runs every test. Both install what they need into .venv.
+# `make test` runs every test. Both install what they need into .venv: the demo
+# only the package and its runtime dependencies (numpy, rich), the tests also the
+# test toolchain (the `test` extra).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench bench-pagemap bench-trace clean testbed vm-compare evaluation fuzz traces
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(VENV)/bin/kscand sim hotset
 
 # The QEMU guest testbed (tests/guest): qemu, virtme-ng, Debian's stock 6.12 image
