@@ -98,6 +98,19 @@ def test_live_backend_refuses_with_the_probe_reason(fake: FakeLinux) -> None:
     assert "\n" not in reason
 
 
+def test_live_backend_names_every_blocker_in_one_line(fake: FakeLinux) -> None:
+    (Path(fake.sysfs) / "kernel/mm/page_idle/bitmap").unlink()
+    config = config_from_text("[topology]\ntop_tier_nodes = [0, 1]\n")
+    with pytest.raises(Unsupported) as info:
+        open_live_backend(config, fake.procfs, fake.sysfs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"2 things block promotion here: (1) this kernel has no {fake.sysfs}/kernel/mm/"
+        "page_idle/bitmap (CONFIG_IDLE_PAGE_TRACKING); no DAMON either: ")
+    assert "; (2) no slow-tier node: every online node ((0, 1)) is top tier" in message
+
+
 def test_daemon_promotes_on_the_fake_live_tree(fake: FakeLinux, tmp_path: Path) -> None:
     config = config_from_text(
         f"[tunables]\nscan_sleep_ms = 10\n{FAST_TUNABLES}[scan]\npids = [{PID}]\n"

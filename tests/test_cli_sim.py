@@ -109,3 +109,33 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Processes" in proc.stdout
+
+
+ONE_NODE = SMALL.split("[[nodes]]\nnid = 1")[0].replace('"slow"', '"fast"') + """
+[[processes]]
+name = "other"
+placement = "fast"
+workload = { kind = "uniform", rate_per_s = 1e5 }
+vmas = [{ kind = "anon", size = "16MiB" }]
+"""
+
+
+def test_sim_says_when_there_is_nothing_to_promote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = write(tmp_path, ONE_NODE)
+    assert "nid = 1" not in one.read_text()
+    assert main(["sim", str(one), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == ("note: one NUMA node (node 0): nothing to promote (every share below "
+                        "is 100 % by construction, not kscand's doing)")
+    assert any("time to 90% of the oracle: n/a (nothing to promote)" in line for line in lines)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["nothing_to_promote"] == "one NUMA node (node 0): nothing to promote"
+    assert report["final"]["top_share"] == 1.0
+    two_top = write(tmp_path, SMALL.replace("tier = 67", "tier = 4"))
+    assert main(["sim", str(two_top), "--quiet"]) == 0
+    assert ("note: no slow-tier node: every node (0,1) is top tier, nothing to promote"
+            in capsys.readouterr().out)
+    assert main(["sim", str(write(tmp_path, SMALL)), "--quiet"]) == 0
+    assert "nothing to promote" not in capsys.readouterr().out

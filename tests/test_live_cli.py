@@ -62,6 +62,19 @@ def test_topology_on_a_two_tier_tree(fake: FakeLinux, capsys: pytest.CaptureFixt
     assert "kscand can promote here." in out
 
 
+def test_topology_exits_3_naming_every_blocker(
+    fake: FakeLinux, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (Path(fake.sysfs) / "kernel/mm/page_idle/bitmap").unlink()
+    rc, out, _ = run(["topology", "--procfs", fake.procfs, "--sysfs", fake.sysfs,
+                      "--top-tier-nodes", "0,1"], capsys)
+    assert rc == 3
+    assert "access source: cannot promote: none (this kernel has no" in out
+    assert "cannot promote: no slow-tier node" in out
+    assert out.splitlines()[-1] == "kscand cannot promote here (2 blockers above; exit status 3)"
+    assert "kscand can promote here." not in out
+
+
 def test_topology_bad_sysfs_value_is_one_line(
     fake: FakeLinux, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -174,7 +187,8 @@ def test_thp_candidate_counts_its_pages(
 def test_host_topology_and_scan(capsys: pytest.CaptureFixture[str]) -> None:
     require(os.geteuid() == 0 and os.path.exists("/proc/kpageflags"), "needs root and kpageflags")
     rc, out, _ = run(["topology"], capsys)
-    assert rc == 0 and "access source:" in out
+    assert "access source:" in out
+    assert (rc, "kscand can promote here." in out) in ((0, True), (3, False)), (rc, out)
     child = subprocess.Popen(["sleep", "30"])
     try:
         rc, out, err = run(["scan", "--pid", str(child.pid), "--passes", "2",

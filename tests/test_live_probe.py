@@ -60,7 +60,9 @@ def test_this_hosts_shape_one_node_no_page_idle_damon_paddr_only(fake: FakeLinux
         "(CONFIG_DAMON_VADDR; available: paddr)"
     )
     assert findings[1].sentence == "only one NUMA node (node 0): nothing to promote"
-    assert features.blocking_reason() == findings[0].sentence
+    assert features.blocking_reasons() == [findings[0].sentence, findings[1].sentence]
+    assert features.blocking_reason() == (
+        f"2 things block promotion here: (1) {findings[0].sentence}; (2) {findings[1].sentence}")
 
 
 def test_damon_fallback_is_a_note_not_a_blocker(fake: FakeLinux) -> None:

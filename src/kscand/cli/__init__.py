@@ -9,6 +9,8 @@ non-zero exit status. Exit statuses, the same for every subcommand:
        or the daemon itself failed while running (systemd restarts it on 1)
   2    bad input (arguments, config or scenario file, a request the daemon refused,
        a reply of a shape this kscand does not read) or a machine kscand cannot use
+  3    `kscand topology` only: it read the machine, and kscand cannot promote on it
+       (every blocker is printed; `kscand run` would refuse to start, with status 2)
   130  interrupted (SIGINT) in a one-shot command
 """
 
@@ -52,6 +54,7 @@ SUMMARIES: dict[str, str] = {
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_CANNOT_PROMOTE = 3
 
 
 def one_line(text: str) -> str:

@@ -23,6 +23,7 @@ from kscand.errors import ConfigError
 from kscand.evaluation.compare import Comparison, check_jobs, compare
 from kscand.evaluation.policies import DEFAULT_POLICIES, POLICY_NAMES, parse_sweep, plan_runs
 from kscand.evaluation.report import COLUMNS, row_of, write_report
+from kscand.sim.run import nothing_to_promote
 from kscand.sim.scenario import load_scenario
 
 TABLE_WIDTH = 240  # columns of the table when stdout is not a terminal
@@ -97,6 +98,10 @@ def main(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns
         console = Console(width=TABLE_WIDTH)
+    reason = nothing_to_promote(scenario)
+    if reason is not None:
+        console.print(f"[yellow]note:[/] {text(reason)} (every policy's share is 100 % by "
+                      "construction)", highlight=False)
     print_table(console, comparison_table(comparison))
     if args.json is not None:
         try:

@@ -86,6 +86,9 @@ def print_report(console: Console, report: SimReport) -> None:
         f"in {report.wall_s:.1f} s wall, peak RSS {report.peak_rss_mib:.0f} MiB",
         highlight=False,
     )
+    if report.nothing_to_promote is not None:
+        console.print(f"[yellow]note:[/] {text(report.nothing_to_promote)} (every share below "
+                      "is 100 % by construction, not kscand's doing)", highlight=False)
     print_table(console, _timeline_table(report))
     print_table(console, _process_table(report))
     print_table(console, _counter_table(report.counters))
@@ -105,7 +108,9 @@ def _timeline_table(report: SimReport) -> Table:
             _pct(hot_fraction(s)), f"{s.latency_ns:.0f} ns",
             format_bytes(report.promoted_pages_at[i] * PAGE_SIZE),
         )
-    table.caption = f"time to {90}% of the oracle: {_secs(report.t90_s)}"
+    table.caption = (f"time to 90% of the oracle: {_secs(report.t90_s)}"
+                     if report.nothing_to_promote is None
+                     else "time to 90% of the oracle: n/a (nothing to promote)")
     return table
 
 

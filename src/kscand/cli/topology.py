@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from kscand.cli import SUMMARIES
+from kscand.cli import EXIT_CANNOT_PROMOTE, EXIT_OK, SUMMARIES
 from kscand.cli.pathargs import path_str_arg
 from kscand.cli.tables import print_table, text
 from kscand.machine import PAGE_SIZE
@@ -90,9 +90,13 @@ def main(args: argparse.Namespace) -> int:
             continue  # said on the access source line
         mark = "[red]cannot promote:[/]" if finding.blocking else "[yellow]note:[/]"
         console.print(f"{mark} {text(finding.sentence)}")
-    if not any(f.blocking for f in findings):
+    blockers = [f for f in findings if f.blocking]
+    if not blockers:
         console.print("[green]kscand can promote here.[/]")
-    return 0
+        return EXIT_OK
+    console.print(f"[red]kscand cannot promote here[/] ({len(blockers)} blocker"
+                  f"{'s' if len(blockers) > 1 else ''} above; exit status {EXIT_CANNOT_PROMOTE})")
+    return EXIT_CANNOT_PROMOTE
 
 
 def _block_span(pfn_map: PfnNodeMap | None, nid: int) -> str:

@@ -217,9 +217,23 @@ class Features:
     def sentences(self) -> list[str]:
         return [f.sentence for f in self.findings()]
 
+    def blocking_reasons(self) -> list[str]:
+        """Every reason kscand cannot promote anything here ([] if it can run)."""
+        return [f.sentence for f in self.findings() if f.blocking]
+
     def blocking_reason(self) -> str | None:
-        """The first reason kscand cannot promote anything here, or None if it can run."""
-        return next((f.sentence for f in self.findings() if f.blocking), None)
+        """Every reason kscand cannot promote here in one line (join_blockers), or None."""
+        reasons = self.blocking_reasons()
+        return join_blockers(reasons) if reasons else None
+
+
+def join_blockers(reasons: Sequence[str]) -> str:
+    """One line naming every blocker: the sentence itself when there is one, else
+    'N things block promotion here: (1) ...; (2) ...'."""
+    if len(reasons) == 1:
+        return reasons[0]
+    numbered = "; ".join(f"({i}) {reason}" for i, reason in enumerate(reasons, 1))
+    return f"{len(reasons)} things block promotion here: {numbered}"
 
 
 def _read_int(path: str) -> int | None:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from kscand.core.engine import Kscand
 from kscand.core.stats import Stats
 from kscand.core.tunables import Tunables
-from kscand.machine import ProcessId
+from kscand.machine import ProcessId, top_tier_from_tiers
 from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import (
     HindsightTracker,
@@ -68,6 +68,8 @@ class SimReport:
     weights_s: list[float] = field(default_factory=list)  # per sample: seconds it stands for
     static_best: StaticBest | None = None  # with run_scenario(hindsight=True)
     time_varying: bool = False  # whether any workload's rates changed during the run
+    # Why the simulated machine cannot promote anything (one node, one tier), or None.
+    nothing_to_promote: str | None = None
 
     def access_weighted(self, values: list[float]) -> float:
         """The access-weighted mean of one value per sample (metrics.access_weighted)."""
@@ -92,6 +94,7 @@ class SimReport:
             "wall_s": round(self.wall_s, 3),
             "peak_rss_mib": round(self.peak_rss_mib, 1),
             "t90_s": self.t90_s,
+            "nothing_to_promote": self.nothing_to_promote,
             "end_s": self.end_s,
             "trace_end_s": self.trace_end_s,
             "access_weighted": {
@@ -125,6 +128,20 @@ class SimReport:
             "counters": self.counters,
             "nr_exits": self.nr_exits,
         }
+
+
+def nothing_to_promote(scenario: Scenario) -> str | None:
+    """Why the scenario's machine has nothing to promote (one node, or every node top
+    tier: every page is on the top tier already, every share 100 % by construction), or
+    None when it has a slow tier."""
+    nodes = scenario.nodes
+    top = top_tier_from_tiers({n.nid: n.tier for n in nodes}, {n.nid: n.cpus for n in nodes})
+    if any(n.nid not in top for n in nodes):
+        return None
+    nids = ",".join(str(n.nid) for n in nodes)
+    if len(nodes) <= 1:
+        return f"one NUMA node (node {nids}): nothing to promote"
+    return f"no slow-tier node: every node ({nids}) is top tier, nothing to promote"
 
 
 def hot_fraction(sample: Sample) -> float:
@@ -218,6 +235,7 @@ def run_scenario(
     report = SimReport(
         scenario.name, scenario.seed if seed is None else seed, scenario.duration_s, 0.0, 0.0
     )
+    report.nothing_to_promote = nothing_to_promote(scenario)
     per_proc: dict[ProcessId, list[tuple[float, float, float]]] = {}
     last_seen: dict[ProcessId, tuple[SimProcess, ProcSample]] = {}
     tracker = HindsightTracker(machine) if hindsight else None
