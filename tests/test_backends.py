@@ -111,6 +111,24 @@ def test_live_backend_names_every_blocker_in_one_line(fake: FakeLinux) -> None:
     assert "; (2) no slow-tier node: every online node ((0, 1)) is top tier" in message
 
 
+def test_kscand_run_reads_the_given_procfs_and_sysfs_and_names_every_blocker(
+    fake: FakeLinux, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kscand.cli import main
+
+    (Path(fake.sysfs) / "kernel/mm/page_idle/bitmap").unlink()
+    config = tmp_path / "kscand.toml"
+    config.write_text("[topology]\ntop_tier_nodes = [0, 1]\n")
+    rc = main(["run", "--config", str(config), "--state-dir", str(tmp_path / "s"),
+               "--procfs", fake.procfs, "--sysfs", fake.sysfs])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("kscand run: 2 things block promotion here: (1) this kernel has no "
+                          f"{fake.sysfs}/kernel/mm/page_idle/bitmap")
+    assert "; (2) no slow-tier node" in err
+    assert not (tmp_path / "s").exists()
+
+
 def test_daemon_promotes_on_the_fake_live_tree(fake: FakeLinux, tmp_path: Path) -> None:
     config = config_from_text(
         f"[tunables]\nscan_sleep_ms = 10\n{FAST_TUNABLES}[scan]\npids = [{PID}]\n"

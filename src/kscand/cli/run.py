@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kscand.cli import SUMMARIES, early_signals
-from kscand.cli.pathargs import path_arg
+from kscand.cli.pathargs import path_arg, path_str_arg
 from kscand.config import LOG_LEVELS, Config, load_config, parse_metrics_address
 from kscand.daemon.metrics import require_prometheus_client
 
@@ -91,6 +91,12 @@ def add_parser(subparsers: Any) -> None:
         "default 127.0.0.1; PORT 0 picks a free one; overrides daemon.metrics; needs "
         "kscand[metrics])",
     )
+    parser.add_argument("--procfs", default="/proc", type=path_str_arg,
+                        help="procfs root (default /proc; /host/proc in a container with "
+                        "hostPID, see contrib/k8s)")
+    parser.add_argument("--sysfs", default="/sys", type=path_str_arg,
+                        help="sysfs root (default /sys; a writable host /sys mount in a "
+                        "container)")
     parser.add_argument(
         "--sim",
         type=path_arg,
@@ -138,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         from kscand.backends import open_live_backend
 
-        backend = open_live_backend(config)
+        backend = open_live_backend(config, args.procfs, args.sysfs)
     daemon = Daemon(
         config, backend, config_path=args.config, log_level_override=args.log_level,
         overrides=overrides,
