@@ -75,6 +75,14 @@ class OneTouch:
     def hot_of(self, idx: wl.IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
         return np.zeros(len(idx), dtype=bool)
 
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        return wl.FOREVER
+
+    def next_access_s(
+        self, units: wl.IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> wl.F64Array:
+        return np.full(units.shape[0], np.inf)  # never again after time 0
+
     def integral(self, idx: wl.PageIndex, t0_s: wl.F32Array, t1_s: float) -> wl.F32Array:
         touched = t0_s <= 0.0  # the interval since the last clear holds time 0
         return np.where(touched, np.float32(wl.CERTAIN), np.float32(0.0))
