@@ -1,8 +1,9 @@
 """The layout's contracts, read from the source with ast (nothing is imported).
 
 - The engine (src/kscand/core/) imports only the Machine interface (kscand.machine),
-  kscand.errors, kscand.units, itself, the standard library and numpy: never the live
-  machine, the simulator, the daemon, the CLI or the evaluation.
+  kscand.errors, kscand.units, the input checks (kscand.validate), itself, the standard
+  library and numpy: never the live machine, the simulator, the daemon, the CLI or the
+  evaluation.
 - The live machine (src/kscand/live/) holds only the backend: it imports neither the
   engine, the simulator, the daemon, the CLI, the evaluation, `kscand scan`'s inspection
   nor the test support.
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "kscand"
 CORE = SRC / "core"
 
-CORE_MAY_IMPORT = ("kscand.machine", "kscand.errors", "kscand.units")
+CORE_MAY_IMPORT = ("kscand.machine", "kscand.errors", "kscand.units", "kscand.validate")
 CORE_THIRD_PARTY = ("numpy",)
 CORE_FORBIDDEN = (
     "kscand.live", "kscand.sim", "kscand.daemon", "kscand.cli", "kscand.evaluation",
