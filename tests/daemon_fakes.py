@@ -16,6 +16,7 @@ import numpy as np
 
 from kscand.backends import Backend
 from kscand.config import Config, config_from_text
+from kscand.daemon.control import Handler
 from kscand.daemon.loop import Daemon
 from kscand.machine import (
     PAGE_SIZE,
@@ -187,3 +188,13 @@ capacity = "256MiB"
 cpus = false
 tier = 67
 {processes}"""
+
+
+def recording_handler(calls: list[str], reply: dict[str, Any]) -> Handler:
+    """A control handler that records each request's "cmd" in calls and replies reply."""
+
+    def handle(req: dict[str, Any]) -> dict[str, Any]:
+        calls.append(req["cmd"])
+        return dict(reply)
+
+    return handle

@@ -213,7 +213,7 @@ def _property(check: Callable[[Path, Any], None], strategy: Any, directory: Path
     def prop(data: Any) -> None:
         check(directory, data)
 
-    return with_seed(seed)(prop) if seed is not None else prop  # type: ignore[no-any-return]
+    return with_seed(seed)(prop) if seed is not None else prop
 
 
 def run(targets: list[str], examples: int, seed: int | None) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kscand.core.engine import Kscand
+from kscand.core.mmlist import MmSlot
+from kscand.machine import ProcessId
 from kscand.sim.machine import SimMachine
 from kscand.sim.scenario import Scenario, scenario_from_mapping
 
@@ -42,6 +44,13 @@ def machine_and_engine(sc: Scenario) -> tuple[SimMachine, Kscand]:
     machine = SimMachine(sc)
     machine.record_moves = True
     return machine, Kscand(machine, sc.tunables, scale_policy=machine.scale_of)
+
+
+def slot_of(engine: Kscand, proc: ProcessId) -> MmSlot:
+    """The engine's slot of proc, which the test expects to be listed."""
+    slot = engine.mm_list.get(proc)
+    assert slot is not None, f"{proc} is not on the mm list"
+    return slot
 
 
 def run_steps(machine: SimMachine, engine: Kscand, nr_steps: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fakes import DaemonThread, FakeMachine, fast_config
+from daemon_fakes import DaemonThread, FakeMachine, fast_config, recording_handler
 
 from kscand.cli import main as cli_main
 from kscand.daemon.control import (
@@ -176,7 +176,7 @@ def test_other_uids_are_refused(tmp_path: Path) -> None:
     state_dir = prepare_state_dir(tmp_path / "s")
     calls: list[str] = []
     server = ControlServer(
-        socket_path(state_dir), lambda req: calls.append(req["cmd"]) or {}, allowed_uids={4242}
+        socket_path(state_dir), recording_handler(calls, {}), allowed_uids={4242}
     )
     server.start()
     try:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from simkit import COLD, HOT, machine_and_engine, moved_vaddrs, run_steps, scenario
 
+from kscand.core.engine import Kscand
 from kscand.machine import PAGE_SIZE, ProcessId
 from kscand.sim import workloads as wl
+from kscand.sim.machine import SimMachine
 from kscand.sim.run import run_scenario
 from kscand.sim.scenario import VMA_KINDS
 
@@ -59,18 +63,32 @@ class OneTouch:
     def epoch(self, t_s: float) -> int:
         return 0
 
-    def rates(self, t_s: float) -> np.ndarray:
+    def rates(self, t_s: float) -> wl.F32Array:
         return np.zeros(self.nr_pages, dtype=np.float32)
 
-    def hot(self, t_s: float) -> np.ndarray:
+    def hot(self, t_s: float) -> npt.NDArray[np.bool_]:
         return np.zeros(self.nr_pages, dtype=bool)
 
-    def integral(self, idx, t0_s, t1_s):
+    def rates_of(self, idx: wl.IdxArray, t_s: float) -> wl.F32Array:
+        return np.zeros(len(idx), dtype=np.float32)
+
+    def hot_of(self, idx: wl.IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
+        return np.zeros(len(idx), dtype=bool)
+
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        return wl.FOREVER
+
+    def next_access_s(
+        self, units: wl.IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> wl.F64Array:
+        return np.full(units.shape[0], np.inf)  # never again after time 0
+
+    def integral(self, idx: wl.PageIndex, t0_s: wl.F32Array, t1_s: float) -> wl.F32Array:
         touched = t0_s <= 0.0  # the interval since the last clear holds time 0
         return np.where(touched, np.float32(wl.CERTAIN), np.float32(0.0))
 
 
-def one_touch_engine(depth: int):
+def one_touch_engine(depth: int) -> tuple[SimMachine, Kscand, ProcessId]:
     sc = scenario(
         [
             {"name": "once", "placement": "slow", "workload": COLD,
@@ -121,7 +139,7 @@ def test_candidate_list_is_capped_and_overflow_counted() -> None:
     peak = 0
     original_add = engine.migrator.add
 
-    def add_and_watch(*args, **kwargs):
+    def add_and_watch(*args: Any, **kwargs: Any) -> Any:
         nonlocal peak
         out = original_add(*args, **kwargs)
         peak = max(peak, engine.migrator.nr_queued)

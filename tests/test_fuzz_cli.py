@@ -17,7 +17,7 @@ import kscand.backends
 import kscand.cli.scale
 import kscand.cli.status
 import kscand.cli.tune
-import kscand.live.oneshot
+import kscand.inspect.oneshot
 from kscand.cli import main
 from kscand.config import Config, config_from_mapping, config_from_text, load_config
 from kscand.errors import ConfigError, Unsupported
@@ -152,12 +152,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
         raise Unsupported("test: the live daemon is not started by the fuzzer")
 
     patch.setattr(kscand.backends, "open_live_backend", no_live_backend)
-    real_scan = kscand.live.oneshot.scan_process
+    real_scan = kscand.inspect.oneshot.scan_process
 
     def short_scan(machine: Any, proc: Any, passes: int, interval_ns: int) -> Any:
         return real_scan(machine, proc, passes=min(passes, 2), interval_ns=0)
 
-    patch.setattr(kscand.live.oneshot, "scan_process", short_scan)
+    patch.setattr(kscand.inspect.oneshot, "scan_process", short_scan)
     yield
     patch.undo()
 

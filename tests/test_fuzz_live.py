@@ -19,7 +19,7 @@ from kscand.core.engine import Kscand
 from kscand.core.tunables import Tunables
 from kscand.errors import KscandError, ProcessGone
 from kscand.live import LinuxMachine, ProcessSelection
-from kscand.live.procfs import ParseError, parse_maps, parse_smaps, parse_smaps_vmflags, parse_stat
+from kscand.live.procfs import ParseError, parse_maps, parse_smaps_vmflags, parse_stat
 from kscand.machine import PAGE_SIZE, I32Array, U64Array
 
 BLOCK_PAGES = (128 << 20) >> 12
@@ -210,8 +210,6 @@ def test_smaps_and_maps_with_unknown_missing_or_broken_lines_never_raise(
     lines: list[str]
 ) -> None:
     text = "\n".join(lines)
-    for vma in parse_smaps(text):
-        assert vma.start < vma.end
     for key in parse_smaps_vmflags(text):
         assert key[0] < key[1]
     for entry in parse_maps(text):

@@ -61,7 +61,9 @@ def mutate(doc: dict, path: tuple, action: str, value: Any) -> dict:
 @given(st.lists(st.tuples(st.sampled_from(ALL_PATHS),
                           st.sampled_from(["delete", "replace", "add"]), junk),
                 min_size=1, max_size=3))
-def test_mutated_scenarios_validate_or_fail_with_one_line(mutations) -> None:
+def test_mutated_scenarios_validate_or_fail_with_one_line(
+    mutations: list[tuple[tuple[Any, ...], str, Any]],
+) -> None:
     doc = BASE
     for path, action, value in mutations:
         try:
@@ -83,7 +85,9 @@ def test_mutated_scenarios_validate_or_fail_with_one_line(mutations) -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(st.sampled_from(["--seed", "--json", "--quiet", "-x", "--", "sim"]),
                           st.text(max_size=8)), max_size=5))
-def test_sim_arguments_never_traceback(tmp_path_factory: pytest.TempPathFactory, argv) -> None:
+def test_sim_arguments_never_traceback(
+    tmp_path_factory: pytest.TempPathFactory, argv: list[str],
+) -> None:
     cwd = tmp_path_factory.mktemp("fuzz")
     try:
         code = main(["sim", *[str(cwd / a) if a.endswith(".toml") else a for a in argv]])

@@ -1,8 +1,13 @@
 """The layout's contracts, read from the source with ast (nothing is imported).
 
 - The engine (src/kscand/core/) imports only the Machine interface (kscand.machine),
-  kscand.errors, kscand.units, itself, the standard library and numpy: never the live
-  machine, the simulator, the daemon, the CLI or the evaluation.
+  kscand.errors, kscand.units, the input checks (kscand.validate), itself, the standard
+  library and numpy: never the live machine, the simulator, the daemon, the CLI or the
+  evaluation.
+- The live machine (src/kscand/live/) holds only the backend: it imports neither the
+  engine, the simulator, the daemon, the CLI, the evaluation, `kscand scan`'s inspection
+  nor the test support.
+- Only tests import the test support (kscand.testing): no daemon, CLI or backend code.
 - No source file is over 500 lines, but for the listed exceptions.
 """
 
@@ -16,11 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "kscand"
 CORE = SRC / "core"
 
-CORE_MAY_IMPORT = ("kscand.machine", "kscand.errors", "kscand.units")
+CORE_MAY_IMPORT = ("kscand.machine", "kscand.errors", "kscand.units", "kscand.validate")
 CORE_THIRD_PARTY = ("numpy",)
 CORE_FORBIDDEN = (
     "kscand.live", "kscand.sim", "kscand.daemon", "kscand.cli", "kscand.evaluation",
 )
+LIVE = SRC / "live"
+LIVE_FORBIDDEN = (
+    "kscand.core", "kscand.sim", "kscand.daemon", "kscand.cli", "kscand.evaluation",
+    "kscand.inspect", "kscand.testing",
+)
+TESTING = "kscand.testing"
 
 MAX_LINES = 500
 # Over MAX_LINES on purpose, each with its reason. Only these two, engine files the lead
@@ -123,3 +134,29 @@ def test_backends_do_not_import_the_daemon() -> None:
     names = imported_modules(path.read_text(), _module_of(path))
     assert "kscand.machine" in names
     assert [n for n in names if n == "kscand.daemon" or n.startswith("kscand.daemon.")] == []
+
+
+def _under(names: list[str], packages: tuple[str, ...]) -> list[str]:
+    return [n for n in names if any(n == p or n.startswith(p + ".") for p in packages)]
+
+
+def test_the_live_machine_holds_only_the_backend() -> None:
+    files = sorted(LIVE.glob("*.py"))
+    assert len(files) >= 13
+    found = {
+        str(path.relative_to(ROOT)):
+            _under(imported_modules(path.read_text(), _module_of(path)), LIVE_FORBIDDEN)
+        for path in files
+    }
+    assert {path: bad for path, bad in found.items() if bad} == {}
+
+
+def test_only_tests_import_the_test_support() -> None:
+    found = {
+        str(path.relative_to(ROOT)):
+            _under(imported_modules(path.read_text(), _module_of(path)), (TESTING,))
+        for path in sorted(SRC.rglob("*.py"))
+        if not _module_of(path).startswith(TESTING)
+    }
+    assert {path: bad for path, bad in found.items() if bad} == {}
+    assert (SRC / "testing" / "faults.py").exists()

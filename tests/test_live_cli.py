@@ -15,7 +15,7 @@ from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, kpf, smaps
 import kscand.live.features as live_features
 from kscand.cli import main
 from kscand.cli.scan import candidate_ranges
-from kscand.live.oneshot import Candidates
+from kscand.inspect.oneshot import Candidates
 from kscand.live.page_idle import PageIdleBitmap
 from kscand.machine import PAGE_SIZE
 

@@ -1,4 +1,4 @@
-"""Injected move_pages(2) faults on the live machine (kscand.live.faults.FaultyMover around
+"""Injected move_pages(2) faults on the live machine (kscand.testing.faults.FaultyMover around
 the real mover): counted by reason, fed back into the scan period, never fatal, never
 retried in a loop. Needs root; skips otherwise (fails under CI=true)."""
 
@@ -15,7 +15,7 @@ from daemon_fakes import DaemonThread, fast_config
 from live_harness import Spawner, TwoTierHost, host_can_run_live_tests
 
 from kscand.backends import Backend
-from kscand.live.faults import FaultyMover
+from kscand.testing.faults import FaultyMover
 
 pytestmark = pytest.mark.live
 

@@ -27,12 +27,19 @@ from kscand.live.procfs import (
     pagemap_pfn,
     parse_maps,
     parse_maps_line,
-    parse_smaps,
     parse_smaps_vmflags,
     parse_stat,
     vaddr_range,
+    vma_from_entry,
 )
-from kscand.machine import PageFlag, VmFlag
+from kscand.machine import PageFlag, Vma, VmFlag
+
+
+def vmas_of_smaps(text: str) -> list[Vma]:
+    """The VMAs LinuxMachine.vmas() builds: maps entries, flags from smaps' VmFlags."""
+    by_key = parse_smaps_vmflags(text)
+    vmas = [vma_from_entry(e, by_key.get(e.key)) for e in parse_maps(text)]
+    return sorted(vmas, key=lambda v: v.start)
 
 
 def u64(values: list[int]) -> np.ndarray:
@@ -110,7 +117,7 @@ def test_smaps_vmflags_and_filter() -> None:
         smaps_entry(0x9000, 0xA000, "r-xp", "rd ex mr mw me de", path="[vdso]"),
         smaps_entry(0xA000, 0xB000, "rw-p", "rd wr mr mw me lo hg ac"),
     ])
-    vmas = parse_smaps(text)
+    vmas = vmas_of_smaps(text)
     assert [v.start for v in vmas] == [0x1000, 0x3000, 0x4000, 0x5000, 0x6000, 0x8000, 0x9000,
                                        0xA000]
     reasons = [vma_skip_reason(v) for v in vmas]
@@ -135,7 +142,7 @@ def test_smaps_unknown_and_missing_fields() -> None:
         + smaps_entry(0x2000, 0x3000, "r--p", None, inode=5, path="/data")  # no VmFlags line
         + "not a line at all\n"
     )
-    vmas = parse_smaps(text)
+    vmas = vmas_of_smaps(text)
     assert [(v.start, v.flags) for v in vmas] == [
         (0x1000, VmFlag.READ | VmFlag.WRITE),
         (0x2000, VmFlag.READ | VmFlag.FILE),  # from the perms string

@@ -194,7 +194,7 @@ def test_the_throttle_judges_a_whole_pass_not_a_tail_visit() -> None:
     )
     machine, engine = machine_and_engine(sc)
     slot = None
-    periods = []
+    periods: list[float] = []
     while len(periods) < 6:
         before = engine.stats.total["nr_kscand_mm_scans"]
         run_steps(machine, engine, 1)

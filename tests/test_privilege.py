@@ -8,12 +8,12 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import require
-from daemon_fakes import DaemonThread, FakeMachine, fast_config
+from daemon_fakes import DaemonThread, FakeMachine, fast_config, recording_handler
 
 from kscand.config import config_from_text
 from kscand.daemon.control import ControlServer
@@ -39,11 +39,11 @@ os.setuid({NOBODY})
 """
 
 
-def python(code: str, *, preexec: object = None) -> subprocess.CompletedProcess[str]:
+def python(code: str, *, preexec: Callable[[], object] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
         cwd="/", env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        preexec_fn=preexec,  # type: ignore[arg-type]
+        preexec_fn=preexec,
     )
 
 
@@ -155,7 +155,7 @@ def test_socket_refuses_another_uid_by_peer_credentials(root: None, public_dir: 
     # Even if the socket file were opened up (a mistake), the daemon checks who connects.
     calls: list[str] = []
     path = public_dir / "kscand.sock"
-    server = ControlServer(path, lambda req: calls.append(req["cmd"]) or {"ok": True})
+    server = ControlServer(path, recording_handler(calls, {"ok": True}))
     server.start()
     try:
         path.chmod(0o666)

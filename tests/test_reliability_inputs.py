@@ -23,8 +23,8 @@ from daemon_fakes import DaemonThread, FakeMachine, fake_backend, fast_config, t
 from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entry
 from rich.console import Console
 
+import kscand.inspect.oneshot as oneshot
 import kscand.live.features as live_features
-import kscand.live.oneshot as oneshot
 from kscand.cgroups import in_cgroup
 from kscand.cli import main
 from kscand.cli.tables import print_table

@@ -7,12 +7,13 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from typing import Any
 
 import numpy as np
 from simkit import HOT, machine_and_engine, run_steps, scenario
 
 from kscand.errors import ProcessGone
-from kscand.machine import PAGE_SIZE, ProcessId
+from kscand.machine import PAGE_SIZE, I32Array, ProcessId, U64Array
 from kscand.sim.machine import SimMachine
 
 STRESS = os.environ.get("KSCAND_STRESS") == "1"
@@ -27,10 +28,10 @@ class GuardedMachine:
         self.stale_calls = 0
         self.moved_for: list[ProcessId] = []
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def move_pages(self, proc, vaddrs, nid):
+    def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         alive_at_call = self.inner.is_alive(proc)
         if not alive_at_call:
             self.stale_calls += 1
@@ -55,7 +56,7 @@ def test_churn_with_pid_reuse_never_moves_for_a_stale_identity() -> None:
     )
     machine, engine = machine_and_engine(sc)
     guard = GuardedMachine(machine)
-    engine.machine = engine.scanner.machine = engine.migrator.machine = guard  # type: ignore
+    engine.machine = engine.scanner.machine = engine.migrator.machine = guard
     end_s = nr_procs * 0.004 + 1.0
     while machine.clock.now_s < end_s:
         run_steps(machine, engine, 1)  # no exception may reach the loop
@@ -115,7 +116,7 @@ def test_every_page_hot_keeps_the_queue_at_its_cap_and_memory_flat() -> None:
     peak_queue = 0
     add = engine.migrator.queue.add
 
-    def watched_add(*args, **kwargs):
+    def watched_add(*args: Any, **kwargs: Any) -> Any:
         nonlocal peak_queue
         out = add(*args, **kwargs)
         peak_queue = max(peak_queue, engine.migrator.nr_queued)

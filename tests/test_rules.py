@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon_fakes import FAST_TUNABLES, DaemonThread, FakeMachine, write_config
+from simkit import slot_of
 
 from kscand.cli import main as cli_main
 from kscand.config import ProcessRule, config_from_text
@@ -175,7 +176,7 @@ def test_reloaded_rules_apply_to_processes_that_appear_later(tmp_path: Path) -> 
         late = ProcessId(200, 2000)  # added by the loop thread, between two steps
         run.daemon.call_in_loop(lambda: machine.nid.__setitem__(late, np.ones(8, np.int32)))
         run.wait_for(lambda: run.daemon.engine.mm_list.get(late) is not None)
-        assert run.daemon.engine.mm_list.get(late).scale == 5  # type: ignore[union-attr]
-        assert run.daemon.engine.mm_list.get(first).scale == 1  # type: ignore[union-attr]
+        assert slot_of(run.daemon.engine, late).scale == 5
+        assert slot_of(run.daemon.engine, first).scale == 1
     finally:
         run.stop()

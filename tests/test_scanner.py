@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from simkit import HOT, machine_and_engine, run_steps, scenario
 
+from kscand.core.engine import Kscand
 from kscand.core.mmlist import HISTORY_CHUNK_BYTES
 from kscand.core.scanner import ScanEnd, hot_mask, next_stop, plan_scan, push_history
 from kscand.errors import ProcessGone
@@ -43,7 +45,9 @@ def build_vmas(layout: list[tuple[int, int, bool]]) -> list[Vma]:
 
 @settings(max_examples=300, deadline=None)
 @given(vma_layouts, st.integers(1, 4096).map(lambda n: n * PMD_SIZE // 8))
-def test_a_round_of_plans_covers_every_scanned_page_once(layout, budget_bytes) -> None:
+def test_a_round_of_plans_covers_every_scanned_page_once(
+    layout: list[tuple[int, int, bool]], budget_bytes: int,
+) -> None:
     budget_bytes -= budget_bytes % PAGE_SIZE
     budget_bytes = max(budget_bytes, PAGE_SIZE)
     vmas = build_vmas(layout)
@@ -74,7 +78,7 @@ def test_a_round_of_plans_covers_every_scanned_page_once(layout, budget_bytes) -
 
 @given(st.integers(0, 1 << 40).map(lambda v: v & ~(PAGE_SIZE - 1)),
        st.integers(1, 1 << 33), st.integers(1, 1 << 34))
-def test_next_stop_is_bounded_and_aligned(start, length, budget) -> None:
+def test_next_stop_is_bounded_and_aligned(start: int, length: int, budget: int) -> None:
     vma_end = start + length * PAGE_SIZE
     stop = next_stop(start, vma_end, budget)
     assert start < stop <= vma_end
@@ -103,7 +107,7 @@ class CountingMachine:
         self.kill_after_reads: int | None = None
         self.reads = 0
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
@@ -117,7 +121,7 @@ class CountingMachine:
         return self.inner.test_and_clear_young(proc, pages)
 
 
-def three_gib() -> tuple[SimMachine, object]:
+def three_gib() -> tuple[SimMachine, Kscand]:
     sc = scenario(
         [{"name": "big", "placement": "slow", "workload": HOT,
           "vmas": [{"kind": "anon", "size": "3GiB"}]}],
@@ -134,7 +138,7 @@ def three_gib() -> tuple[SimMachine, object]:
 def test_three_gib_process_is_covered_in_three_passes_of_one_gib() -> None:
     machine, engine = three_gib()
     counting = CountingMachine(machine)
-    engine.machine = engine.scanner.machine = counting  # type: ignore[assignment]
+    engine.machine = engine.scanner.machine = counting
     proc = machine.processes()[0]
     base = machine.vmas(proc)[0].start
     run_steps(machine, engine, 1)
@@ -156,7 +160,7 @@ def test_process_exit_mid_scan_releases_the_slot_safely() -> None:
     machine, engine = three_gib()
     counting = CountingMachine(machine)
     counting.kill_after_reads = 2
-    engine.machine = engine.scanner.machine = engine.migrator.machine = counting  # type: ignore[assignment]
+    engine.machine = engine.scanner.machine = engine.migrator.machine = counting
     proc = machine.processes()[0]
     result = engine.step()
     assert result.nr_scanned_mms == 1

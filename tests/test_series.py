@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simkit import COLD, HOT, machine_and_engine, run_steps, scenario
+from simkit import COLD, HOT, machine_and_engine, run_steps, scenario, slot_of
 
 from kscand.core.engine import Kscand
 from kscand.machine import PAGE_SIZE
@@ -85,7 +85,7 @@ def test_fallback_to_the_other_top_tier_node_when_the_target_is_full() -> None:
     machine, engine = machine_and_engine(sc)
     run_steps(machine, engine, 6)
     proc = machine.processes()[0]
-    assert engine.mm_list.get(proc).target_nid == 1
+    assert slot_of(engine, proc).target_nid == 1
     counters = engine.stats.of(proc)
     assert counters["promoted_pages_node1"] == (40 - 32) * MiB // PAGE_SIZE  # filled up
     assert counters["promoted_pages_node0"] == 32 * MiB // PAGE_SIZE - counters[
@@ -114,7 +114,7 @@ def test_failure_feedback_slows_the_scan_of_a_failing_process() -> None:
                       sim={"ebusy_rate": ebusy_rate})
         machine, engine = machine_and_engine(sc)
         run_for(machine, engine, 4.0)
-        return engine.mm_list.get(machine.processes()[0]).scan_period_ms
+        return slot_of(engine, machine.processes()[0]).scan_period_ms
 
     assert period_after(0.0) == 600.0  # steady work: the minimum period
     assert period_after(0.5) > 3 * 600.0  # ~half the moves fail: x (1 + 50/10), clamped
@@ -153,8 +153,8 @@ def test_throttling_scans_an_idle_process_at_least_4x_less_often() -> None:
     scans_busy = engine.stats.of(busy)["nr_kscand_mm_scans"]
     scans_idle = engine.stats.of(idle)["nr_kscand_mm_scans"]
     assert scans_busy >= 4 * scans_idle, (scans_busy, scans_idle)
-    assert engine.mm_list.get(idle).scan_period_ms == 5000.0
-    assert engine.mm_list.get(idle).scan_size_bytes == 256 * MiB
+    assert slot_of(engine, idle).scan_period_ms == 5000.0
+    assert slot_of(engine, idle).scan_size_bytes == 256 * MiB
 
 
 def test_trace_events_carry_the_series_fields() -> None:

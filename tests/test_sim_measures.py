@@ -25,6 +25,7 @@ from kscand.machine import PAGE_SIZE
 from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import access_weighted, sample_weights_s
 from kscand.sim.run import run_end_s, run_scenario
+from kscand.sim.scenario import Scenario
 
 TRACE = "time_s,pid,address,count\n0.5,7,0x10000000,100\n1.5,7,0x10001000,300\n"
 NODES = [{"nid": 0, "capacity": "2MiB", "cpus": True, "tier": 4, "latency_ns": 100},
@@ -32,7 +33,7 @@ NODES = [{"nid": 0, "capacity": "2MiB", "cpus": True, "tier": 4, "latency_ns": 1
 
 
 def trace_scenario(tmp_path: Path, placement: str = "slow", loop: bool = False,
-                   duration_s: float = 10.0):  # type: ignore[no-untyped-def]
+                   duration_s: float = 10.0) -> Scenario:
     path = tmp_path / "two.csv"
     path.write_text(TRACE)
     return scenario(

@@ -8,9 +8,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from guest import workload
 
 from kscand.config import config_from_text
 from kscand.core.tunables import Tunables
@@ -24,7 +26,6 @@ from testbed.inguest import (
     kscand_config,
     make_mechanism,
 )
-from tests.guest import workload
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "chunks:4", "chunks:3", "scattered"])
@@ -150,8 +151,10 @@ def test_inguest_does_not_import_numpy() -> None:
 
 
 def test_window_deltas() -> None:
-    start = {"mechanism_s": 1.0, "workload_sys_s": 0.25, "vmstat": {"pgmigrate_success": 5}}
-    end = {"mechanism_s": 3.5, "workload_sys_s": 0.5, "vmstat": {"pgmigrate_success": 9}}
+    start: dict[str, Any] = {"mechanism_s": 1.0, "workload_sys_s": 0.25,
+                             "vmstat": {"pgmigrate_success": 5}}
+    end: dict[str, Any] = {"mechanism_s": 3.5, "workload_sys_s": 0.5,
+                           "vmstat": {"pgmigrate_success": 9}}
     assert inguest.cpu_delta(start, end) == {"mechanism_s": 2.5, "workload_sys_s": 0.25}
     assert inguest.vmstat_delta(start["vmstat"], end["vmstat"]) == {"pgmigrate_success": 4}
     assert inguest.vmstat_delta({}, {"numa_hint_faults": 3, "other": 1}) == {"numa_hint_faults": 3}

@@ -20,16 +20,20 @@ SIZES = (256 * MiB, 4 * GiB)
 BUSY = USEFUL_MIN_PAGES  # the smallest count that is not "0"
 
 
-def step(x: int, y: int, period: float = 2000.0, size: int = GiB, fratio: float = 0.0):
+def step(
+    x: int, y: int, period: float = 2000.0, size: int = GiB, fratio: float = 0.0,
+) -> ScanRate:
     return next_scan_rate(ScanRate(period, size), x, y, fratio, PERIODS, SIZES)
 
 
 def test_nothing_then_nothing_slows_down_and_shrinks() -> None:
-    assert step(0, 0) == ScanRate(pytest.approx(2300.0), 512 * MiB)
+    rate = step(0, 0)
+    assert (rate.period_ms, rate.size_bytes) == (pytest.approx(2300.0), 512 * MiB)
 
 
 def test_steady_work_speeds_up_and_grows() -> None:
-    assert step(BUSY, BUSY) == ScanRate(pytest.approx(1700.0), 2 * GiB)
+    rate = step(BUSY, BUSY)
+    assert (rate.period_ms, rate.size_bytes) == (pytest.approx(1700.0), 2 * GiB)
 
 
 def test_work_dried_up_backs_off_eightfold_same_size() -> None:

@@ -12,7 +12,6 @@ import ipaddress
 import os
 import stat
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +20,18 @@ from kscand.core.throttle import SCALE_MAX
 from kscand.core.tunables import Tunables, tunables_from_mapping
 from kscand.errors import ConfigError
 from kscand.paths import has_nul, untrusted_symlink
+from kscand.validate import (
+    Check,
+    check_fields,
+    expect_str,
+    expect_table,
+    int_in,
+    list_of,
+    one_of,
+    show_key,
+    unique,
+    unknown_key,
+)
 
 ACCESS_SOURCES = ("auto", "page_idle", "damon")  # [scan] access_source, kscand scan
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -119,57 +130,12 @@ class Config:
 
 
 # ---------------------------------------------------------------------------
-# Field checkers: each takes the value and its dotted name, returns the typed value.
-
-
-def _int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
-    def check(value: Any, where: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}]")
-        return value
-
-    return check
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
-    def check(value: Any, where: str) -> str:
-        if value not in choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    return check
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _list_of(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple[Any, ...]]:
-    def check(value: Any, where: str) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-    return check
-
-
-def _unique(check: Callable[[Any, str], tuple[Any, ...]]) -> Callable[[Any, str], tuple[Any, ...]]:
-    def unique(value: Any, where: str) -> tuple[Any, ...]:
-        items = check(value, where)
-        dups = sorted({x for x in items if items.count(x) > 1})
-        if dups:
-            raise ConfigError(f"{where}: listed more than once: {', '.join(map(str, dups))}")
-        return items
-
-    return unique
+# Field checkers (kscand.validate.Check): each takes the value and its dotted name,
+# returns the typed value.
 
 
 def _cgroup_path(value: Any, where: str) -> str:
-    text = _string(value, where)
+    text = expect_str(value, where)
     path = PurePosixPath(text)
     if not text.startswith("/") or ".." in path.parts:
         raise ConfigError(
@@ -180,7 +146,7 @@ def _cgroup_path(value: Any, where: str) -> str:
 
 
 def _comm_pattern(value: Any, where: str) -> str:
-    text = _string(value, where)
+    text = expect_str(value, where)
     if not text:
         raise ConfigError(f"{where}: empty command-name pattern")
     if not any(c in text for c in "*?[") and len(text) >= TASK_COMM_LEN:
@@ -192,7 +158,7 @@ def _comm_pattern(value: Any, where: str) -> str:
 
 
 def _path_text(value: Any, where: str) -> str:
-    text = _string(value, where)
+    text = expect_str(value, where)
     if has_nul(text):
         raise ConfigError(f"{where}: a path cannot hold a NUL byte")
     return text
@@ -236,49 +202,47 @@ def parse_metrics_address(text: str, where: str) -> MetricsAddress:
 
 
 def _metrics(value: Any, where: str) -> MetricsAddress | None:
-    text = _string(value, where)
+    text = expect_str(value, where)
     return parse_metrics_address(text, where) if text else None
 
 
-_nid = _int_in(0, MAX_NUMNODES - 1)
+_nid = int_in(0, MAX_NUMNODES - 1)
 
-_SCAN_FIELDS: dict[str, Callable[[Any, str], Any]] = {
-    "pids": _unique(_list_of(_int_in(1, PID_MAX_LIMIT))),
-    "cgroups": _unique(_list_of(_cgroup_path)),
-    "comm_patterns": _unique(_list_of(_comm_pattern)),
-    "access_source": _one_of(ACCESS_SOURCES),
+_SCAN_FIELDS: dict[str, Check[Any]] = {
+    "pids": unique(list_of(int_in(1, PID_MAX_LIMIT))),
+    "cgroups": unique(list_of(_cgroup_path)),
+    "comm_patterns": unique(list_of(_comm_pattern)),
+    "access_source": one_of(ACCESS_SOURCES),
 }
-_TOPOLOGY_FIELDS: dict[str, Callable[[Any, str], Any]] = {
-    "top_tier_nodes": _unique(_list_of(_nid)),
-    "slow_nodes": _unique(_list_of(_nid)),
+_TOPOLOGY_FIELDS: dict[str, Check[Any]] = {
+    "top_tier_nodes": unique(list_of(_nid)),
+    "slow_nodes": unique(list_of(_nid)),
 }
-_DAEMON_FIELDS: dict[str, Callable[[Any, str], Any]] = {
+_DAEMON_FIELDS: dict[str, Check[Any]] = {
     "state_dir": _state_dir,
-    "log_level": _one_of(LOG_LEVELS),
+    "log_level": one_of(LOG_LEVELS),
     "trace": _trace,
-    "trace_level": _one_of(TRACE_LEVELS),
-    "status_interval_ms": _int_in(100, 3_600_000),
+    "trace_level": one_of(TRACE_LEVELS),
+    "status_interval_ms": int_in(100, 3_600_000),
     "metrics": _metrics,
 }
-_PROCESS_FIELDS: dict[str, Callable[[Any, str], Any]] = {
-    "pid": _int_in(1, PID_MAX_LIMIT),
+_PROCESS_FIELDS: dict[str, Check[Any]] = {
+    "pid": int_in(1, PID_MAX_LIMIT),
     "cgroup": _cgroup_path,
     "comm": _comm_pattern,
-    "scale": _int_in(0, SCALE_MAX),
+    "scale": int_in(0, SCALE_MAX),
 }
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a table [{where}], got {value!r}")
-    return value
+    return expect_table(value, where, f"a table [{where}]")
 
 
 def _section(
-    mapping: dict[str, Any], name: str, fields: dict[str, Callable[[Any, str], Any]]
+    mapping: dict[str, Any], name: str, fields: dict[str, Check[Any]]
 ) -> dict[str, Any]:
     """The checked values of table [name]; unknown keys are errors."""
-    return _fields(_table(mapping.get(name, {}), name), name, fields)
+    return check_fields(_table(mapping.get(name, {}), name), name, fields)
 
 
 def _topology(mapping: dict[str, Any]) -> TopologyConfig:
@@ -292,32 +256,12 @@ def _topology(mapping: dict[str, Any]) -> TopologyConfig:
     return topology
 
 
-def _show_key(key: str) -> str:
-    """A key as an error message shows it: quoted when it holds control characters
-    (TOML allows any character in a quoted key; the message stays one line)."""
-    return key if key.isprintable() else repr(key)
-
-
 def _printable_keys(table: dict[str, Any], where: str) -> dict[str, Any]:
     """table, refusing keys with control characters (none is a known name)."""
     for key in table:
         if not key.isprintable():
-            raise ConfigError(f"{where}.{_show_key(key)}: unknown field")
+            raise ConfigError(f"{where}.{show_key(key)}: unknown field")
     return table
-
-
-def _fields(
-    table: dict[str, Any], where: str, fields: dict[str, Callable[[Any, str], Any]]
-) -> dict[str, Any]:
-    """The checked values of one table; unknown keys are errors."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        check = fields.get(key)
-        if check is None:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}.{_show_key(key)}: unknown field (known: {known})")
-        out[key] = check(value, f"{where}.{key}")
-    return out
 
 
 def _process_rules(mapping: dict[str, Any]) -> tuple[ProcessRule, ...]:
@@ -332,7 +276,7 @@ def _process_rules(mapping: dict[str, Any]) -> tuple[ProcessRule, ...]:
         where = f"process[{i}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table [[process]], got {table!r}")
-        values = _fields(table, where, _PROCESS_FIELDS)
+        values = check_fields(table, where, _PROCESS_FIELDS)
         if "scale" not in values:
             raise ConfigError(f"{where}.scale: missing (0..{SCALE_MAX}; 0 = never scan)")
         if not values.keys() & {"pid", "cgroup", "comm"}:
@@ -348,7 +292,7 @@ def config_from_mapping(mapping: dict[str, Any]) -> Config:
     """A Config from parsed TOML; every error names its dotted field."""
     for key in mapping:
         if key not in SECTIONS:
-            raise ConfigError(f"{_show_key(key)}: unknown section (known: {', '.join(SECTIONS)})")
+            raise unknown_key("", key, SECTIONS, "section")
     tunables = _printable_keys(_table(mapping.get("tunables", {}), "tunables"), "tunables")
     return Config(
         tunables=tunables_from_mapping(tunables),

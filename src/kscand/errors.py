@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # The errno names a move_pages(2) failure is injected under (the simulator's
-# [sim] move_faults, the live FaultyMover): the whole call fails, or one page does.
+# [sim] move_faults; kscand.testing.faults.FaultyMover around the live mover): the
+# whole call fails, or one page does.
 MOVE_CALL_FAULTS = ("ESRCH", "EPERM")
 MOVE_PAGE_FAULTS = ("EBUSY", "ENOENT", "EFAULT", "ENOMEM", "EACCES", "EIO")
 

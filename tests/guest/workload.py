@@ -158,7 +158,7 @@ def hot_page_indices(nr_pages: int, hot_pct: float, layout: str, seed: int) -> n
     chunk = -(-nr_hot // nr_chunks)
     stride = nr_pages // nr_chunks
     starts = np.arange(nr_chunks) * stride + (stride - chunk) // 2
-    runs = [np.arange(s, min(s + chunk, nr_pages)) for s in starts]
+    runs = [np.arange(int(s), min(int(s) + chunk, nr_pages)) for s in starts]
     return np.unique(np.concatenate(runs))[:nr_hot].astype(np.intp)
 
 

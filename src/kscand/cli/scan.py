@@ -19,7 +19,7 @@ from kscand.machine import PAGE_SHIFT, PAGE_SIZE
 from kscand.units import format_bytes
 
 if TYPE_CHECKING:
-    from kscand.live.oneshot import Candidates, ScanReport
+    from kscand.inspect.oneshot import Candidates, ScanReport
 
 MAX_PASSES = 100
 CANDIDATE_ROWS = 20  # candidate address ranges listed; the rest are summed up
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("--heatmap needs matplotlib: pip install 'kscand[plot]'")
 
+    from kscand.inspect.oneshot import scan_process
     from kscand.live import LinuxMachine, ProcessSelection, Topic, probe
-    from kscand.live.oneshot import scan_process
 
     features = probe(args.procfs, args.sysfs)
     for finding in features.findings():

@@ -8,13 +8,13 @@ table and `kscand tune` are built from this metadata).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE
 from kscand.units import parse_size_bytes
+from kscand.validate import check_knob as _check_range
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -136,23 +136,6 @@ class Tunables:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _check_range(f: dataclasses.Field[Any], value: Any, where: str) -> None:
-    meta = f.metadata
-    if meta["unit"] == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if f.type in ("int", int) and not isinstance(value, int):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-    lo, hi = meta["min"], meta["max"]
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{where}: {value} is out of range [{lo}, {hi}] ({meta['unit']})")
 
 
 def tunable_fields() -> tuple[dataclasses.Field[Any], ...]:

@@ -32,8 +32,9 @@ kernel delivers them to the main thread and never interrupts an engine syscall.
 
 How long one step can take, and how a stop interrupts it
 --------------------------------------------------------
-A step scans at most mms_to_scan processes, each for at most
-scan_size_bytes of VMA, read in ranges of at most one 128 MiB history chunk,
+A step scans at most mms_to_scan processes, each for scan_size_bytes of VMA
+(rounded up to a 2 MiB boundary: a THP is never split), read in ranges of at
+most one 128 MiB history chunk,
 then moves at most migrate_queue_max queued folios in move_pages(2) batches
 of migrate_batch_folios. The engine gets the machine through StopGuard (kscand.daemon.stopguard):
 once a stop is requested, the next range read or move batch raises

@@ -133,7 +133,7 @@ class DamonPolicy:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng([self.seed, 0x44414D4F])  # "DAMO"
         top_cpu = [n.nid for n in self.machine.topology().nodes if n.top_tier and n.has_cpu]
-        self.target_nid = top_cpu[0] if top_cpu else (self.machine.top_nids or (0,))[0]
+        self.target_nid = top_cpu[0] if top_cpu else (self.machine.view.top_nids or (0,))[0]
         self.targets: dict[int, _Target] = {}
         self.quota = _Quota()
         now_s = self.machine.clock.now_s
@@ -169,13 +169,13 @@ class DamonPolicy:
             del self.targets[pid]
         for pid, proc in alive.items():
             if pid not in self.targets:
-                sim_proc = self.machine.procs[pid]
+                sim_proc = self.machine.view.procs[pid]
                 bounds = three_regions([(v.start, v.end) for v in sim_proc.vmas])
                 self.targets[pid] = _Target(
                     proc, initial_regions(bounds, self.params.min_nr_regions))
 
     def _sim_proc(self, target: _Target) -> SimProcess | None:
-        sim_proc = self.machine.procs.get(target.proc.pid)
+        sim_proc = self.machine.view.procs.get(target.proc.pid)
         return sim_proc if sim_proc is not None and sim_proc.proc == target.proc else None
 
     # --- sampling -----------------------------------------------------------------------
@@ -416,7 +416,7 @@ class DamonPolicy:
         lo = -(-first // step) * step if vma.thp else first
         idx = np.arange(lo, last, step, dtype=np.int64)
         nid = vma.nid[idx].astype(np.intp)
-        keep = (nid >= 0) & ~self.machine.toptier[nid + 1]
+        keep = (nid >= 0) & ~self.machine.view.toptier[nid + 1]
         return (np.uint64(vma.start) + idx[keep].astype(np.uint64) * np.uint64(PAGE_SIZE))
 
 

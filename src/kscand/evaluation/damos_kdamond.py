@@ -129,7 +129,7 @@ class Kdamond:
         p = host.params
         self.host, self.nid, self.scheme = host, nid, scheme
         self.sample_us = p.sample_us
-        self.size_bytes = int(host.machine.capacity_pages[nid]) * PAGE_SIZE
+        self.size_bytes = int(host.machine.view.capacity_pages[nid]) * PAGE_SIZE
         self.regions = initial_regions([(0, self.size_bytes)], p.min_nr_regions)
         self.sz_limit = max(PAGE_SIZE, self.size_bytes // p.min_nr_regions)
         self.passed = 0  # passed_sample_intervals
@@ -140,7 +140,7 @@ class Kdamond:
         self.next_sample_s = now_s + self.sample_us / 1e6
         self.next_apply_s = now_s + max(p.apply_us, self.sample_us) / 1e6
         self.quota = Quota()
-        self.floor_pages = Watermarks.of(int(host.machine.capacity_pages[scheme.target_nid])
+        self.floor_pages = Watermarks.of(int(host.machine.view.capacity_pages[scheme.target_nid])
                                          ).min_pages
 
     def _count(self, name: str, value: int = 1) -> None:

@@ -101,12 +101,13 @@ class DamonTierPolicy:
         self.stats = Stats()
         self.rng = np.random.default_rng([seed, 0x54494552])  # "TIER"
         top = [n.nid for n in machine.topology().nodes if n.top_tier and n.has_cpu]
-        self.top_nid = top[0] if top else (machine.top_nids or (0,))[0]
-        slow = sorted(machine.slow_nids)
+        self.top_nid = top[0] if top else (machine.view.top_nids or (0,))[0]
+        slow = sorted(machine.view.slow_nids)
         self.slow_nid = slow[0] if slow else self.top_nid
         self.index = FolioIndex(machine)
         self._per_unit = np.ones(0, dtype=np.int64)  # base pages per folio, by vma id
-        self.frames = FrameMap({int(n): int(machine.capacity_pages[n]) for n in machine.nids})
+        view = machine.view
+        self.frames = FrameMap({int(n): int(view.capacity_pages[n]) for n in view.nids})
         quota = params.quota_mib << 20
         demote = SchemeSpec("demote", "migrate_cold", self.slow_nid, 0, 0, quota,
                             "node_mem_free_bp", params.demote_goal_free_bp, self.top_nid,
@@ -150,8 +151,8 @@ class DamonTierPolicy:
 
     def node_bp(self, metric: str, nid: int) -> int:
         """damos_get_node_mem_bp(): used or free memory of nid in basis points."""
-        total = int(self.machine.capacity_pages[nid])
-        free = total - int(self.machine.used_pages[nid])
+        total = int(self.machine.view.capacity_pages[nid])
+        free = total - int(self.machine.view.used_pages[nid])
         numerator = total - free if metric == "node_mem_used_bp" else free
         return numerator * 10000 // max(1, total)
 
@@ -188,7 +189,7 @@ class DamonTierPolicy:
         self.stats.add(None, "damos_skip_not_movable", int(np.count_nonzero(~movable)))
         keys = keys[movable]
         pages = self.index.pages_of(keys)
-        free = int(self.machine.capacity_pages[dst] - self.machine.used_pages[dst])
+        free = self.machine.view.free_pages(dst)
         fits = np.cumsum(pages) <= max(0, free - floor_pages)
         self.stats.add(None, "damos_fail_no_room", int(pages[~fits].sum()))
         keys, pages = keys[fits], pages[fits]

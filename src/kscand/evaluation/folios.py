@@ -74,7 +74,7 @@ class FolioIndex:
 
     def sync(self) -> tuple[list[VmaEntry], list[VmaEntry]]:
         """Follow process starts and exits: (VMAs that appeared, VMAs that went)."""
-        alive = {p.pid: self.machine.procs[p.pid] for p in self.machine.processes()}
+        alive = {p.pid: self.machine.view.procs[p.pid] for p in self.machine.processes()}
         gone: list[VmaEntry] = []
         for pid in [pid for pid, (sp, _) in self._procs.items() if alive.get(pid) is not sp]:
             _, vids = self._procs.pop(pid)

@@ -1,6 +1,6 @@
 """What every promotion was worth: the ledger of pages moved between the tiers.
 
-It reads the simulated machine's move history (SimMachine.move_history, kept
+It reads the simulated machine's move history (SimMachine.view.move_history, kept
 while record_moves is set), which every policy's moves go through, so kscand,
 NUMA balancing and DAMON are accounted by the same code. Definitions (base
 pages; a THP counts 512):
@@ -83,7 +83,7 @@ class PromotionLedger:
     def __init__(self, machine: SimMachine) -> None:
         self.machine = machine
         machine.record_moves = True
-        self._cursor = len(machine.move_history)
+        self._cursor = len(machine.view.move_history)
         self._promoted: dict[SimVma, npt.NDArray[np.bool_]] = {}
         self._held: dict[SimVma, _Held] = {}
         self.promoted_pages = 0
@@ -95,11 +95,11 @@ class PromotionLedger:
 
     @property
     def move_calls(self) -> int:
-        return self.machine.move_history.nr_calls
+        return self.machine.view.move_history.nr_calls
 
     def drain(self) -> None:
         """Account the moves recorded since the last drain."""
-        history = self.machine.move_history
+        history = self.machine.view.move_history
         if self._cursor == len(history):
             return
         chunks = history.chunks(self._cursor)
@@ -108,7 +108,7 @@ class PromotionLedger:
             self._account(chunk)
 
     def _account(self, chunk: MoveChunk) -> None:
-        top = self.machine.toptier
+        top = self.machine.view.toptier
         was_top = top[chunk.old_nids.astype(np.intp) + 1]
         vma, t_s = chunk.vma, chunk.t_s
         if not top[chunk.new_nid + 1]:
@@ -156,7 +156,7 @@ class PromotionLedger:
         if not weight_s or not self._held:
             return
         live: set[ProcessId] = set(sample.per_proc)
-        live_vmas = {id(v) for p in self.machine.alive() if p.proc in live for v in p.vmas}
+        live_vmas = {id(v) for p in self.machine.view.alive() if p.proc in live for v in p.vmas}
         for vma, held in self._held.items():
             if id(vma) in live_vmas:
                 self._refresh(vma, held, sample.t_s)
@@ -166,18 +166,18 @@ class PromotionLedger:
         """The totals, with the end-of-run coldness and the ping-pong measured now."""
         self.drain()
         now_s = self.machine.clock.now_s
-        live = {id(v) for p in self.machine.alive() for v in p.vmas}
+        live = {id(v) for p in self.machine.view.alive() for v in p.vmas}
         cold_at_end = live_at_end = outside_at_end = 0
         threshold = self.oracle.threshold(now_s) if self._promoted else 0.0
         for vma, mask in self._promoted.items():
             if id(vma) not in live:
                 continue
-            pages = np.flatnonzero(mask & self.machine.toptier[vma.nid.astype(np.intp) + 1])
+            pages = np.flatnonzero(mask & self.machine.view.toptier[vma.nid.astype(np.intp) + 1])
             live_at_end += int(pages.size)
             cold_at_end += int(np.count_nonzero(~vma.workload.hot_of(pages, now_s)))
             outside_at_end += int(np.count_nonzero(
                 vma.workload.rates_of(pages, now_s) < threshold))
-        page_ids, times_s = self.machine.move_history.page_ids_and_times()
+        page_ids, times_s = self.machine.view.move_history.page_ids_and_times()
         pp_pages, pp_moves = ping_pong(page_ids, times_s)
         return LedgerSummary(
             promoted_pages=self.promoted_pages,
@@ -227,7 +227,7 @@ class OracleCut:
         self._threshold = 0.0
 
     def threshold(self, t_s: float) -> float:
-        procs = self.machine.alive()
+        procs = self.machine.view.alive()
         key = tuple((p.proc, tuple(v.workload.epoch(t_s) for v in p.vmas)) for p in procs)
         if key != self._key:
             self._key = key
@@ -236,11 +236,11 @@ class OracleCut:
 
     def _compute(self, t_s: float) -> float:
         machine = self.machine
-        procs = machine.alive()
-        top = machine.toptier
+        procs = machine.view.alive()
+        top = machine.view.toptier
         fixed = sum(int(np.count_nonzero(top[v.nid.astype(np.intp) + 1]))
                     for p in procs for v in p.vmas if v.kind_name not in MOVABLE_KINDS)
-        room = int(sum(machine.capacity_pages[nid] for nid in machine.top_nids)) - fixed
+        room = machine.view.top_capacity_pages() - fixed
         parts = [movable_rates(p, t_s) for p in procs]
         rates = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
         return kth_largest(rates, room)

@@ -236,13 +236,13 @@ class Kswapd:
         self.nid = lru.nid
         self.demote_nid = demote_nid
         self.stats = stats
-        self.wmark = Watermarks.of(int(machine.capacity_pages[self.nid]))
+        self.wmark = Watermarks.of(int(machine.view.capacity_pages[self.nid]))
         self.balance_pages = self.wmark.promo_pages if tiering else self.wmark.high_pages
         self.failures = 0
         self.woken = False
 
     def free_pages(self) -> int:
-        return int(self.machine.capacity_pages[self.nid] - self.machine.used_pages[self.nid])
+        return self.machine.view.free_pages(self.nid)
 
     def balanced(self) -> bool:
         """pgdat_balanced(): free pages above the (promotion) watermark."""

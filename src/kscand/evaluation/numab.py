@@ -70,7 +70,6 @@ F64Array = npt.NDArray[np.float64]
 MAX_SCAN_WINDOW_MB = 2560  # fair.c: never mark more than this per second
 VIRTPAGES_FACTOR = 8  # task_numa_work: walk at most 8x the scan size of virtual space
 MAX_BATCHES_PER_VMA = 32  # merge a VMA's pending-fault batches beyond this many
-EPOCH_BISECT_STEPS = 30
 
 
 def task_scan_min_ms(rss_pages: int, params: NumabParams) -> int:
@@ -126,44 +125,16 @@ def _unit_pages(vma: SimVma) -> int:
     return HPAGE_PMD_NR if vma.thp else 1
 
 
-def unit_rates(vma: SimVma, units: IdxArray, t_s: float) -> F64Array:
-    """Access rate of each unit (a page, or a THP's 512 pages) at t_s."""
-    if not vma.thp:
-        return vma.workload.rates_of(units, t_s).astype(np.float64)
-    sub = (units[:, None] * HPAGE_PMD_NR + np.arange(HPAGE_PMD_NR)).ravel()
-    rates = vma.workload.rates_of(sub, t_s).astype(np.float64)
-    return rates.reshape(-1, HPAGE_PMD_NR).sum(axis=1)
-
-
 def next_access_s(
     vma: SimVma, units: IdxArray, t0_s: float, rng: np.random.Generator
 ) -> F64Array:
     """When each unit is first accessed after t0_s (inf: never, at the current rates)."""
-    workload = vma.workload
-    if isinstance(workload, wl.Sequential):
-        n, speed = workload.nr_pages, workload.pages_per_s
-        if speed <= 0:
-            return np.full(units.shape[0], np.inf)
-        first = units.astype(np.float64) * _unit_pages(vma)
-        pos = speed * t0_s
-        sweeps = np.floor((pos - first) / n) + 1  # next pass strictly after t0
-        return (first + sweeps * n) / speed
-    rates = unit_rates(vma, units, t0_s)
-    draw = rng.exponential(size=units.shape[0])
-    with np.errstate(divide="ignore"):
-        return np.where(rates > 0, t0_s + draw / np.maximum(rates, 1e-300), np.inf)
+    return vma.workload.next_access_s(units, _unit_pages(vma), t0_s, rng)
 
 
 def epoch_boundary_s(workload: wl.Workload, lo_s: float, hi_s: float) -> float:
-    """The time in (lo_s, hi_s] at which workload.epoch() changes (bisection)."""
-    first = workload.epoch(lo_s)
-    for _ in range(EPOCH_BISECT_STEPS):
-        mid = (lo_s + hi_s) / 2
-        if workload.epoch(mid) == first:
-            lo_s = mid
-        else:
-            hi_s = mid
-    return hi_s
+    """The time in (lo_s, hi_s] at which workload.epoch() changes: the end of lo_s's epoch."""
+    return min(workload.epoch_bounds(lo_s)[1], hi_s)
 
 
 @dataclass
@@ -189,8 +160,8 @@ class NumabPolicy:
         self.stats = Stats()
         self.rng = np.random.default_rng([seed, 0x4E554D41])  # "NUMA"
         top_cpu = [n.nid for n in machine.topology().nodes if n.top_tier and n.has_cpu]
-        self.target_nid = top_cpu[0] if top_cpu else (machine.top_nids or (0,))[0]
-        self.gate = PromotionGate(params, int(machine.capacity_pages[self.target_nid]))
+        self.target_nid = top_cpu[0] if top_cpu else (machine.view.top_nids or (0,))[0]
+        self.gate = PromotionGate(params, int(machine.view.capacity_pages[self.target_nid]))
         self._mms: dict[int, _MmState] = {}
         self._vmas: dict[SimVma, _VmaState] = {}
         self._last_step_s = machine.clock.now_s
@@ -219,7 +190,7 @@ class NumabPolicy:
 
     def _sync(self, now_s: float) -> list[SimProcess]:
         alive = {p.pid: p for p in self.machine.processes()}
-        procs = [self.machine.procs[pid] for pid in alive]
+        procs = [self.machine.view.procs[pid] for pid in alive]
         for pid in list(self._mms):
             if pid not in alive or self._mms[pid].proc != alive[pid]:
                 self._forget(pid)
@@ -232,7 +203,7 @@ class NumabPolicy:
 
     def _forget(self, pid: int) -> None:
         del self._mms[pid]
-        live = {v for p in self.machine.procs.values() for v in p.vmas}
+        live = {v for p in self.machine.view.procs.values() for v in p.vmas}
         for vma in [v for v in self._vmas if v not in live]:
             del self._vmas[vma]
 
@@ -288,7 +259,8 @@ class NumabPolicy:
         last = -(-((end - vma.start) >> PAGE_SHIFT) // per_unit)
         state = self._state(vma, now_s)
         head_nid = vma.nid[first * per_unit : last * per_unit : per_unit].astype(np.intp)
-        mark = (head_nid >= 0) & ~self.machine.toptier[head_nid + 1] & ~state.pending[first:last]
+        top = self.machine.view.toptier
+        mark = (head_nid >= 0) & ~top[head_nid + 1] & ~state.pending[first:last]
         units = first + np.flatnonzero(mark)
         if not units.size:
             return 0
@@ -368,8 +340,7 @@ class NumabPolicy:
         nr_pages = np.concatenate([np.full(f.unit.shape[0], _unit_pages(f.vma), np.int64)
                                    for f in eligible])
         order = np.argsort(fault_s, kind="stable")
-        free = int(self.machine.capacity_pages[self.target_nid]
-                   - self.machine.used_pages[self.target_nid])
+        free = self.machine.view.free_pages(self.target_nid)
         before = dict(self.gate.counts), self.gate.nr_cand, self.gate.nr_cand_nrl
         promote = np.zeros(order.shape[0], dtype=np.bool_)
         promote[order] = self.gate.decide(fault_s[order], latency_ms[order], nr_pages[order],

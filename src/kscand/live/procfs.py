@@ -217,30 +217,6 @@ def parse_maps(text: str) -> list[MapsEntry]:
     return [e for e in entries if e is not None]
 
 
-def parse_smaps(text: str) -> list[Vma]:
-    """The VMAs of /proc/PID/smaps text, with flags from VmFlags when present.
-
-    Unknown fields are ignored; a mapping without a VmFlags line falls back to
-    its permission string; malformed header lines are skipped.
-    """
-    vmas: list[Vma] = []
-    entry: MapsEntry | None = None
-    vmflags: VmFlag | None = None
-    for line in text.splitlines():
-        if line.startswith("VmFlags:"):
-            vmflags = flags_from_vmflags(line[len("VmFlags:") :])
-            continue
-        head = parse_maps_line(line) if line[:1] in "0123456789abcdefABCDEF" else None
-        if head is None:
-            continue
-        if entry is not None:
-            vmas.append(vma_from_entry(entry, vmflags))
-        entry, vmflags = head, None
-    if entry is not None:
-        vmas.append(vma_from_entry(entry, vmflags))
-    return sorted(vmas, key=lambda v: v.start)
-
-
 def parse_smaps_vmflags(text: str) -> dict[tuple[int, int, str, int, int], VmFlag]:
     """maps key -> VmFlag (from VmFlags) for each mapping of smaps text that has them."""
     out: dict[tuple[int, int, str, int, int], VmFlag] = {}

@@ -48,6 +48,7 @@ from kscand.sim.process import (
     SimVma,
 )
 from kscand.sim.scenario import ProcessSpec, Scenario
+from kscand.sim.view import SimView
 
 
 class SimMachine:
@@ -112,11 +113,17 @@ class SimMachine:
         self.move_log: list[tuple[ProcessId, U64Array]] = []
         self.move_history = MoveHistory()  # recorded while record_moves is set
         self.nr_exits = 0
+        self._view = SimView(self)
         self._advance()
 
     @property
     def clock(self) -> SimClock:
         return self._clock
+
+    @property
+    def view(self) -> SimView:
+        """The read-only view the metrics and the baselines read (kscand.sim.view)."""
+        return self._view
 
     # --- time and lifetimes ----------------------------------------------------------
 

@@ -71,9 +71,9 @@ class _ProcRates:
 
 def _proc_rates(machine: SimMachine, sim_proc: SimProcess, t_s: float) -> _ProcRates:
     """Rate sums of one process from its VMAs' per-node sums (kept current as pages move)."""
-    size = machine.capacity_pages.shape[0]
-    top = machine.toptier[1 : size + 1]
-    latency = machine.latency_ns[:size]
+    size = machine.view.capacity_pages.shape[0]
+    top = machine.view.toptier[1 : size + 1]
+    latency = machine.view.latency_ns[:size]
     total = top_rate = latency_sum = fixed_top_rate = 0.0
     nr_hot = nr_hot_top = fixed_top_pages = 0
     for vma in sim_proc.vmas:
@@ -167,7 +167,7 @@ class Sampler:
 
     def sample(self, t_s: float) -> Sample:
         machine = self.machine
-        procs = machine.alive()
+        procs = machine.view.alive()
         per = {p.proc: _proc_rates(machine, p, t_s) for p in procs}
         oracle = self._oracle_rates(procs, per, t_s)
         per_proc = {
@@ -201,7 +201,7 @@ class Sampler:
         if key == self._oracle_key:
             return self._oracle
         machine = self.machine
-        top_capacity = int(sum(machine.capacity_pages[nid] for nid in machine.top_nids))
+        top_capacity = machine.view.top_capacity_pages()
         fixed_pages = sum(r.fixed_top_pages for r in per.values())
         keys = list(per)
         by_proc = {p.proc: p for p in procs}
@@ -286,7 +286,7 @@ class StaticBest:
         """MinTraffic from the placement every page had when its process started
         (the machine's move history says where moved pages were first)."""
         first_nid = initial_nids(machine)
-        top = machine.toptier
+        top = machine.view.toptier
         promote = 0.0
         initially_top = 0
         for sim_proc in self.procs:
@@ -299,7 +299,7 @@ class StaticBest:
                     promote += float(np.count_nonzero(above & ~on_top))
                     if self.cut.tie_fraction:
                         promote += self.cut.tie_fraction * np.count_nonzero(ties & ~on_top)
-        top_capacity = int(sum(machine.capacity_pages[n] for n in machine.top_nids))
+        top_capacity = machine.view.top_capacity_pages()
         promote_pages = round(promote)
         return MinTraffic(promote_pages, max(0, initially_top + promote_pages - top_capacity))
 
@@ -307,7 +307,7 @@ class StaticBest:
 def initial_nids(machine: SimMachine) -> dict[SimVma, npt.NDArray[np.int8]]:
     """Per VMA that had pages moved: the node each page was on before its first move."""
     out: dict[SimVma, npt.NDArray[np.int8]] = {}
-    for chunk in reversed(machine.move_history.chunks()):  # the earliest move writes last
+    for chunk in reversed(machine.view.move_history.chunks()):  # the earliest move writes last
         nid = out.get(chunk.vma)
         if nid is None:
             nid = out[chunk.vma] = chunk.vma.nid.copy()
@@ -335,7 +335,7 @@ class HindsightTracker:
         self.weight_s.append(weight_s)
         self.fixed_top_rate_per_s.append(sample.fixed_top_rate_per_s)
         self.max_fixed_top_pages = max(self.max_fixed_top_pages, sample.fixed_top_pages)
-        for sim_proc in self.machine.alive():
+        for sim_proc in self.machine.view.alive():
             self._procs.setdefault(sim_proc.proc, sim_proc)
             for vma in sim_proc.vmas:
                 if vma.kind_name not in MOVABLE_KINDS:
@@ -358,7 +358,7 @@ class HindsightTracker:
         (beside the immovable pages it ever held); pages never accessed are never chosen."""
         machine = self.machine
         totals = {vma: self._accesses(vma, epochs) for vma, epochs in self._epochs.items()}
-        top_capacity = int(sum(machine.capacity_pages[n] for n in machine.top_nids))
+        top_capacity = machine.view.top_capacity_pages()
         capacity = max(0, top_capacity - self.max_fixed_top_pages)
         nr_accessed = sum(int(np.count_nonzero(t > 0)) for t in totals.values())
         cut = (TopKCut(0.0, 0.0) if capacity >= nr_accessed

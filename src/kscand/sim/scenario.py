@@ -25,9 +25,9 @@ from kscand.sim.checks import (
     check_target_node,
     gib,
 )
-from kscand.sim.fields import read_bool, read_int, read_list, read_num, read_str, read_table
 from kscand.sim.workloads import WORKLOAD_KINDS, load_trace, trace_span_pages
 from kscand.units import parse_size_bytes
+from kscand.validate import read_bool, read_int, read_list, read_num, read_str, read_table
 
 
 @dataclass(frozen=True, slots=True)

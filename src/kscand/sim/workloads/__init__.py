@@ -20,7 +20,9 @@ import numpy as np
 from kscand.sim.tracefile import load_trace
 from kscand.sim.workloads.base import (
     CERTAIN,
+    FOREVER,
     F32Array,
+    F64Array,
     IdxArray,
     PageIndex,
     Workload,
@@ -48,8 +50,8 @@ if TYPE_CHECKING:
     from kscand.sim.scenario import WorkloadSpec
 
 __all__ = [
-    "BUILDERS", "CERTAIN", "WORKLOAD_KINDS", "F32Array", "IdxArray", "MovingHotset",
-    "PageIndex", "Sequential", "StaticRates", "WindowRates", "Workload",
+    "BUILDERS", "CERTAIN", "FOREVER", "WORKLOAD_KINDS", "F32Array", "F64Array", "IdxArray",
+    "MovingHotset", "PageIndex", "Sequential", "StaticRates", "WindowRates", "Workload",
     "accessed_probability", "check_trace_windows", "gups", "hotset", "load_trace",
     "make_workload", "moving_hotset", "power_law", "top_share_pages", "trace_end_s",
     "trace_rates", "trace_span_pages", "uniform", "workload_end_s", "zipf",

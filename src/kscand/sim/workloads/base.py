@@ -8,11 +8,13 @@ last cleared at t0 and tested at t1, is set with probability
 The share of accesses served by a tier is exact: the rate-weighted share.
 
 This module holds what every family shares: the Workload protocol, the page
-index and array types, the epoch integral and the Accessed-bit probability.
+index and array types, the epoch integral and bounds, the Accessed-bit
+probability and the Poisson draw of a unit's next access.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -31,6 +33,8 @@ PageIndex = IdxArray | slice
 MAX_EPOCHS_BACK = 64
 # Integral returned for a page a sequential stream certainly touched.
 CERTAIN = 1e3
+# The epoch bounds of a workload whose rates never change.
+FOREVER = (-math.inf, math.inf)
 
 
 def integrate_epochs(
@@ -83,6 +87,45 @@ class Workload(Protocol):
     def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
         """hot(t_s)[idx], without computing every page's. bool (len(idx),)."""
         ...
+
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        """[start, end) of the epoch holding t_s, s: rates stay constant within it
+        (FOREVER for a workload whose rates never change)."""
+        ...
+
+    def next_access_s(
+        self, units: IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> F64Array:
+        """When each unit (unit_pages pages from page units[k] * unit_pages: a page, or
+        a THP) is first accessed after t0_s, at the rates of t0_s; inf: never."""
+        ...
+
+
+def epoch_bounds_every(t_s: float, epoch_s: float) -> tuple[float, float]:
+    """[start, end) of the epoch holding t_s, epoch k being [k, k + 1) * epoch_s."""
+    k = t_s // epoch_s
+    return k * epoch_s, (k + 1) * epoch_s
+
+
+def unit_rates_of(workload: Workload, units: IdxArray, unit_pages: int, t_s: float) -> F64Array:
+    """Access rate of each unit (a page, or a THP's unit_pages pages) at t_s."""
+    if unit_pages == 1:
+        return workload.rates_of(units, t_s).astype(np.float64)
+    sub = (units[:, None] * unit_pages + np.arange(unit_pages)).ravel()
+    rates = workload.rates_of(sub, t_s).astype(np.float64)
+    return rates.reshape(-1, unit_pages).sum(axis=1)
+
+
+def poisson_next_access_s(
+    workload: Workload, units: IdxArray, unit_pages: int, t0_s: float,
+    rng: np.random.Generator,
+) -> F64Array:
+    """Workload.next_access_s of random accesses at each unit's rate: an exponential
+    wait (one draw per unit); inf for a unit never accessed at the rates of t0_s."""
+    rates = unit_rates_of(workload, units, unit_pages, t0_s)
+    draw = rng.exponential(size=units.shape[0])
+    with np.errstate(divide="ignore"):
+        return np.where(rates > 0, t0_s + draw / np.maximum(rates, 1e-300), np.inf)
 
 
 def accessed_probability(expected_accesses: F32Array) -> F32Array:

@@ -10,10 +10,14 @@ import numpy.typing as npt
 
 from kscand.sim.workloads.base import (
     CERTAIN,
+    FOREVER,
     F32Array,
+    F64Array,
     IdxArray,
     PageIndex,
+    epoch_bounds_every,
     integrate_epochs,
+    poisson_next_access_s,
 )
 
 
@@ -38,6 +42,14 @@ class MovingHotset:
 
     def epoch(self, t_s: float) -> int:
         return int(t_s // self.period_s)
+
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        return epoch_bounds_every(t_s, self.period_s)
+
+    def next_access_s(
+        self, units: IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> F64Array:
+        return poisson_next_access_s(self, units, unit_pages, t0_s, rng)
 
     def _hot_in(self, rank: npt.NDArray[np.int32], epoch: int) -> npt.NDArray[np.bool_]:
         n = self.nr_pages
@@ -92,6 +104,21 @@ class Sequential:
 
     def epoch(self, t_s: float) -> int:
         return 0
+
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        return FOREVER
+
+    def next_access_s(
+        self, units: IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> F64Array:
+        """The unit's first page is touched once a sweep: the next pass after t0_s."""
+        n, speed = self.nr_pages, self.pages_per_s
+        if speed <= 0:
+            return np.full(units.shape[0], np.inf)
+        first = units.astype(np.float64) * unit_pages
+        pos = speed * t0_s
+        sweeps = np.floor((pos - first) / n) + 1  # next pass strictly after t0
+        return (first + sweeps * n) / speed
 
     def rates(self, t_s: float) -> F32Array:
         return np.full(self.nr_pages, self.pages_per_s / max(self.nr_pages, 1), dtype=np.float32)

@@ -9,9 +9,12 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.sim.workloads.base import (
+    FOREVER,
     F32Array,
+    F64Array,
     IdxArray,
     PageIndex,
+    poisson_next_access_s,
 )
 
 
@@ -41,6 +44,14 @@ class StaticRates:
 
     def rates_of(self, idx: IdxArray, t_s: float) -> F32Array:
         return self.base[idx]
+
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        return FOREVER
+
+    def next_access_s(
+        self, units: IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> F64Array:
+        return poisson_next_access_s(self, units, unit_pages, t0_s, rng)
 
     def hot_of(self, idx: IdxArray, t_s: float) -> npt.NDArray[np.bool_]:
         return self.hot_pages[idx]

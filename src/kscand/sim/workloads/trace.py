@@ -12,9 +12,12 @@ from kscand.errors import ConfigError
 from kscand.sim.tracefile import TRACE_MEMORY_LIMIT_BYTES, Trace
 from kscand.sim.workloads.base import (
     F32Array,
+    F64Array,
     IdxArray,
     PageIndex,
+    epoch_bounds_every,
     integrate_epochs,
+    poisson_next_access_s,
 )
 
 # Trace files (format, parser, limits, cache): kscand.sim.tracefile.
@@ -54,6 +57,14 @@ class WindowRates:
 
     def epoch(self, t_s: float) -> int:
         return int(t_s // self.window_s)
+
+    def epoch_bounds(self, t_s: float) -> tuple[float, float]:
+        return epoch_bounds_every(t_s, self.window_s)
+
+    def next_access_s(
+        self, units: IdxArray, unit_pages: int, t0_s: float, rng: np.random.Generator
+    ) -> F64Array:
+        return poisson_next_access_s(self, units, unit_pages, t0_s, rng)
 
     def _window(self, epoch: int) -> int | None:
         if epoch < 0 or not self.nr_windows:
