@@ -132,7 +132,8 @@ class FakeDamonKernel(DamonSysfs):
             state.write_text("on\n")
         elif cmd == "off":
             if state.read_text().strip() != "on":
-                raise OSError(errno.EINVAL, "Invalid argument")
+                # A context without a running kdamond: mm/damon/core.c __damon_stop()
+                raise OSError(errno.EPERM, "Operation not permitted")
             state.write_text("off\n")
         elif cmd == "update_schemes_tried_regions":
             if state.read_text().strip() != "on":

@@ -201,6 +201,23 @@ def test_kdamond_of_an_exited_process_is_reclaimed(kernel: FakeDamonKernel) -> N
     assert [p.pid for p in src.tracked()] == [102]
 
 
+def test_kdamond_that_stops_while_we_turn_it_off_is_no_error(
+    kernel: FakeDamonKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest's DAMON e2e run: the target exited between the state read ("on") and
+    the "off" write, the kernel answered EPERM and the step failed. Counted instead."""
+    src = source(kernel, FakeClock(), max_kdamonds=1)
+    src.test_and_clear_young(P1, pages(0, 4))
+    kernel.kill(101)
+    monkeypatch.setattr(src, "_state", lambda slot: "on")  # read just before the kill
+    src.forget(P1)
+    assert src.counters()["kdamond_stop_raced"] == 1
+    assert src.tracked() == []
+    monkeypatch.undo()
+    assert src.test_and_clear_young(P2, pages(0, 4)).all()  # the slot is reused
+    src.close()
+
+
 def test_refused_process_is_not_retried(kernel: FakeDamonKernel) -> None:
     src = source(kernel, FakeClock())
     gone = ProcessId(999, 1)

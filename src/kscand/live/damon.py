@@ -92,6 +92,7 @@ class DamonSource:
         self.nr_wait_timeouts = 0  # ... and went on without it (the step's budget ran out)
         self.nr_stale_batches = 0  # judged on an older snapshot than the one requested
         self.nr_stop_timeouts = 0  # close() found the requester thread still in the kernel
+        self.nr_stop_raced = 0  # a kdamond stopped by itself between our read and "off"
         self._slots: list[KdamondSlot] = []
         self._by_proc: dict[ProcessId, KdamondSlot] = {}
         self._refused: set[ProcessId] = set()  # the kernel would not monitor them
@@ -190,9 +191,12 @@ class DamonSource:
             self._by_proc.pop(slot.proc, None)
         try:
             if self._state(slot) == "on":
-                self._write(f"{slot.base}/state", "off")
-        except (OSError, Unsupported):
-            pass
+                self.io.write(f"{slot.base}/state", "off")
+        except OSError:
+            # The kdamond stopped by itself (its target exited) between the read and
+            # the write: mm/damon/core.c __damon_stop() answers EPERM then. Off
+            # either way; counted, never a step error.
+            self.nr_stop_raced += 1
         slot.proc = None
         self._reset(slot)
 
@@ -337,6 +341,7 @@ class DamonSource:
             "snapshot_wait_timeouts": self.nr_wait_timeouts,
             "batches_on_stale_snapshot": self.nr_stale_batches,
             "requester_stop_timeouts": self.nr_stop_timeouts,
+            "kdamond_stop_raced": self.nr_stop_raced,
             "pages_tested": self.nr_pages_tested,
             "pages_stale": self.nr_pages_stale,
         }
