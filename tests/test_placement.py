@@ -261,3 +261,44 @@ def test_exchange_works_when_a_step_outlasts_the_demotion_window() -> None:
     filler, hot = (machine.procs[p.pid] for p in machine.processes())
     assert engine.stats.of(filler.proc)["nr_kscand_exchange_demoted"] > 0
     assert int((hot.vmas[0].nid == 0).sum()) == 16 * PAGES_PER_MIB
+
+
+def test_exchange_ranks_pages_accessed_in_every_scan_by_their_re_probes() -> None:
+    """With a 2 s period both processes' pages are accessed in every scan: only the
+    re-probes tell the 40/s pages from the 4/s ones. The candidates' lower bound used
+    to move each register's count by 2, and two misses out of eight 2 s looks rule
+    out anything over 1/s: no candidate was ever surely hotter, 341 of the 2048 hot
+    pages got in (by the room churn left). A profile-likelihood bound is as wide as the
+    evidence: eight accessed re-probes bound a page from below only."""
+    periods = {**SERIES_PERIODS, "mm_scan_period_ms": 2000, "scan_period_min_ms": 2000,
+               "scan_period_max_ms": 2000}
+    sc = scenario(
+        [{"name": "warm", "placement": "slow", "workload": per_page(4.0, 64),
+          "vmas": [{"kind": "anon", "size": "64MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
+          "vmas": [{"kind": "anon", "size": "8MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={**periods, "target_free_min_pct": 0},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 60.0)
+    warm, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert int((hot.vmas[0].nid == 0).sum()) == 8 * PAGES_PER_MIB
+    assert int((warm.vmas[0].nid == 0).sum()) == 24 * PAGES_PER_MIB
+    assert engine.stats.total["nr_kscand_ping_pong"] == 0
+
+
+def test_the_lower_bound_is_as_wide_as_the_evidence() -> None:
+    side = hotness.HISTORY_BITS + 1
+
+    def heat(bound: int, k_long: int, n_long: int, k_short: int, n_short: int) -> int:
+        table = hotness.heat_table(2.0, 0.1, bound)
+        return int(table[((k_long * side + n_long) * side + k_short) * side + n_short])
+
+    # Every 2 s look and every 100 ms re-probe accessed: at least 16/s, at most anything.
+    assert [heat(b, 8, 8, 8, 8) for b in (-1, 0, 1)] == [34, 48, 63]
+    # Fewer looks, a looser bound; the estimate is the same.
+    assert heat(-1, 2, 2, 2, 2) < heat(-1, 8, 8, 8, 8)
+    assert heat(-1, 8, 8, 4, 8) <= heat(0, 8, 8, 4, 8) <= heat(1, 8, 8, 4, 8)
+    assert heat(-1, 0, 8, 0, 8) == heat(1, 0, 8, 0, 8) == 0  # no evidence at either scale
