@@ -153,18 +153,6 @@ def heat_table(interval_s: float, reprobe_s: float, bound: int = 0) -> U8Array:
     return np.where(evidence & ok, best, np.uint8(0)).astype(np.uint8).ravel()
 
 
-def probe_delay_s(threshold: int, lo_s: float, hi_s: float) -> float:
-    """The re-probe delay that best tells pages around the threshold bin apart.
-
-    A look at interval 1/r finds a page of rate r accessed with probability
-    1 - 1/e: the most informative interval for rates near the threshold's.
-    """
-    rate = rate_of_bin(threshold)
-    if rate <= 0:
-        return hi_s
-    return min(hi_s, max(lo_s, 1.0 / rate))
-
-
 def heat_of(
     long_hist: U8Array,
     short_hist: U8Array,
