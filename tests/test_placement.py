@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 import pytest
 from simkit import COLD, machine_and_engine, run_steps, scenario
 
-from kscand.core import hotness
+from kscand.core import hotness, placement
 from kscand.core.engine import Kscand
 from kscand.core.placement import HeatLedger, node_plan
 from kscand.core.tunables import Tunables
@@ -282,3 +283,115 @@ def test_exchange_works_when_a_step_outlasts_the_demotion_window() -> None:
     filler, hot = (machine.procs[p.pid] for p in machine.processes())
     assert engine.stats.of(filler.proc)["nr_kscand_exchange_demoted"] > 0
     assert int((hot.vmas[0].nid == 0).sum()) == 16 * PAGES_PER_MIB
+
+
+def test_exchange_ranks_pages_accessed_in_every_scan_by_their_re_probes() -> None:
+    """With a 2 s period both processes' pages are accessed in every scan: only the
+    re-probes tell the 40/s pages from the 4/s ones. The candidates' lower bound used
+    to move each register's count by 2, and two misses out of eight 2 s looks rule
+    out anything over 1/s: no candidate was ever surely hotter, 341 of the 2048 hot
+    pages got in (by the room churn left). A profile-likelihood bound is as wide as the
+    evidence: eight accessed re-probes bound a page from below only (at 10/s, 99 %)."""
+    periods = {**SERIES_PERIODS, "mm_scan_period_ms": 2000, "scan_period_min_ms": 2000,
+               "scan_period_max_ms": 2000}
+    sc = scenario(
+        [{"name": "warm", "placement": "slow", "workload": per_page(4.0, 64),
+          "vmas": [{"kind": "anon", "size": "64MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
+          "vmas": [{"kind": "anon", "size": "8MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={**periods, "target_free_min_pct": 0},
+    )
+    machine, engine = machine_and_engine(sc)
+    run_for(machine, engine, 60.0)
+    warm, hot = (machine.procs[p.pid] for p in machine.processes())
+    assert int((hot.vmas[0].nid == 0).sum()) == 8 * PAGES_PER_MIB
+    assert int((warm.vmas[0].nid == 0).sum()) == 24 * PAGES_PER_MIB
+    assert engine.stats.total["nr_kscand_ping_pong"] == 0
+
+
+def test_the_lower_bound_is_as_wide_as_the_evidence() -> None:
+    side = hotness.HISTORY_BITS + 1
+
+    def heat(bound: int, k_long: int, n_long: int, k_short: int, n_short: int) -> int:
+        table = hotness.heat_table(2.0, 0.1, bound)
+        return int(table[((k_long * side + n_long) * side + k_short) * side + n_short])
+
+    # Every 2 s look and every 100 ms re-probe accessed: at least 10/s, at most anything.
+    assert [heat(b, 8, 8, 8, 8) for b in (-1, 0, 1)] == [32, 48, 63]
+    assert hotness.rate_of_bin(32) == pytest.approx(10.08, abs=0.01)
+    # Fewer looks, a looser bound; the estimate is the same.
+    assert heat(-1, 2, 2, 2, 2) < heat(-1, 8, 8, 8, 8)
+    assert heat(-1, 8, 8, 4, 8) <= heat(0, 8, 8, 4, 8) <= heat(1, 8, 8, 4, 8)
+    assert heat(-1, 0, 8, 0, 8) == heat(1, 0, 8, 0, 8) == 0  # no evidence at either scale
+
+
+def test_the_re_probe_delay_keeps_r_t_within_a_factor_of_two_of_one() -> None:
+    step = placement.next_reprobe_delay_s
+    assert step(0.1, 1 - math.exp(-1.0), 0.02, 1.0) == 0.1  # r t = 1: stays
+    assert step(0.1, 1 - math.exp(-0.51), 0.02, 1.0) == 0.1  # inside the band's edges
+    assert step(0.1, 1 - math.exp(-1.99), 0.02, 1.0) == 0.1
+    assert step(0.1, 1 - math.exp(-3.0), 0.02, 1.0) == 0.05  # over: halved
+    assert step(0.1, 1.0, 0.02, 1.0) == 0.05  # everything accessed again: halved, no more
+    assert step(0.03, 1.0, 0.02, 1.0) == 0.02  # never under one step
+    assert step(0.1, 1 - math.exp(-0.25), 0.02, 1.0) == 0.2  # under: doubled
+    assert step(0.8, 0.0, 0.02, 1.0) == 1.0  # never over the upper bound
+
+
+def test_the_re_probe_delay_does_not_chase_its_own_threshold() -> None:
+    """The delay came from the heat threshold's rate, and heat reads every stored bit at
+    the current delay: a shorter delay read the same bits as hotter, the threshold rose
+    and asked for a shorter delay still (300 ms down to 50 ms here, and down to one step
+    on zipf-0.6). Read from the share of the top tier's re-probes found accessed again,
+    it goes where it ranks them and stays: 200 ms (at 100 ms a third of the 4/s pages
+    were found again; at 200 ms, 55 % of them and all the 40/s ones)."""
+    periods = {**SERIES_PERIODS, "mm_scan_period_ms": 2000, "scan_period_min_ms": 2000,
+               "scan_period_max_ms": 2000}
+    sc = scenario(
+        [{"name": "warm", "placement": "slow", "workload": per_page(4.0, 64),
+          "vmas": [{"kind": "anon", "size": "64MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
+          "vmas": [{"kind": "anon", "size": "8MiB"}]}],
+        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
+        tunables={**periods, "target_free_min_pct": 0},
+    )
+    machine, engine = machine_and_engine(sc)
+    delays = [0.1]
+    end_ns = int(60e9)
+    while machine.clock.now_ns() < end_ns:
+        run_steps(machine, engine, 1)
+        if engine.context().reprobe_s != delays[-1]:
+            delays.append(engine.context().reprobe_s)
+    assert delays == [0.1, 0.2]
+
+
+def test_a_partial_bin_never_takes_the_room_of_another_process_s_hotter_pages() -> None:
+    """Room for 300 pages; the first queued process has 200 pages in bin 10, the second
+    200 in bin 30. Bin 30 fits whole, bin 10 only in part: the hot 200 move, then 100 of
+    the warm ones. Draining queue by queue, the warm process took 200 first and the hot
+    one got 100 (drop_target_full 100 of its pages)."""
+    sc = scenario(
+        [{"name": "warm", "placement": "slow", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "1MiB"}]},
+         {"name": "hot", "placement": "slow", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "1MiB"}]},
+         {"name": "fill", "placement": "fast", "workload": COLD,
+          "vmas": [{"kind": "anon", "size": "1700KiB"}]}],
+        nodes=[{"nid": 0, "capacity": "2900KiB", "cpus": True, "tier": 4},
+               {"nid": 1, "capacity": "64MiB", "cpus": False, "tier": 67}],
+        tunables={"target_free_min_pct": 0},
+    )
+    machine, engine = machine_and_engine(sc)
+    warm, hot, _ = machine.processes()
+    assert machine.topology().node(0).free_pages == 300
+    for proc, heat in ((warm, 10), (hot, 30)):
+        vma = machine.vmas(proc)[0]
+        batch = machine.read_range(proc, vma.start, vma.start + 200 * PAGE_SIZE)
+        engine.migrator.add(proc, batch, np.ones(200, dtype=np.int64),
+                            np.full(200, heat, dtype=np.uint8))
+    engine.migrator.migrate(machine.topology(), engine.tunables)
+    assert engine.stats.of(hot)["nr_kscand_migrated"] == 200
+    assert engine.stats.of(warm)["nr_kscand_migrated"] == 100
+    assert engine.stats.of(warm)["drop_target_full"] == 100

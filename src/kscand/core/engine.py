@@ -30,13 +30,13 @@ from kscand.core.migrator import (
 from kscand.core.mmlist import MmList, MmSlot, note_moves
 from kscand.core.placement import (
     HeatLedger,
+    ReprobeDelay,
     ScanContext,
     moved_histogram,
     plan_nodes,
-    reprobe_delay_s,
 )
 from kscand.core.reprobe import ReprobeQueue
-from kscand.core.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner
+from kscand.core.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner, is_toptier, pages_in
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone
@@ -101,6 +101,7 @@ class Kscand:
         self.mm_list = MmList()
         self.ledger = HeatLedger()
         self.reprobes = ReprobeQueue(reprobe_queue_max(tunables))
+        self.reprobe_delay = ReprobeDelay()
         self.migrator = Migrator(
             machine, self.stats, tunables.migrate_queue_max, tunables.promote_rate_limit_mbps
         )
@@ -166,7 +167,7 @@ class Kscand:
             default_target=default_target(topology, t),
             tunables=t,
             demote_wanted=self.demoter.wanted(topology, t),
-            reprobe_s=reprobe_delay_s(plans, t) if t.rank_hotness else 0.0,
+            reprobe_s=self.reprobe_delay.current_s(plans, t) if t.rank_hotness else 0.0,
         )
         return self._ctx
 
@@ -268,7 +269,12 @@ class Kscand:
                 self.stats.add(None, "drop_reprobe_proc_gone", len(entry))
                 continue
             try:
-                self.scanner.reprobe(slot, entry, ctx)
+                young = self.scanner.reprobe(slot, entry, ctx)
+                top = is_toptier(entry.folios.nid, ctx.toptier)
+                self.reprobe_delay.observe(
+                    entry.delay_s, pages_in(top, entry.nr_pages),
+                    pages_in(top & young, entry.nr_pages), self.tunables,
+                )
             except ProcessGone:
                 self._release(entry.proc)
             except AccessDenied:

@@ -95,40 +95,17 @@ def _kn_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
 _KN_LONG, _KN_SHORT = _kn_tables()
 
 
-CONFIDENCE_COUNTS = 2  # the bounds: each register's accessed count moved by this much
-
-
-def _shifted_kn(delta: int) -> npt.NDArray[np.intp]:
-    """For every (kn_long, kn_short) index, the index with each k moved by delta (clamped
-    to 0..n): the table read there is a pessimistic (delta < 0) or optimistic bound.
-
-    The optimistic bound leaves a short register that saw no access as it is: only
-    pages accessed at the long scale are re-probed, so a page idle at both scales
-    stays cold at its upper bound too.
-    """
-    kn = np.arange(_NR_KN)
-    k, n = kn // _SIDE, kn % _SIDE
-    long_kn = np.clip(k + delta, 0, n) * _SIDE + n
-    if delta < 0:
-        short_k = np.clip(k + delta, 0, n)
-    else:
-        short_k = np.where(k > 0, np.minimum(k + delta, n), 0)
-    short_kn = short_k * _SIDE + n
-    return (long_kn[:, None] * _NR_KN + short_kn[None, :]).ravel()
-
-
-_KN_LOWER = _shifted_kn(-CONFIDENCE_COUNTS)
-_KN_UPPER = _shifted_kn(CONFIDENCE_COUNTS)
+# The bounds: the rates whose log-likelihood is within this of the best one (a
+# profile-likelihood interval; 3.32 is the 99 % two-sided chi-square(1) / 2). An
+# exchange that a noisy bound lets through costs two moves: at 95 % (1.92) equally
+# warm pages traded places at 1.7x (flat-random) and 2x (zipf-0.6) the minimum
+# traffic, at 99 % at 1.1x and 1.4x.
+CONFIDENCE_LOGLIK = 3.32
 
 
 @functools.lru_cache(maxsize=256)
 def _heat_table_cached(interval_ms: int, reprobe_ms: int, bound: int) -> U8Array:
-    table = heat_table(interval_ms / 1e3, reprobe_ms / 1e3)
-    if bound < 0:
-        return table[_KN_LOWER]
-    if bound > 0:
-        return table[_KN_UPPER]
-    return table
+    return heat_table(interval_ms / 1e3, reprobe_ms / 1e3, bound)
 
 
 def bin_rates_per_s() -> F64Array:
@@ -137,7 +114,7 @@ def bin_rates_per_s() -> F64Array:
     return HEAT_RATE_FLOOR_PER_S * 2.0 ** ((bins - 0.5) / HEAT_BINS_PER_OCTAVE)
 
 
-def heat_table(interval_s: float, reprobe_s: float) -> U8Array:
+def heat_table(interval_s: float, reprobe_s: float, bound: int = 0) -> U8Array:
     """Heat bin of every (k_long, n_long, k_short, n_short): uint8 (_NR_KN ** 2,).
 
     The joint maximum-likelihood Poisson rate of both registers (k accessed of n
@@ -145,6 +122,11 @@ def heat_table(interval_s: float, reprobe_s: float) -> U8Array:
     1 - exp(-r t)), over the bins' rates: the long scale ranks what the short one
     never sees, the short one what the long one always sees. No access at either
     scale is bin 0.
+
+    bound -1 / +1: the lowest / highest bin whose log-likelihood is within
+    CONFIDENCE_LOGLIK of the best (a profile-likelihood confidence bound). It is
+    as wide as the evidence is weak: a register that saw every look bounds the
+    rate from below only, one that saw few looks bounds it loosely.
     """
     kn = np.arange(_NR_KN)
     k, n = (kn // _SIDE).astype(np.float64), (kn % _SIDE).astype(np.float64)
@@ -161,22 +143,17 @@ def heat_table(interval_s: float, reprobe_s: float) -> U8Array:
     short_ll = loglik(reprobe_s) if reprobe_s > 0 else np.zeros_like(long_ll)
     total = long_ll[:, None, :] + short_ll[None, :, :]  # (kn_long, kn_short, bins)
     best = (np.argmax(total, axis=2) + 1).astype(np.uint8)
+    if bound:
+        inside = total >= total.max(axis=2, keepdims=True) - CONFIDENCE_LOGLIK
+        if bound < 0:
+            best = (np.argmax(inside, axis=2) + 1).astype(np.uint8)
+        else:
+            last = inside.shape[2] - 1 - np.argmax(inside[:, :, ::-1], axis=2)
+            best = (last + 1).astype(np.uint8)
     short_hit = (k > 0) & valid & (reprobe_s > 0)
     evidence = ((k > 0) & valid)[:, None] | short_hit[None, :]
     ok = valid[:, None] & valid[None, :]
     return np.where(evidence & ok, best, np.uint8(0)).astype(np.uint8).ravel()
-
-
-def probe_delay_s(threshold: int, lo_s: float, hi_s: float) -> float:
-    """The re-probe delay that best tells pages around the threshold bin apart.
-
-    A look at interval 1/r finds a page of rate r accessed with probability
-    1 - 1/e: the most informative interval for rates near the threshold's.
-    """
-    rate = rate_of_bin(threshold)
-    if rate <= 0:
-        return hi_s
-    return min(hi_s, max(lo_s, 1.0 / rate))
 
 
 def heat_of(
@@ -189,8 +166,8 @@ def heat_of(
 ) -> U8Array:
     """Heat bin of each page from its two shift registers.
 
-    bound -1 / +1: a lower / upper confidence bound instead of the estimate (each
-    register's accessed count moved by CONFIDENCE_COUNTS): exchange swaps a page in
+    bound -1 / +1: a lower / upper confidence bound instead of the estimate
+    (heat_table): exchange swaps a page in
     only when its lower bound beats the estimate of the page it replaces by the
     margin, so noise in the estimates of equally warm pages does not move them back
     and forth.

@@ -138,6 +138,18 @@ class MigrateResult:
     moved: Candidates | None = None  # the folios that moved, with their heat
 
 
+def merge_results(results: list[MigrateResult]) -> MigrateResult:
+    """One process's results of several rounds as one."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    moved = [r.moved for r in results if r.moved is not None]
+    return MigrateResult(
+        first.proc, first.target_nid, sum(r.succeeded for r in results),
+        sum(r.failed for r in results), Candidates.concat(moved) if moved else None,
+    )
+
+
 def empty_candidates() -> Candidates:
     empty_u = np.zeros(0, dtype=np.uint64)
     return Candidates(empty_u, empty_u, np.zeros(0, np.int64), np.zeros(0, np.uint8))
@@ -357,16 +369,28 @@ class Migrator:
             taken[proc] = cands.hottest_first()
             orders[proc] = order
         cutoffs = self._cutoffs(taken, orders, topology, tunables)
-        results = []
+        # Two rounds: the whole bins that fit, then the bin that fits only in part, so
+        # that one process's partial bin never takes the room of another's hotter pages.
+        rounds: list[list[tuple[ProcessId, Candidates]]] = [[], []]
         for proc, cands in taken.items():
             cutoff = cutoffs.get(orders[proc][0], 0)
             if cutoff:
                 keep = cands.heat >= cutoff
                 self._count(proc, MigrateDrop.TARGET_FULL, cands.nr_pages, ~keep)
                 cands = cands.select(keep)
-            results.append(self._migrate_proc(proc, cands, orders[proc], topology, tunables))
-            topology = self.machine.topology()
-        return results
+                partial = cands.heat == cutoff
+                rounds[1].append((proc, cands.select(partial)))
+                cands = cands.select(~partial)
+            rounds[0].append((proc, cands))
+        done: dict[ProcessId, list[MigrateResult]] = {}
+        for part in rounds:
+            for proc, cands in part:
+                if not len(cands) and proc in done:
+                    continue
+                result = self._migrate_proc(proc, cands, orders[proc], topology, tunables)
+                done.setdefault(proc, []).append(result)
+                topology = self.machine.topology()
+        return [merge_results(results) for results in done.values()]
 
     def _cutoffs(
         self,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kscand.core.hotness import NR_HEAT_BINS, probe_delay_s, threshold_bin
+from kscand.core.hotness import NR_HEAT_BINS, threshold_bin
 from kscand.core.migrator import room_pages
 from kscand.core.tunables import Tunables
 from kscand.machine import BoolArray, Topology
@@ -144,18 +144,82 @@ class ScanContext:
         return plan.promote_min if plan is not None else 1
 
 
-def reprobe_delay_s(plans: dict[int, NodePlan], tunables: Tunables) -> float:
-    """This step's re-probe delay: reprobe_delay_ms while every node has room; when a
-    node is short, the interval that best ranks pages around its threshold (kept
-    between one step and half the shortest scan period, at most a second)."""
-    if tunables.reprobe_delay_ms <= 0:
-        return 0.0
-    short = [p.threshold for p in plans.values() if p.short and p.threshold < NR_HEAT_BINS]
-    if not short:
-        return tunables.reprobe_delay_ms / 1e3
-    lo_s = max(tunables.scan_sleep_ms, 1) / 1e3
-    hi_s = max(lo_s, min(1.0, tunables.scan_period_min_ms / 2e3))
-    return probe_delay_s(min(short), lo_s, hi_s)
+# Re-probed top-tier pages judged at one delay before it may change again: at least
+# this many, and at least as many as the short nodes hold (about one look at each of
+# their pages: a sample of one range of one process would not stand for the node). A
+# fresh sample: the control reads what the new delay does, not what the old one did.
+REPROBE_SAMPLE_PAGES = 512
+# The band of r x t (the typical re-probed page's rate times the delay, read from the
+# share found accessed again, f = 1 - exp(-r t)) the delay is kept in: within a factor
+# of two of the most informative interval, 1 / r.
+REPROBE_RT_BAND = (0.5, 2.0)
+
+
+def next_reprobe_delay_s(delay_s: float, young_share: float, lo_s: float, hi_s: float) -> float:
+    """The delay after a sample in which young_share of the re-probed pages were found
+    accessed again: halved when r t is over the band, doubled when under it, kept in
+    [lo_s, hi_s].
+
+    Read from the raw share, never from heat: heat reinterprets every stored bit at
+    the current delay, so a delay chosen from a heat threshold shortens itself (a
+    shorter delay reads the same bits as hotter, which raises the threshold, which
+    asks for a shorter delay).
+    """
+    rt = -np.log1p(-min(young_share, 1.0 - 1e-9))
+    if rt > REPROBE_RT_BAND[1]:
+        delay_s /= 2
+    elif rt < REPROBE_RT_BAND[0]:
+        delay_s *= 2
+    return float(min(hi_s, max(lo_s, delay_s)))
+
+
+class ReprobeDelay:
+    """The re-probe delay: reprobe_delay_ms while every top-tier node has room; while
+    one is short, adapted so that the re-probes rank the pages the top tier holds
+    (about 1 - 1/e of its re-probed pages found accessed again, so that its coldest
+    residents and the hottest candidates, which decide an exchange, are told apart
+    rather than all found accessed), between one step and half the shortest scan
+    period (at most a second)."""
+
+    def __init__(self) -> None:
+        self.delay_s: float | None = None  # None: not adapting (no node short)
+        self.nr_probed = 0  # pages re-probed at the current delay
+        self.nr_young = 0
+        self.sample_pages = REPROBE_SAMPLE_PAGES
+
+    def current_s(self, plans: dict[int, NodePlan], tunables: Tunables) -> float:
+        if tunables.reprobe_delay_ms <= 0:
+            return 0.0
+        short = [p.usable_pages for p in plans.values() if p.short]
+        self.sample_pages = max(REPROBE_SAMPLE_PAGES, sum(short))
+        if not short:
+            self.delay_s = None
+            self.nr_probed = self.nr_young = 0
+            return tunables.reprobe_delay_ms / 1e3
+        lo_s, hi_s = self.bounds_s(tunables)
+        if self.delay_s is None:
+            self.delay_s = min(hi_s, max(lo_s, tunables.reprobe_delay_ms / 1e3))
+        return self.delay_s
+
+    @staticmethod
+    def bounds_s(tunables: Tunables) -> tuple[float, float]:
+        lo_s = max(tunables.scan_sleep_ms, 1) / 1e3
+        return lo_s, max(lo_s, min(1.0, tunables.scan_period_min_ms / 2e3))
+
+    def observe(self, delay_s: float, nr_probed: int, nr_young: int, tunables: Tunables) -> None:
+        """Top-tier pages re-probed delay_s after their scan, and those found accessed
+        again: a sample of the current delay (only), adapted on when complete."""
+        if self.delay_s is None or delay_s != self.delay_s or nr_probed <= 0:
+            return
+        self.nr_probed += nr_probed
+        self.nr_young += nr_young
+        if self.nr_probed < self.sample_pages:
+            return
+        lo_s, hi_s = self.bounds_s(tunables)
+        self.delay_s = next_reprobe_delay_s(
+            self.delay_s, self.nr_young / self.nr_probed, lo_s, hi_s
+        )
+        self.nr_probed = self.nr_young = 0
 
 
 def series_context(topology: Topology, tunables: Tunables, now_ns: int) -> ScanContext:

@@ -28,6 +28,7 @@ class Reprobe:
     folios: PageBatch
     nr_pages: I64Array | None  # None: all base pages
     queued: npt.NDArray[np.bool_]  # already queued for promotion on the scan's evidence
+    delay_s: float = 0.0  # the re-probe delay it was queued with
 
     def __len__(self) -> int:
         return len(self.folios)

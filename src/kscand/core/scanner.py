@@ -308,7 +308,8 @@ class Scanner:
         # ranks them and decides the rest.
         queued = self._promote_now(now, ctx)
         due_ns = self.machine.clock.now_ns() + int(ctx.reprobe_s * 1e9)
-        entry = Reprobe(due_ns, proc, chunk_base, now.offsets, now.folios, now.nr_pages, queued)
+        entry = Reprobe(due_ns, proc, chunk_base, now.offsets, now.folios, now.nr_pages, queued,
+                        ctx.reprobe_s)
         if self.reprobes.add(entry):
             self.stats.add(proc, "nr_kscand_reprobe_queued", pages_in(young, nr_pages))
             return
@@ -316,8 +317,10 @@ class Scanner:
         self.stats.add(proc, "reprobe_queue_full", pages_in(young, nr_pages))
         self.judge(now, ctx, queued)
 
-    def reprobe(self, slot: MmSlot, entry: Reprobe, ctx: ScanContext) -> None:
-        """The second look at folios found accessed: shift it in, then judge them."""
+    def reprobe(self, slot: MmSlot, entry: Reprobe, ctx: ScanContext) -> BoolArray:
+        """The second look at folios found accessed: shift it in, then judge them.
+
+        Returns which folios were found accessed again."""
         young = self.machine.test_and_clear_young(slot.proc, entry.folios)
         short = slot.short_chunk(entry.chunk_base)
         short[entry.offsets] = (short[entry.offsets] << np.uint8(1)) | young.astype(np.uint8)
@@ -327,6 +330,7 @@ class Scanner:
             np.ones(len(entry), dtype=np.bool_),
         )
         self.judge(judged, ctx, entry.queued)
+        return young
 
     def _heat(
         self, j: Judged, ctx: ScanContext, bound: int = 0, recent: int = 0
