@@ -6,13 +6,8 @@ import errno
 
 import numpy as np
 
-from kscand.core.migrator import (
-    default_target,
-    fit_in_room,
-    headroom_pages,
-    move_fail_counter,
-    room_pages,
-)
+from kscand.core.migrator import move_fail_counter
+from kscand.core.room import default_target, fit_in_room, headroom_pages, room_pages
 from kscand.core.tunables import Tunables
 from kscand.machine import NodeInfo, Topology
 

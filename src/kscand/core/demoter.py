@@ -1,7 +1,7 @@
 """Demotion: cold top-tier pages to the slow tier, to make room for hotter ones.
 
 Two ways in. Exchange (on by default, rank mode): when a top-tier node is
-short (kscand.placement), the scanner queues its residents colder than the
+short (kscand.core.placement), the scanner queues its residents colder than the
 node's threshold; when the node has no room for the promotion candidates,
 the demoter moves the coldest queued residents to the slow tier, one for
 each candidate at least exchange_margin_bins hotter, pairing the hottest
@@ -22,15 +22,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.candidates import CandidateQueue, Candidates
 from kscand.core.hotness import exchange_pairs
-from kscand.core.migrator import (
-    CandidateQueue,
-    Candidates,
-    RateLimiter,
-    fit_in_room,
-    move_fail_counter,
-    room_pages,
-)
+from kscand.core.migrator import RateLimiter, move_fail_counter
+from kscand.core.room import fit_in_room, room_pages
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone

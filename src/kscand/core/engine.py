@@ -3,7 +3,7 @@
 One step() is one wake-up of the daemon: refresh the mm list, scan the
 processes whose own scan time has come (up to mms_to_scan of them, each
 within its own scan size), then let the migrator drain the candidate queues.
-After each scan a process's period and size adapt (kscand.throttle), and its
+After each scan a process's period and size adapt (kscand.core.throttle), and its
 target node follows where its accessed top-tier pages live. The caller sleeps
 scan_sleep_ms between steps (virtual time in the simulator, an interruptible
 wait in the daemon).
@@ -18,15 +18,9 @@ from typing import Any
 import numpy as np
 
 from kscand.core import throttle
+from kscand.core.candidates import Candidates
 from kscand.core.demoter import Demoter
-from kscand.core.migrator import (
-    Candidates,
-    MigrateResult,
-    Migrator,
-    default_target,
-    headroom_pages,
-    target_order,
-)
+from kscand.core.migrator import MigrateResult, Migrator
 from kscand.core.mmlist import MmList, MmSlot, note_moves
 from kscand.core.placement import (
     HeatLedger,
@@ -36,6 +30,7 @@ from kscand.core.placement import (
     plan_nodes,
 )
 from kscand.core.reprobe import ReprobeQueue
+from kscand.core.room import default_target, headroom_pages, target_order
 from kscand.core.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner, is_toptier, pages_in
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables

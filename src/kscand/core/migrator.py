@@ -9,13 +9,13 @@ folios in batches. Every drop and every failed move is counted by reason.
 from __future__ import annotations
 
 import errno
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from kscand.core.candidates import CandidateQueue, Candidates, U8Array
+from kscand.core.room import fit_in_room, room_pages, target_order
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone
@@ -27,104 +27,16 @@ from kscand.machine import (
     I32Array,
     I64Array,
     Machine,
-    NodeInfo,
     PageBatch,
     ProcessId,
     Topology,
-    U64Array,
 )
-
-U8Array = npt.NDArray[np.uint8]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidates:
-    """Queued folios of one process: arrays of shape (n,).
-
-    heat is the folio's heat bin when it was queued (kscand.hotness; 0 in the
-    series' mode, where every hot folio is equal).
-    """
-
-    vaddr: U64Array
-    pfn: U64Array
-    nr_pages: I64Array
-    heat: U8Array
-
-    def __len__(self) -> int:
-        return int(self.vaddr.shape[0])
-
-    def select(self, mask: BoolArray | npt.NDArray[np.intp]) -> Candidates:
-        return Candidates(self.vaddr[mask], self.pfn[mask], self.nr_pages[mask], self.heat[mask])
-
-    def hottest_first(self) -> Candidates:
-        """The same folios, hottest first (stable: by address within a bin)."""
-        return self.select(np.argsort(-self.heat.astype(np.int16), kind="stable"))
-
-    @staticmethod
-    def concat(parts: list[Candidates]) -> Candidates:
-        """One sorted, de-duplicated batch from several queued parts (the newest part wins)."""
-        vaddr = np.concatenate([p.vaddr for p in reversed(parts)])
-        vaddr_sorted, first = np.unique(vaddr, return_index=True)
-        return Candidates(
-            vaddr_sorted,
-            np.concatenate([p.pfn for p in reversed(parts)])[first],
-            np.concatenate([p.nr_pages for p in reversed(parts)])[first],
-            np.concatenate([p.heat for p in reversed(parts)])[first],
-        )
 
 
 def move_fail_counter(status: int) -> str:
     """Counter name of a negative move_pages(2) status: move_fail_enomem, ..."""
     name = errno.errorcode.get(-status, "unknown")
     return f"move_fail_{name.lower()}"
-
-
-def headroom_pages(node: NodeInfo, free_min_pct: float) -> int:
-    """Free base pages of node above what must stay free, negative when under it.
-
-    What must stay free is the larger of free_min_pct of its capacity and the
-    kernel's own reserve (NodeInfo.wmark_pages): on a small node the high watermark
-    is several percent, and moves into it fail with ENOMEM.
-    """
-    reserve = max(int(np.ceil(node.capacity_pages * free_min_pct / 100.0)), node.wmark_pages)
-    return node.free_pages - reserve
-
-
-def room_pages(node: NodeInfo, free_min_pct: float) -> int:
-    """Base pages that may still be moved to node without passing its watermark."""
-    return max(0, headroom_pages(node, free_min_pct))
-
-
-def fit_in_room(nr_pages: I64Array, room: int) -> BoolArray:
-    """Which folios, taken in order, fit into room base pages. int64 (n,) -> bool (n,)."""
-    return np.cumsum(nr_pages) <= room
-
-
-def default_target(topology: Topology, tunables: Tunables) -> int | None:
-    """The target node without a preference: the target_node tunable, else the first
-    top-tier node. None when the tunable names a node that is absent or not top
-    tier, or there is no top tier: promotion would be wrong, so nothing moves.
-    """
-    order = target_order(None, topology, tunables)
-    return order[0] if order else None
-
-
-def target_order(preferred: int | None, topology: Topology, tunables: Tunables) -> list[int]:
-    """Top-tier nodes to try, in order: the preferred node (the target heuristic's
-    choice), then the other top-tier nodes, most free first (the series' fallback).
-    A target_node tunable >= 0 forces that node alone.
-    """
-    top = sorted(topology.top_tier_nids)
-    if tunables.target_node >= 0:
-        return [tunables.target_node] if tunables.target_node in top else []
-    if not top:
-        return []
-    first = preferred if preferred in top else top[0]
-    others = sorted(
-        (nid for nid in top if nid != first),
-        key=lambda nid: (-topology.node(nid).free_pages, nid),
-    )
-    return [first, *others]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +60,6 @@ def merge_results(results: list[MigrateResult]) -> MigrateResult:
         first.proc, first.target_nid, sum(r.succeeded for r in results),
         sum(r.failed for r in results), Candidates.concat(moved) if moved else None,
     )
-
-
-def empty_candidates() -> Candidates:
-    empty_u = np.zeros(0, dtype=np.uint64)
-    return Candidates(empty_u, empty_u, np.zeros(0, np.int64), np.zeros(0, np.uint8))
 
 
 def heat_cutoff(heat: U8Array, nr_pages: I64Array, room: int) -> int:
@@ -196,113 +103,6 @@ class RateLimiter:
         ok = np.cumsum(nbytes) <= self.tokens_bytes
         self.tokens_bytes -= float(nbytes[ok].sum())
         return ok
-
-
-class CandidateQueue:
-    """Per-process queues of candidate folios under one cap (never an unbounded list)."""
-
-    def __init__(
-        self,
-        stats: Stats,
-        queue_max: int,
-        added_counter: str,
-        full_counter: str = MigrateDrop.QUEUE_FULL.value,
-    ) -> None:
-        self.stats = stats
-        self.queue_max = queue_max
-        self.added_counter = added_counter
-        self.full_counter = full_counter
-        self._queues: dict[ProcessId, deque[Candidates]] = {}
-        self._queued_ns: dict[ProcessId, int] = {}  # when each process's oldest part was queued
-        self.nr_queued = 0  # folios over all queues, <= queue_max
-
-    def procs(self) -> list[ProcessId]:
-        return list(self._queues)
-
-    def queued(self, proc: ProcessId) -> int:
-        return sum(len(part) for part in self._queues.get(proc, ()))
-
-    def add(
-        self,
-        proc: ProcessId,
-        folios: PageBatch,
-        nr_pages: I64Array,
-        heat: U8Array | None = None,
-        now_ns: int = 0,
-    ) -> int:
-        """Queue candidate folios of proc; what exceeds queue_max is counted and dropped."""
-        room = max(0, self.queue_max - self.nr_queued)
-        take = min(room, len(folios))
-        if take < len(folios):
-            self.stats.add(proc, self.full_counter, int(nr_pages[take:].sum()))
-        if not take:
-            return 0
-        heat_part = (
-            heat[:take].copy() if heat is not None else np.zeros(take, dtype=np.uint8)
-        )
-        part = Candidates(
-            folios.vaddr[:take].copy(), folios.pfn[:take].copy(), nr_pages[:take], heat_part
-        )
-        if proc not in self._queues:
-            self._queued_ns[proc] = now_ns
-        self._queues.setdefault(proc, deque()).append(part)
-        self.nr_queued += take
-        self.stats.add(proc, self.added_counter, int(nr_pages[:take].sum()))
-        return take
-
-    def drop(self, proc: ProcessId, reason: MigrateDrop = MigrateDrop.PROC_GONE) -> int:
-        """Drop every queued folio of proc (it exited); returns the folios dropped."""
-        parts = self._queues.pop(proc, None)
-        self._queued_ns.pop(proc, None)
-        if not parts:
-            return 0
-        nr_folios = sum(len(p) for p in parts)
-        self.nr_queued -= nr_folios
-        self.stats.add(proc, reason.value, int(sum(int(p.nr_pages.sum()) for p in parts)))
-        return nr_folios
-
-    def take(self, proc: ProcessId) -> Candidates | None:
-        """Remove and return proc's queued folios, sorted by address, de-duplicated."""
-        parts = self._queues.pop(proc, None)
-        self._queued_ns.pop(proc, None)
-        if not parts:
-            return None
-        self.nr_queued -= sum(len(p) for p in parts)
-        return Candidates.concat(list(parts))
-
-    def peek(self, proc: ProcessId) -> Candidates | None:
-        """proc's queued folios (sorted, de-duplicated), left queued."""
-        parts = self._queues.get(proc)
-        if not parts:
-            return None
-        merged = Candidates.concat(list(parts))
-        self.nr_queued -= sum(len(p) for p in parts) - len(merged)
-        self._queues[proc] = deque([merged])
-        return merged
-
-    def requeue(self, proc: ProcessId, cands: Candidates, queued_ns: int) -> None:
-        """Put back folios take() returned and nothing used (they were within the cap)."""
-        if not len(cands):
-            return
-        self._queues.setdefault(proc, deque()).appendleft(cands)
-        self._queued_ns[proc] = min(queued_ns, self._queued_ns.get(proc, queued_ns))
-        self.nr_queued += len(cands)
-
-    def queued_ns(self, proc: ProcessId) -> int:
-        """When proc's oldest queued part was queued (0 when nothing is)."""
-        return self._queued_ns.get(proc, 0)
-
-    def expire(self, older_than_ns: int, reason: str) -> None:
-        """Drop the queues whose oldest part was queued before older_than_ns (stale)."""
-        for proc, queued_ns in list(self._queued_ns.items()):
-            if queued_ns >= older_than_ns:
-                continue
-            parts = self._queues.pop(proc, None)
-            del self._queued_ns[proc]
-            if not parts:
-                continue
-            self.nr_queued -= sum(len(p) for p in parts)
-            self.stats.add(proc, reason, int(sum(int(p.nr_pages.sum()) for p in parts)))
 
 
 class Migrator:

@@ -1,6 +1,6 @@
 """Capacity-aware placement: per top-tier node, which heat bins deserve the node.
 
-Every scanned page counts, by heat bin (kscand.hotness), in the histogram of
+Every scanned page counts, by heat bin (kscand.core.hotness), in the histogram of
 one top-tier node: a resident of that node under its own nid, a slow-tier
 page under the node its process would promote to. A process contributes the
 histograms of its last complete pass (during its first pass, what it has seen
@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.hotness import NR_HEAT_BINS, threshold_bin
-from kscand.core.migrator import room_pages
+from kscand.core.room import room_pages
 from kscand.core.tunables import Tunables
 from kscand.machine import BoolArray, Topology
 

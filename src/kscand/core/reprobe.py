@@ -1,7 +1,7 @@
 """The re-probe queue: accessed folios to test again shortly after their scan.
 
 A scan clears each folio's Accessed bit; a folio found accessed is tested
-once more reprobe_delay_ms later (kscand.hotness: the short look that ranks
+once more reprobe_delay_ms later (kscand.core.hotness: the short look that ranks
 pages touched in every scan). Entries wait here, in due order, bounded by a
 folio cap: what does not fit is judged on its scan alone (counted).
 """

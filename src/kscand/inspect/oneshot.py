@@ -20,9 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
-from kscand.core.migrator import Migrator, default_target
+from kscand.core.migrator import Migrator
 from kscand.core.mmlist import MmSlot
 from kscand.core.placement import series_context
+from kscand.core.room import default_target
 from kscand.core.scanner import ScanEnd, Scanner, plan_scan
 from kscand.core.stats import PageSkip, Stats
 from kscand.core.tunables import Tunables
