@@ -12,7 +12,7 @@ from simkit import HOT, machine_and_engine, run_steps, scenario
 
 from kscand.core.engine import Kscand
 from kscand.core.mmlist import HISTORY_CHUNK_BYTES
-from kscand.core.scanner import ScanEnd, hot_mask, next_stop, plan_scan, push_history
+from kscand.core.scanplan import ScanEnd, hot_mask, next_stop, plan_scan, push_history
 from kscand.errors import ProcessGone
 from kscand.machine import PAGE_SIZE, PMD_SIZE, PageBatch, ProcessId, Vma, VmFlag
 from kscand.sim.machine import SimMachine

@@ -31,7 +31,8 @@ from kscand.core.placement import (
 )
 from kscand.core.reprobe import ReprobeQueue
 from kscand.core.room import default_target, headroom_pages, target_order
-from kscand.core.scanner import PING_PONG_WINDOW_S, ScanEnd, Scanner, is_toptier, pages_in
+from kscand.core.scanner import PING_PONG_WINDOW_S, Scanner
+from kscand.core.scanplan import ScanEnd, is_toptier, pages_in
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone

@@ -24,7 +24,8 @@ from kscand.core.migrator import Migrator
 from kscand.core.mmlist import MmSlot
 from kscand.core.placement import series_context
 from kscand.core.room import default_target
-from kscand.core.scanner import ScanEnd, Scanner, plan_scan
+from kscand.core.scanner import Scanner
+from kscand.core.scanplan import ScanEnd, plan_scan
 from kscand.core.stats import PageSkip, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import ProcessGone, Unsupported
