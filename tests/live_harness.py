@@ -94,22 +94,25 @@ class Spawner:
         self.children: dict[int, int] = {}  # pid -> start time, as started
         self.lock = threading.Lock()
 
-    def _ask(self, line: str) -> str:
+    def _ask_locked(self, line: str) -> str:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        with self.lock:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-            return self.proc.stdout.readline().strip()
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
 
     def spawn(self, lifetime_s: float, size_bytes: int = 256 << 10) -> ProcessId:
-        pid_text, start_text = self._ask(f"spawn {lifetime_s} {size_bytes}").split()
-        proc = ProcessId(int(pid_text), int(start_text))
-        self.children[proc.pid] = proc.start_time
+        # Registered under the lock the identity check takes: the child may name itself
+        # (and be scanned and moved by the daemon thread) before the reply is read.
+        with self.lock:
+            pid_text, start_text = self._ask_locked(f"spawn {lifetime_s} {size_bytes}").split()
+            proc = ProcessId(int(pid_text), int(start_text))
+            self.children[proc.pid] = proc.start_time
         wait_named(proc.pid)  # selected by comm: not before it renamed itself
         return proc
 
     def reap(self) -> list[int]:
-        reply = self._ask("reap")
+        with self.lock:
+            reply = self._ask_locked("reap")
         return [] if reply == "-" else [int(p) for p in reply.split()]
 
     def close(self) -> None:
@@ -192,20 +195,23 @@ class MoveCall:
 class IdentityCheckingMover:
     """Wraps the real mover: records each move call and checks the pid's identity at it."""
 
-    def __init__(self, inner: object, children: dict[int, int]) -> None:
+    def __init__(self, inner: object, spawner: Spawner) -> None:
         self.inner = inner
-        self.children = children
+        self.spawner = spawner
         self.calls: list[MoveCall] = []
 
     def _identity_ok(self, pid: int) -> bool:
-        expected = self.children.get(pid)
-        if expected is None:
-            return False
+        """False for a move aimed at a live process other than the child the pid names."""
+        with self.spawner.lock:  # a child being spawned is registered first
+            expected = self.spawner.children.get(pid)
         try:
             with open(f"/proc/{pid}/stat") as f:
-                return parse_stat(f.read()).start_time == expected
+                stat = parse_stat(f.read())
         except (OSError, ValueError):
             return True  # gone: the syscall fails with ESRCH, nothing can move
+        if stat.state in ("Z", "X"):
+            return True  # exiting (another test's child being reaped): nothing to move
+        return expected is not None and stat.start_time == expected
 
     def move(self, pid: int, vaddrs: U64Array, nid: int) -> I32Array:
         self.calls.append(MoveCall(pid, int(vaddrs.size), time.monotonic_ns(),
