@@ -213,7 +213,8 @@ def _property(check: Callable[[Path, Any], None], strategy: Any, directory: Path
     def prop(data: Any) -> None:
         check(directory, data)
 
-    return with_seed(seed)(prop) if seed is not None else prop
+    out: Callable[[], None] = with_seed(seed)(prop) if seed is not None else prop
+    return out
 
 
 def run(targets: list[str], examples: int, seed: int | None) -> list[str]:

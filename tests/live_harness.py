@@ -216,10 +216,12 @@ class IdentityCheckingMover:
     def move(self, pid: int, vaddrs: U64Array, nid: int) -> I32Array:
         self.calls.append(MoveCall(pid, int(vaddrs.size), time.monotonic_ns(),
                                    self._identity_ok(pid)))
-        return self.inner.move(pid, vaddrs, nid)  # type: ignore[attr-defined]
+        out: I32Array = self.inner.move(pid, vaddrs, nid)  # type: ignore[attr-defined]
+        return out
 
     def query(self, pid: int, vaddrs: U64Array) -> I32Array:
-        return self.inner.query(pid, vaddrs)  # type: ignore[attr-defined]
+        out: I32Array = self.inner.query(pid, vaddrs)  # type: ignore[attr-defined]
+        return out
 
 
 class TwoTierHost(LinuxMachine):

@@ -226,7 +226,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
                                  "rate_per_s": 2e5},
                     "vmas": [{"kind": "anon", "size": "64MiB"}]}])
 
-    def numbers(seed: int) -> dict:
+    def numbers(seed: int) -> dict[str, Any]:
         out = run_scenario(sc, seed=seed).to_json()
         out.pop("wall_s")
         out.pop("peak_rss_mib")

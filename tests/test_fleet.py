@@ -45,7 +45,8 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 def kscand_container() -> dict[str, Any]:
     pod = manifests()["DaemonSet"]["spec"]["template"]["spec"]
-    (container,) = [c for c in pod["containers"] if c["name"] == "kscand"]
+    containers: list[dict[str, Any]] = pod["containers"]
+    (container,) = [c for c in containers if c["name"] == "kscand"]
     return container
 
 

@@ -27,7 +27,7 @@ junk = st.one_of(
 )
 
 
-def paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     out = [prefix] if prefix else []
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -41,7 +41,9 @@ def paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
 ALL_PATHS = paths(BASE)
 
 
-def mutate(doc: dict, path: tuple, action: str, value: Any) -> dict:
+def mutate(
+    doc: dict[str, Any], path: tuple[Any, ...], action: str, value: Any
+) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     parent = doc
     for key in path[:-1]:

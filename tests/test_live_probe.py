@@ -11,10 +11,11 @@ import pytest
 from conftest import require
 from fake_linux import FakeLinux, kpf
 
+from kscand.cgroups import in_cgroup, normalize_cgroup
 from kscand.errors import ConfigError, Unsupported
 from kscand.live import LiveClock, probe
 from kscand.live.features import Features, Topic, kpf_ksm_is_bogus, own_anon_page_kpageflags
-from kscand.live.processes import cgroup_v2_path, in_cgroup, normalize_cgroup
+from kscand.live.processes import cgroup_v2_path
 
 
 @pytest.fixture

@@ -24,13 +24,12 @@ from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entr
 from rich.console import Console
 
 import kscand.inspect.oneshot as oneshot
-import kscand.live.features as live_features
 from kscand.cgroups import in_cgroup
 from kscand.cli import main
 from kscand.cli.tables import print_table
 from kscand.daemon.control import ReplyShapeError, check_reply, decode_reply, request
 from kscand.daemon.loop import Daemon
-from kscand.daemon.rules import in_cgroup as rules_in_cgroup
+from kscand.daemon.rules import in_cgroup as rules_in_cgroup  # type: ignore[attr-defined]  # the one rules uses
 from kscand.daemon.statedir import socket_path
 from kscand.errors import AccessDenied, ConfigError, ProcessGone, TransientError
 from kscand.live import LinuxMachine
@@ -175,7 +174,7 @@ def test_target_node_refused_at_start_by_tune_and_on_reload(tmp_path: Path) -> N
 
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLinux]:
-    monkeypatch.setattr(live_features.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # the os live.features reads
     fake = FakeLinux(tmp_path / "root")
     fake.two_tier()
     fake.enable_page_idle(NODE1_PFN + 4096)
@@ -341,7 +340,7 @@ def test_kpageflags_eio_is_counted_and_the_process_kept(
 ) -> None:
     add(fake, 4242, "app")
     import kscand.live.linux as live_linux
-    real = live_linux.read_u64_at
+    real = live_linux.read_u64_at  # type: ignore[attr-defined]  # patched where it is used
     calls = {"n": 0}
 
     def flaky(fds: Any, idx: Any, gap: int) -> Any:
@@ -366,7 +365,9 @@ def test_kpageflags_eio_is_counted_and_the_process_kept(
                                       "/system.slice"])
 def test_one_in_cgroup_for_scan_and_rules(selected: str) -> None:
     assert rules_in_cgroup is in_cgroup
-    from kscand.live.processes import in_cgroup as scan_in_cgroup
+    from kscand.live.processes import (  # type: ignore[attr-defined]  # the one scan uses
+        in_cgroup as scan_in_cgroup,
+    )
     assert scan_in_cgroup is in_cgroup
     assert in_cgroup("/system.slice/a.service", selected)
     assert not in_cgroup("/system.slicer", selected)

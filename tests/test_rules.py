@@ -9,9 +9,10 @@ import pytest
 from daemon_fakes import FAST_TUNABLES, DaemonThread, FakeMachine, write_config
 from simkit import slot_of
 
+from kscand.cgroups import in_cgroup
 from kscand.cli import main as cli_main
 from kscand.config import ProcessRule, config_from_text
-from kscand.daemon.rules import RuleScalePolicy, first_match, in_cgroup
+from kscand.daemon.rules import RuleScalePolicy, first_match
 from kscand.errors import ConfigError, ProcessGone
 from kscand.machine import ProcessId, ProcessInfo
 

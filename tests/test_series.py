@@ -158,7 +158,7 @@ def test_throttling_scans_an_idle_process_at_least_4x_less_often() -> None:
 
 
 def test_trace_events_carry_the_series_fields() -> None:
-    events: list[tuple[str, dict]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
     sc = scenario([{"name": "p", "placement": "slow", "workload": HOT,
                     "vmas": [{"kind": "anon", "size": "4MiB"}]}])
     machine = SimMachine(sc)

@@ -24,7 +24,7 @@ from kscand.evaluation.policies import RunSpec
 from kscand.machine import PAGE_SIZE
 from kscand.sim.machine import SimMachine
 from kscand.sim.metrics import access_weighted, sample_weights_s
-from kscand.sim.run import run_end_s, run_scenario
+from kscand.sim.run import SimReport, run_end_s, run_scenario
 from kscand.sim.scenario import Scenario
 
 TRACE = "time_s,pid,address,count\n0.5,7,0x10000000,100\n1.5,7,0x10001000,300\n"
@@ -70,7 +70,9 @@ def replay(machine: SimMachine):  # type: ignore[no-untyped-def]
     return next(p for p in machine.alive() if p.name == "replay")
 
 
-def run_scripted(sc, moves):  # type: ignore[no-untyped-def]
+def run_scripted(
+    sc: Scenario, moves: list[tuple[float, int, int]]
+) -> tuple[SimMachine, PromotionLedger, SimReport]:
     machine = SimMachine(sc)
     ledger = PromotionLedger(machine)
     report = run_scenario(sc, machine=machine, policy=lambda m, s: Scripted(m, moves),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from simkit import machine_and_engine, run_steps, scenario
@@ -19,7 +21,7 @@ from kscand.sim.metrics import Sampler, oracle_top_rates
     ],
     ids=lambda w: w["kind"],
 )
-def test_incremental_node_sums_match_a_full_recount(workload: dict) -> None:
+def test_incremental_node_sums_match_a_full_recount(workload: dict[str, Any]) -> None:
     sc = scenario([{"name": "app", "placement": "slow", "workload": workload,
                     "vmas": [{"kind": "anon", "size": "32MiB"}, {"kind": "anon-thp", "size": "8MiB"}]}])
     machine, engine = machine_and_engine(sc)

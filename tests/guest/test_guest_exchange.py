@@ -76,7 +76,8 @@ def filler_before_status(scenario: Scenario) -> dict[str, Any]:
     """The filler's last own placement report measured before the daemon's last counters."""
     written_at = float(scenario["status"]["written_at"])
     ready_wall = float(scenario["filler"]["ready_wall"])
-    lines = [x for x in scenario["filler_timeline"] if ready_wall + x["t_end_s"] <= written_at]
+    timeline: list[dict[str, Any]] = scenario["filler_timeline"]
+    lines = [x for x in timeline if ready_wall + x["t_end_s"] <= written_at]
     assert lines, f"no filler placement before the status\n{scenario.explain()}"
     return lines[-1]
 

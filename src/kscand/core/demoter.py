@@ -49,7 +49,8 @@ def deficit_pages(topology: Topology, watermark_pct: float) -> dict[int, int]:
 def cold_mask(history: np.ndarray, seen: np.ndarray, idle_scans: int) -> BoolArray:
     """Folios idle in each of the last idle_scans scans (and seen at least that often)."""
     window = np.uint8((1 << idle_scans) - 1)
-    return ((history & window) == 0) & (seen >= idle_scans)
+    out: BoolArray = ((history & window) == 0) & (seen >= idle_scans)
+    return out
 
 
 def demotion_target(topology: Topology, tunables: Tunables) -> int | None:

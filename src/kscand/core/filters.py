@@ -71,7 +71,8 @@ NR_PAGE_SKIP = len(PageSkip)
 
 def page_skip_codes(flags: U32Array) -> npt.NDArray[np.uint8]:
     """PageSkip code of each page. flags: uint32 (n,) PageFlag bits -> uint8 (n,)."""
-    return PAGE_SKIP_TABLE[flags & _KEY_MASK]
+    out: npt.NDArray[np.uint8] = PAGE_SKIP_TABLE[flags & _KEY_MASK]
+    return out
 
 
 def folio_sizes(flags: U32Array) -> npt.NDArray[np.int64]:

@@ -63,14 +63,16 @@ def heat_bins(rates: F64Array) -> U8Array:
     """Heat bins of access rates: 1 at or under the floor, +HEAT_BINS_PER_OCTAVE per doubling."""
     ratio = np.maximum(rates, HEAT_RATE_FLOOR_PER_S) / HEAT_RATE_FLOOR_PER_S
     bins = 1 + np.floor(np.log2(ratio) * HEAT_BINS_PER_OCTAVE)
-    return np.clip(bins, 1, NR_HEAT_BINS - 1).astype(np.uint8)
+    out: U8Array = np.clip(bins, 1, NR_HEAT_BINS - 1).astype(np.uint8)
+    return out
 
 
 def rate_of_bin(heat: int) -> float:
     """The lowest rate (accesses/s) of a heat bin (0 for bin 0: no evidence)."""
     if heat <= 0:
         return 0.0
-    return HEAT_RATE_FLOOR_PER_S * 2.0 ** ((heat - 1) / HEAT_BINS_PER_OCTAVE)
+    out: float = HEAT_RATE_FLOOR_PER_S * 2.0 ** ((heat - 1) / HEAT_BINS_PER_OCTAVE)
+    return out
 
 
 _SIDE = HISTORY_BITS + 1
@@ -184,7 +186,8 @@ def heat_of(
     table = _heat_table_cached(
         max(1, round(interval_s * 1e3)), max(0, round(reprobe_s * 1e3)), bound
     )
-    return table[kn_long * np.uint16(_NR_KN) + kn_short]
+    out: U8Array = table[kn_long * np.uint16(_NR_KN) + kn_short]
+    return out
 
 
 def heat_histogram(heat: U8Array, nr_pages: npt.NDArray[np.int64] | None) -> npt.NDArray[np.int64]:

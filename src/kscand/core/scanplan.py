@@ -50,7 +50,8 @@ def next_stop(start: int, vma_end: int, budget_bytes: int) -> int:
 def hot_mask(history: npt.NDArray[np.uint8], depth: int) -> BoolArray:
     """Hot folios: accessed in each of the last depth scans. uint8 (n,) -> bool (n,)."""
     need = np.uint8((1 << depth) - 1)
-    return (history & need) == need
+    out: BoolArray = (history & need) == need
+    return out
 
 
 def pages_in(mask: BoolArray, nr_pages: I64Array | None) -> int:

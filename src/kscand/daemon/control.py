@@ -63,7 +63,7 @@ def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
 
 
 def _expect_int_map(value: Any, what: str) -> dict[str, int]:
-    mapping = _expect(value, dict, what)
+    mapping: dict[str, int] = _expect(value, dict, what)
     for name, count in mapping.items():
         _expect(count, int, f"{what}.{name}")
     return mapping
@@ -77,9 +77,9 @@ _PROCESS_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def check_status(status: Any) -> dict[str, Any]:
+def check_status(reply: Any) -> dict[str, Any]:
     """A status object (socket reply or state file) with the shape `kscand status` reads."""
-    status = _expect(status, dict, "status")
+    status: dict[str, Any] = _expect(reply, dict, "status")
     for name in ("totals", "access_source_counters"):
         if status.get(name) is not None:
             _expect_int_map(status[name], name)

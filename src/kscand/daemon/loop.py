@@ -169,7 +169,8 @@ class Daemon:
 
     def scale_in_loop(self, pid: int, scale: int) -> list[dict[str, Any]]:
         """Set the scale of the scanned process(es) with this pid, in the loop thread."""
-        return self.call_in_loop(lambda: self._set_scale(pid, scale))
+        out: list[dict[str, Any]] = self.call_in_loop(lambda: self._set_scale(pid, scale))
+        return out
 
     def call_in_loop(self, fn: Callable[[], Any], timeout_s: float = LOOP_CALL_TIMEOUT_S) -> Any:
         """Run fn in the loop thread between steps (the only thread that may touch the

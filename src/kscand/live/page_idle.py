@@ -56,7 +56,8 @@ def young_from_words(
     values: U64Array, inverse: npt.NDArray[np.intp], pfn: U64Array
 ) -> BoolArray:
     """Accessed = idle bit clear. values: uint64 (w,) words read; -> bool (n,)."""
-    return (values[inverse] & bitmap_bit_of(pfn)) == 0
+    out: BoolArray = (values[inverse] & bitmap_bit_of(pfn)) == 0
+    return out
 
 
 class PageIdleBitmap:

@@ -238,7 +238,8 @@ def parse_smaps_vmflags(text: str) -> dict[tuple[int, int, str, int, int], VmFla
 
 def pagemap_present(entries: U64Array) -> npt.NDArray[np.bool_]:
     """Present pages. uint64 (n,) pagemap entries -> bool (n,)."""
-    return (entries & PM_PRESENT) != 0
+    out: npt.NDArray[np.bool_] = (entries & PM_PRESENT) != 0
+    return out
 
 
 def pagemap_pfn(entries: U64Array) -> U64Array:
@@ -292,7 +293,8 @@ def shared_mask(entries: U64Array, kflags: U64Array, kcount: U64Array) -> npt.ND
     """
     anon = (kflags & _kpf(KPF_ANON)) != 0
     exclusive = (entries & PM_MMAP_EXCLUSIVE) != 0
-    return (anon & ~exclusive) | (kcount > np.uint64(1))
+    out: npt.NDArray[np.bool_] = (anon & ~exclusive) | (kcount > np.uint64(1))
+    return out
 
 
 def kpagecount_needed(entries: U64Array) -> npt.NDArray[np.bool_]:
@@ -305,7 +307,9 @@ def kpagecount_needed(entries: U64Array) -> npt.NDArray[np.bool_]:
     file page needs kpagecount: reading it for every page would double the
     kernel work of a scan for no change in the result.
     """
-    return pagemap_present(entries) & ((entries & (PM_MMAP_EXCLUSIVE | PM_FILE)) == PM_FILE)
+    file_shared = (entries & (PM_MMAP_EXCLUSIVE | PM_FILE)) == PM_FILE
+    out: npt.NDArray[np.bool_] = pagemap_present(entries) & file_shared
+    return out
 
 
 def decode_pages(

@@ -475,4 +475,5 @@ def _expected_accesses(vma: SimVma, pages_at: wl.PageIndex, now_s: float) -> wl.
     heads = page_idx - page_idx % HPAGE_PMD_NR
     sub = (heads[:, None] + np.arange(HPAGE_PMD_NR)).ravel()
     per_page = vma.workload.integral(sub, np.repeat(t0, HPAGE_PMD_NR), now_s)
-    return per_page.reshape(-1, HPAGE_PMD_NR).sum(axis=1)
+    out: wl.F32Array = per_page.reshape(-1, HPAGE_PMD_NR).sum(axis=1)
+    return out

@@ -113,7 +113,8 @@ def unit_rates_of(workload: Workload, units: IdxArray, unit_pages: int, t_s: flo
         return workload.rates_of(units, t_s).astype(np.float64)
     sub = (units[:, None] * unit_pages + np.arange(unit_pages)).ravel()
     rates = workload.rates_of(sub, t_s).astype(np.float64)
-    return rates.reshape(-1, unit_pages).sum(axis=1)
+    out: F64Array = rates.reshape(-1, unit_pages).sum(axis=1)
+    return out
 
 
 def poisson_next_access_s(

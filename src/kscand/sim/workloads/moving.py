@@ -118,7 +118,8 @@ class Sequential:
         first = units.astype(np.float64) * unit_pages
         pos = speed * t0_s
         sweeps = np.floor((pos - first) / n) + 1  # next pass strictly after t0
-        return (first + sweeps * n) / speed
+        out: F64Array = (first + sweeps * n) / speed
+        return out
 
     def rates(self, t_s: float) -> F32Array:
         return np.full(self.nr_pages, self.pages_per_s / max(self.nr_pages, 1), dtype=np.float32)

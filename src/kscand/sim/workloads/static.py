@@ -37,7 +37,8 @@ class StaticRates:
 
     def integral(self, idx: PageIndex, t0_s: F32Array, t1_s: float) -> F32Array:
         dt = np.maximum(np.float32(t1_s) - t0_s, np.float32(0.0))
-        return self.base[idx] * dt
+        out: F32Array = self.base[idx] * dt
+        return out
 
     def hot(self, t_s: float) -> npt.NDArray[np.bool_]:
         return self.hot_pages

@@ -128,7 +128,7 @@ def _trace_records(trace: Trace, trace_pid: int, where: str) -> npt.NDArray[np.b
     """The records of one trace pid (-1: all); raises ConfigError when there are none."""
     if trace_pid < 0:
         return np.ones(trace.pid.shape[0], dtype=np.bool_)
-    keep = trace.pid == trace_pid
+    keep: npt.NDArray[np.bool_] = trace.pid == trace_pid
     if not keep.any():
         raise ConfigError(f"{where}: no records for pid {trace_pid}")
     return keep
