@@ -256,3 +256,43 @@ class Machine(Protocol):
         (ESRCH).
         """
         ...
+
+
+class MachineProxy:
+    """A Machine that forwards every call to another one: the base of the decorators
+    (the daemon's stop guard, `kscand scan`'s observer, test wrappers), which override
+    only the calls they change."""
+
+    def __init__(self, inner: Machine) -> None:
+        self.inner = inner
+
+    @property
+    def clock(self) -> Clock:
+        return self.inner.clock
+
+    def topology(self) -> Topology:
+        return self.inner.topology()
+
+    def processes(self) -> list[ProcessId]:
+        return self.inner.processes()
+
+    def is_alive(self, proc: ProcessId) -> bool:
+        return self.inner.is_alive(proc)
+
+    def describe(self, proc: ProcessId) -> ProcessInfo:
+        return self.inner.describe(proc)
+
+    def vmas(self, proc: ProcessId) -> list[Vma]:
+        return self.inner.vmas(proc)
+
+    def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
+        return self.inner.read_range(proc, start, end)
+
+    def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
+        return self.inner.read_pages(proc, vaddrs)
+
+    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
+        return self.inner.test_and_clear_young(proc, pages)
+
+    def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
+        return self.inner.move_pages(proc, vaddrs, nid)

@@ -11,25 +11,14 @@ import time
 from collections.abc import Callable
 
 from kscand.daemon.metrics import DurationHistogram
-from kscand.machine import (
-    BoolArray,
-    Clock,
-    I32Array,
-    Machine,
-    PageBatch,
-    ProcessId,
-    ProcessInfo,
-    Topology,
-    U64Array,
-    Vma,
-)
+from kscand.machine import I32Array, Machine, MachineProxy, PageBatch, ProcessId, U64Array, Vma
 
 
 class StepAbandoned(Exception):
     """Raised into the engine by StopGuard when a stop is requested mid-step."""
 
 
-class StopGuard:
+class StopGuard(MachineProxy):
     """The Machine as the engine sees it in the daemon: each range read or move batch
     first checks for a stop request (see kscand.daemon); move batches are timed."""
 
@@ -39,47 +28,31 @@ class StopGuard:
         stopping: Callable[[], bool],
         move_batch: DurationHistogram | None = None,
     ) -> None:
-        self._machine = machine
+        super().__init__(machine)
         self._stopping = stopping
         self._move_batch = move_batch
-        self.clock: Clock = machine.clock
 
     def _check(self) -> None:
         if self._stopping():
             raise StepAbandoned
 
-    def topology(self) -> Topology:
-        return self._machine.topology()
-
-    def processes(self) -> list[ProcessId]:
-        return self._machine.processes()
-
-    def describe(self, proc: ProcessId) -> ProcessInfo:
-        return self._machine.describe(proc)
-
-    def is_alive(self, proc: ProcessId) -> bool:
-        return self._machine.is_alive(proc)
-
     def vmas(self, proc: ProcessId) -> list[Vma]:
         self._check()
-        return self._machine.vmas(proc)
+        return self.inner.vmas(proc)
 
     def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
         self._check()
-        return self._machine.read_range(proc, start, end)
+        return self.inner.read_range(proc, start, end)
 
     def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
         self._check()
-        return self._machine.read_pages(proc, vaddrs)
-
-    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
-        return self._machine.test_and_clear_young(proc, pages)
+        return self.inner.read_pages(proc, vaddrs)
 
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         self._check()
         start_ns = time.monotonic_ns()
         try:
-            return self._machine.move_pages(proc, vaddrs, nid)
+            return self.inner.move_pages(proc, vaddrs, nid)
         finally:
             if self._move_batch is not None:
                 self._move_batch.observe_ns(time.monotonic_ns() - start_ns)

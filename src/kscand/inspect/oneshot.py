@@ -32,16 +32,14 @@ from kscand.errors import ProcessGone, Unsupported
 from kscand.live.linux import LinuxMachine
 from kscand.machine import (
     BoolArray,
-    Clock,
     I32Array,
     I64Array,
+    MachineProxy,
     PageBatch,
     PageFlag,
     ProcessId,
-    ProcessInfo,
     Topology,
     U64Array,
-    Vma,
 )
 
 WHOLE_PROCESS_BYTES = 1 << 40  # the largest scan_size_bytes: one pass covers everything
@@ -73,16 +71,12 @@ class PassRecord:
     elapsed_s: float = 0.0
 
 
-class ObservingMachine:
+class ObservingMachine(MachineProxy):
     """Delegates to a LinuxMachine, records each pass, and never moves a page."""
 
     def __init__(self, inner: LinuxMachine) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.passes: list[PassRecord] = []
-
-    @property
-    def clock(self) -> Clock:
-        return self.inner.clock
 
     @property
     def current(self) -> PassRecord:
@@ -91,21 +85,6 @@ class ObservingMachine:
     def begin_pass(self) -> PassRecord:
         self.passes.append(PassRecord())
         return self.current
-
-    def topology(self) -> Topology:
-        return self.inner.topology()
-
-    def processes(self) -> list[ProcessId]:
-        return self.inner.processes()
-
-    def describe(self, proc: ProcessId) -> ProcessInfo:
-        return self.inner.describe(proc)
-
-    def is_alive(self, proc: ProcessId) -> bool:
-        return self.inner.is_alive(proc)
-
-    def vmas(self, proc: ProcessId) -> list[Vma]:
-        return self.inner.vmas(proc)
 
     def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
         batch = self.inner.read_range(proc, start, end)
@@ -121,9 +100,6 @@ class ObservingMachine:
         _add_by_nid(record.eligible_by_nid, batch.nid[eligible], folio_sizes(batch.flags)[eligible])
         record.eligible_vaddr.append(batch.vaddr[eligible])
         return batch
-
-    def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
-        return self.inner.read_pages(proc, vaddrs)
 
     def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
         young = self.inner.test_and_clear_young(proc, pages)
