@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,8 +18,11 @@ def _dry_run(tmp_path: Path, target: str) -> list[str]:
         pytest.skip("make is not installed")
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    proc = subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60, check=True)
+    # A fresh top-level make: under `make test` the parent's MAKEFLAGS/MAKELEVEL would
+    # make this one print "make[1]: Entering directory" lines among the recipes.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", target], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=True, env=env)
     return proc.stdout.splitlines()
 
 
