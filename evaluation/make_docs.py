@@ -136,6 +136,10 @@ def value(data: dict[str, Any], label: str, field: str) -> str:
         return f"{v * 4096 / (1 << 30):.2f} GiB"
     if field.endswith("_ns"):
         return f"{v / 1e6:,.0f} ms"
+    if field.endswith("_ratio"):
+        return f"{v:.2f}"
+    if isinstance(v, float):
+        return f"{v:,.3g}"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
