@@ -102,9 +102,23 @@ class Workload(Protocol):
 
 
 def epoch_bounds_every(t_s: float, epoch_s: float) -> tuple[float, float]:
-    """[start, end) of the epoch holding t_s, epoch k being [k, k + 1) * epoch_s."""
+    """[start, end) of the epoch holding t_s, epoch k being the t with t // epoch_s == k.
+
+    The bounds are the first floats of epoch k and of epoch k + 1 as `//` sees them:
+    (k + 1) * epoch_s itself may still divide down to k (a policy stepping to it would
+    read the old epoch's rates there).
+    """
     k = t_s // epoch_s
-    return k * epoch_s, (k + 1) * epoch_s
+    start, end = k * epoch_s, (k + 1) * epoch_s
+    while start // epoch_s < k:
+        start = math.nextafter(start, math.inf)
+    while start > 0 and math.nextafter(start, -math.inf) // epoch_s >= k:
+        start = math.nextafter(start, -math.inf)
+    while end // epoch_s <= k:
+        end = math.nextafter(end, math.inf)
+    while math.nextafter(end, -math.inf) // epoch_s > k:
+        end = math.nextafter(end, -math.inf)
+    return start, end
 
 
 def unit_rates_of(workload: Workload, units: IdxArray, unit_pages: int, t_s: float) -> F64Array:
