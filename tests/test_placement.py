@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -119,19 +120,24 @@ def test_the_threshold_fills_the_node_exactly_hottest_first() -> None:
     assert plan.short and plan.threshold > 1
 
 
-def test_exchange_demotes_the_warm_for_the_hot_without_ping_pong() -> None:
-    """The warm process comes first and fills the node; the hot one arrives later and
-    takes its place by exchange; a minute of steady state moves no page back and forth."""
-    sc = scenario(
-        [{"name": "warm", "placement": "slow", "workload": per_page(1.0, 64),
+def warm_then_hot(warm_rate_per_s: float, periods: Mapping[str, object]) -> Scenario:
+    """A 64 MiB warm process on the slow node first, a 40/s hot 8 MiB one from 8 s on;
+    the top node holds 32 MiB."""
+    return scenario(
+        [{"name": "warm", "placement": "slow", "workload": per_page(warm_rate_per_s, 64),
           "vmas": [{"kind": "anon", "size": "64MiB"}]},
          {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
           "vmas": [{"kind": "anon", "size": "8MiB"}]}],
         nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
                {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
-        tunables={**SERIES_PERIODS, "target_free_min_pct": 0},
+        tunables={**periods, "target_free_min_pct": 0},
     )
-    machine, engine = machine_and_engine(sc)
+
+
+def test_exchange_demotes_the_warm_for_the_hot_without_ping_pong() -> None:
+    """The warm process comes first and fills the node; the hot one arrives later and
+    takes its place by exchange; a minute of steady state moves no page back and forth."""
+    machine, engine = machine_and_engine(warm_then_hot(1.0, SERIES_PERIODS))
     run_for(machine, engine, 60.0)
     warm, hot = (machine.procs[p.pid] for p in machine.processes())
     assert int((hot.vmas[0].nid == 0).sum()) == 8 * PAGES_PER_MIB
@@ -294,16 +300,7 @@ def test_exchange_ranks_pages_accessed_in_every_scan_by_their_re_probes() -> Non
     evidence: eight accessed re-probes bound a page from below only (at 10/s, 99 %)."""
     periods = {**SERIES_PERIODS, "mm_scan_period_ms": 2000, "scan_period_min_ms": 2000,
                "scan_period_max_ms": 2000}
-    sc = scenario(
-        [{"name": "warm", "placement": "slow", "workload": per_page(4.0, 64),
-          "vmas": [{"kind": "anon", "size": "64MiB"}]},
-         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
-          "vmas": [{"kind": "anon", "size": "8MiB"}]}],
-        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
-               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
-        tunables={**periods, "target_free_min_pct": 0},
-    )
-    machine, engine = machine_and_engine(sc)
+    machine, engine = machine_and_engine(warm_then_hot(4.0, periods))
     run_for(machine, engine, 60.0)
     warm, hot = (machine.procs[p.pid] for p in machine.processes())
     assert int((hot.vmas[0].nid == 0).sum()) == 8 * PAGES_PER_MIB
@@ -348,16 +345,7 @@ def test_the_re_probe_delay_does_not_chase_its_own_threshold() -> None:
     were found again; at 200 ms, 55 % of them and all the 40/s ones)."""
     periods = {**SERIES_PERIODS, "mm_scan_period_ms": 2000, "scan_period_min_ms": 2000,
                "scan_period_max_ms": 2000}
-    sc = scenario(
-        [{"name": "warm", "placement": "slow", "workload": per_page(4.0, 64),
-          "vmas": [{"kind": "anon", "size": "64MiB"}]},
-         {"name": "hot", "placement": "slow", "workload": per_page(40.0, 8), "start_s": 8,
-          "vmas": [{"kind": "anon", "size": "8MiB"}]}],
-        nodes=[{"nid": 0, "capacity": "32MiB", "cpus": True, "tier": 4},
-               {"nid": 1, "capacity": "1GiB", "cpus": False, "tier": 67}],
-        tunables={**periods, "target_free_min_pct": 0},
-    )
-    machine, engine = machine_and_engine(sc)
+    machine, engine = machine_and_engine(warm_then_hot(4.0, periods))
     delays = [0.1]
     end_ns = int(60e9)
     while machine.clock.now_ns() < end_ns:
