@@ -555,3 +555,20 @@ def test_counters_of_exited_processes_are_pruned_and_totals_kept(tmp_path: Path)
         assert stats.total["nr_kscand_migrated"] == 4 * nr_procs  # totals keep them
     finally:
         run.stop()
+
+
+def test_the_backend_s_young_scans_reach_the_engine(tmp_path: Path) -> None:
+    """DAMON's regions blur hot runs' edges: the live backend asks for 3 consecutive
+    accessed scans (kscand.live.DAMON_YOUNG_SCANS) and the daemon's engine uses it while
+    promote_young_scans is 0."""
+    import dataclasses
+
+    from kscand.live import DAMON_YOUNG_SCANS
+
+    assert DAMON_YOUNG_SCANS == 3
+    backend = dataclasses.replace(fake_backend(FakeMachine()), source_young_scans=3)
+    daemon = Daemon(make_config(tmp_path / "s"), backend)
+    try:
+        assert daemon.engine.source_young_scans == 3
+    finally:
+        daemon.close()

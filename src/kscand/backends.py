@@ -45,6 +45,9 @@ class Backend:
     tunables: Tunables | None = None
     # Scales the machine gives processes no [[process]] rule matches (a scenario's `scale`).
     scale_policy: ScalePolicy | None = None
+    # What promote_young_scans = 0 means here: consecutive accessed scans the access source
+    # needs before a page's evidence counts (kscand.live.damon.DAMON_YOUNG_SCANS for DAMON).
+    source_young_scans: int = 1
 
 
 def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys") -> Backend:
@@ -87,6 +90,7 @@ def open_live_backend(config: Config, procfs: str = "/proc", sysfs: str = "/sys"
         access_source_reason=machine.access_source_reason,
         close=machine.close,
         access_counters=machine.access_counters,
+        source_young_scans=live.DAMON_YOUNG_SCANS if machine.access_source_name == "damon" else 1,
     )
 
 

@@ -4,8 +4,9 @@
 - idle kernel: access_source = "page_idle"; stock Debian 6.12: access_source = "damon".
 - Tunables (FAST_TUNABLES in testbed/scenarios.py): scan_delay_ms = 0, a 200 ms scan
   period for page_idle (1.5 s for DAMON, whose snapshots refresh once a second),
-  default_scale = 1; for DAMON also hot_history_depth = 3 (its regions blur the edges
-  of the hot run; see the comment there); everything else is the default.
+  default_scale = 1; everything else is the default (on DAMON, whose regions blur the
+  edges of the hot run, that is 3 consecutive accessed scans before a promotion:
+  promote_young_scans; see the comment there).
 - "promote": a 256 MiB workload bound to node 1 touches a hot 10 % in a loop (pages
   scattered at random for page_idle; one contiguous run for DAMON, whose regions cannot
   single out scattered pages and blur the edges of runs) and shares an 8 MiB MAP_SHARED

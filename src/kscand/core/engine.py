@@ -88,8 +88,12 @@ class Kscand:
         stats: Stats | None = None,
         trace: Tracer | None = None,
         scale_policy: ScalePolicy | None = None,
+        source_young_scans: int = 1,
     ) -> None:
+        """source_young_scans: what promote_young_scans = 0 means on this machine's access
+        source (1 for page-exact Accessed bits; the live backend says 3 for DAMON)."""
         self.machine = machine
+        self.source_young_scans = max(1, source_young_scans)
         self.tunables = tunables
         self.stats = stats if stats is not None else Stats()
         self.trace: Tracer = trace or _no_trace
@@ -164,6 +168,7 @@ class Kscand:
             tunables=t,
             demote_wanted=self.demoter.wanted(topology, t),
             reprobe_s=self.reprobe_delay.current_s(plans, t) if t.rank_hotness else 0.0,
+            young_scans=t.promote_young_scans or self.source_young_scans,
         )
         return self._ctx
 

@@ -129,6 +129,7 @@ class ScanContext:
     tunables: Tunables
     demote_wanted: bool  # the watermark demoter wants cold top-tier folios
     reprobe_s: float = 0.0  # this step's re-probe delay (0: no re-probe)
+    young_scans: int = 1  # promote_young_scans resolved for the access source
 
     @property
     def now_s(self) -> float:

@@ -261,6 +261,9 @@ class Scanner:
         target = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
         want = ~is_toptier(j.folios.nid, ctx.toptier) & (heat > 0)
         want &= heat.astype(np.int16) >= ctx.threshold_for(target)
+        early = self._too_early(j, ctx)
+        if early is not None:
+            want &= ~early  # counted when judged (judge() sees them again)
         pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
         if pinned is not None:
             want &= ~pinned
@@ -292,6 +295,10 @@ class Scanner:
         want = hot & ~on_top
         if queued is not None:
             want &= ~queued
+        early = self._too_early(j, ctx)
+        if early is not None and (want & early).any():
+            self.stats.add(proc, "skip_young_scans", pages_in(want & early, j.nr_pages))
+            want &= ~early
         if pinned is not None and (want & pinned).any():
             self.stats.add(proc, "skip_ping_pong_guard", pages_in(want & pinned, j.nr_pages))
             want &= ~pinned
@@ -350,6 +357,15 @@ class Scanner:
             if first_pass:  # no complete pass yet: what was seen so far stands for the process
                 add_into(slot.heat_contrib, key, counts)
                 self.ledger.add(key, counts)
+
+    @staticmethod
+    def _too_early(j: Judged, ctx: ScanContext) -> BoolArray | None:
+        """Folios not yet found accessed in ctx.young_scans consecutive scans (None: no such
+        rule). A re-probe does not count: on DAMON it reads the same regions again."""
+        if ctx.young_scans <= 1:
+            return None
+        history = j.slot.history_chunk(j.chunk_base)[j.offsets]
+        return ~hot_mask(history, ctx.young_scans)
 
     def _pinned(
         self, slot: MmSlot, chunk_base: int, offsets: npt.NDArray[np.intp], now_s: float

@@ -84,6 +84,12 @@ class Tunables:
         "series rule (rank_hotness = false): consecutive scans a page must be found accessed "
         "in to be hot (2 = the series' second access; 1 = first touch promotes)",
     )
+    promote_young_scans: int = _knob(
+        0, 0, 8, "scans", "rank mode: consecutive scans a slow-tier page must be found accessed "
+        "in before it may be promoted; 0 = the access source's: 1 where Accessed bits are "
+        "page-exact (page_idle, the simulator), 3 with DAMON, whose region edges straddle hot "
+        "and cold pages for a snapshot or two"
+    )
     target_node: int = _knob(
         -1, -1, 1023, "nid", "promotion target; -1 = the first top-tier node (must be top tier)"
     )

@@ -81,7 +81,8 @@ class Daemon:
         guard = StopGuard(backend.machine, self.stopping, self.move_batch_durations)
         self.scale_policy = RuleScalePolicy(guard, config.process_rules, backend.scale_policy)
         self.engine = Kscand(
-            guard, config.tunables, trace=self.trace, scale_policy=self.scale_policy
+            guard, config.tunables, trace=self.trace, scale_policy=self.scale_policy,
+            source_young_scans=backend.source_young_scans,
         )
         self._metrics: MetricsServer | None = None  # when daemon.metrics is set
         self.counters = DaemonCounters()

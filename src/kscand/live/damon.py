@@ -48,6 +48,14 @@ from kscand.live.damon_sysfs import (
 )
 from kscand.machine import PAGE_SIZE, BoolArray, PageBatch, ProcessId
 
+# Consecutive scans a page must be found accessed in before kscand promotes it on this
+# source (the promote_young_scans tunable's 0). DAMON judges regions, and a region
+# holding the edge of a hot run looks accessed for a snapshot or two while it splits and
+# merges: in the testbed's guest, with first evidence, 5.3 % of the cold pages next to a
+# 25 MiB hot run were promoted (CI, 2026-12-02); the series' rule with 3 kept 99.6-100 %
+# of them in place over 5 runs (testbed/scenarios.py).
+DAMON_YOUNG_SCANS = 3
+
 
 @dataclass(eq=False, slots=True)
 class KdamondSlot:
