@@ -17,6 +17,9 @@ TWO_TIER_NODES = [
 # Throttling off: every process is scanned at every step, from the first one.
 UNTHROTTLED = {"scan_delay_ms": 0, "mm_scan_period_ms": 1, "scan_period_min_ms": 1,
                "scan_period_max_ms": 1, "default_scale": 1}
+# Steps (20 ms apart) that reach past the default 100 ms re-probe, which a promotion
+# waits for on page-exact sources (kscand.core.scanner: short evidence).
+STEPS_PAST_REPROBE = 8
 HOT = {"kind": "uniform", "rate_per_s": 1e9}  # every page accessed between any two scans
 COLD = {"kind": "idle"}
 

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from simkit import COLD, HOT, machine_and_engine, moved_vaddrs, run_steps, scenario
+from simkit import (
+    COLD,
+    HOT,
+    STEPS_PAST_REPROBE,
+    machine_and_engine,
+    moved_vaddrs,
+    run_steps,
+    scenario,
+)
 
 from kscand.core.engine import Kscand
 from kscand.machine import PAGE_SIZE, ProcessId
@@ -46,7 +54,7 @@ def test_thp_is_promoted_as_one_folio() -> None:
     sc = scenario([{"name": "thp", "placement": "slow", "workload": HOT,
                     "vmas": [{"kind": "anon-thp", "size": "8MiB"}]}])
     machine, engine = machine_and_engine(sc)
-    run_steps(machine, engine, 3)
+    run_steps(machine, engine, STEPS_PAST_REPROBE)
     moved = sorted(moved_vaddrs(machine))
     assert len(moved) == 4  # four 2 MiB folios, one address each
     assert all(v % (2 * MiB) == 0 for v in moved)
@@ -188,7 +196,7 @@ def test_move_failures_are_counted_by_errno() -> None:
                     "vmas": [{"kind": "anon", "size": "16MiB"}]}],
                   sim={"ebusy_rate": 0.5})
     machine, engine = machine_and_engine(sc)
-    run_steps(machine, engine, 4)
+    run_steps(machine, engine, STEPS_PAST_REPROBE)
     total = engine.stats.total
     assert total["move_fail_ebusy"] > 0
     assert total["nr_kscand_migrate_failed"] == total["move_fail_ebusy"]
@@ -202,7 +210,7 @@ def test_target_node_tunable_must_name_a_top_tier_node() -> None:
                     "vmas": [{"kind": "anon", "size": "4MiB"}]}])
     sc = dataclasses.replace(sc, tunables=sc.tunables.replace(target_node=1))
     machine, engine = machine_and_engine(sc)
-    run_steps(machine, engine, 4)
+    run_steps(machine, engine, STEPS_PAST_REPROBE)
     assert not moved_vaddrs(machine)
     assert engine.stats.total["drop_no_target"] > 0
 

@@ -435,3 +435,45 @@ def test_promote_young_scans_keeps_a_page_seen_once_in_place() -> None:
         assert (engine.stats.total["nr_kscand_migrated"] > 0) is promoted, young_scans
         if not promoted:
             assert engine.stats.total["skip_young_scans"] > 0
+
+
+def _fill_run(promote_on_reprobe: bool, reprobe_queue_max: int | None = None) -> Kscand:
+    """A top tier with room; a hot process (every page 40 times a second) and a warm one
+    (every page once every 10 s: each scan finds some of it accessed)."""
+    sc = scenario(
+        [{"name": "hot", "placement": "slow", "workload": per_page(40.0, 8),
+          "vmas": [{"kind": "anon", "size": "8MiB"}]},
+         {"name": "warm", "placement": "slow", "workload": per_page(0.1, 32),
+          "vmas": [{"kind": "anon", "size": "32MiB"}]}],
+        tunables={**SERIES_PERIODS, "promote_on_reprobe": promote_on_reprobe},
+    )
+    machine = SimMachine(sc)
+    engine = Kscand(machine, sc.tunables)
+    if reprobe_queue_max is not None:
+        engine.reprobes.queue_max = reprobe_queue_max
+    run_for(machine, engine, 6.0)
+    return engine
+
+
+def test_free_room_takes_what_a_re_probe_saw_accessed() -> None:
+    """promote_on_reprobe: the hot pages are promoted, the warm ones (a scan's evidence
+    only: touched once in 10 s) stay where they are, and the wait is counted."""
+    strict = _fill_run(True)
+    assert strict.stats.total["nr_kscand_migrated"] >= 8 * PAGES_PER_MIB
+    assert strict.stats.total["skip_no_short_evidence"] > 0
+    loose = _fill_run(False)
+    assert loose.stats.total.get("skip_no_short_evidence", 0) == 0
+    # The warm process's pages moved only on the scan's evidence.
+    warm_strict = strict.stats.total["nr_kscand_migrated"] - 8 * PAGES_PER_MIB
+    warm_loose = loose.stats.total["nr_kscand_migrated"] - 8 * PAGES_PER_MIB
+    assert warm_strict < warm_loose / 10, (warm_strict, warm_loose)
+    assert warm_loose > 2 * PAGES_PER_MIB
+
+
+def test_without_a_re_probe_the_scan_s_evidence_stands() -> None:
+    """A full re-probe queue judges on the scan alone: nothing waits for a look that
+    will not come."""
+    engine = _fill_run(True, reprobe_queue_max=0)
+    assert engine.stats.total["reprobe_queue_full"] > 0
+    assert engine.stats.total["nr_kscand_migrated"] >= 8 * PAGES_PER_MIB
+    assert engine.stats.total.get("skip_no_short_evidence", 0) == 0

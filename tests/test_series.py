@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simkit import COLD, HOT, machine_and_engine, run_steps, scenario, slot_of
+from simkit import (
+    COLD,
+    HOT,
+    STEPS_PAST_REPROBE,
+    machine_and_engine,
+    run_steps,
+    scenario,
+    slot_of,
+)
 
 from kscand.core.engine import Kscand
 from kscand.machine import PAGE_SIZE
@@ -163,7 +171,7 @@ def test_trace_events_carry_the_series_fields() -> None:
                     "vmas": [{"kind": "anon", "size": "4MiB"}]}])
     machine = SimMachine(sc)
     engine = Kscand(machine, sc.tunables, trace=lambda e, f: events.append((e, f)))
-    run_steps(machine, engine, 3)
+    run_steps(machine, engine, STEPS_PAST_REPROBE)
     names = [e for e, _ in events]
     assert names[0] == "mm_enter"
     assert "scan_mm_start" in names and "scan_mm_end" in names and "scan_mm_migrate" in names

@@ -169,6 +169,9 @@ class Kscand:
             demote_wanted=self.demoter.wanted(topology, t),
             reprobe_s=self.reprobe_delay.current_s(plans, t) if t.rank_hotness else 0.0,
             young_scans=t.promote_young_scans or self.source_young_scans,
+            # Region sources (source_young_scans > 1) re-probe regions, not pages.
+            short_evidence=t.promote_on_reprobe and t.rank_hotness and t.reprobe_delay_ms > 0
+            and self.source_young_scans == 1,
         )
         return self._ctx
 

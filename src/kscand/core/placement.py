@@ -10,7 +10,8 @@ From the histograms and the node's free memory, a NodePlan per top-tier
 node: the threshold (the lowest bin such that the pages at or above it fit
 what the node can hold for scanned processes) and whether the node is short
 (not everything with evidence of access fits). While a node has room the
-threshold is bin 1: first evidence promotes.
+threshold is bin 1: first evidence promotes (on page-exact sources, the re-probe's:
+promote_on_reprobe).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class ScanContext:
     demote_wanted: bool  # the watermark demoter wants cold top-tier folios
     reprobe_s: float = 0.0  # this step's re-probe delay (0: no re-probe)
     young_scans: int = 1  # promote_young_scans resolved for the access source
+    short_evidence: bool = False  # promote_on_reprobe in force: a re-probe must have seen it
 
     @property
     def now_s(self) -> float:

@@ -84,6 +84,12 @@ class Tunables:
         "series rule (rank_hotness = false): consecutive scans a page must be found accessed "
         "in to be hot (2 = the series' second access; 1 = first touch promotes)",
     )
+    promote_on_reprobe: bool = _knob(
+        True, None, None, "bool", "rank mode on page-exact sources: promote a slow-tier page "
+        "only once a re-probe found it accessed (touched within reprobe_delay_ms of a clear: "
+        "about 1/delay accesses/s or more); false = on the scan's evidence too, which fills "
+        "free room sooner with warm pages at many more moves"
+    )
     promote_young_scans: int = _knob(
         0, 0, 8, "scans", "rank mode: consecutive scans a slow-tier page must be found accessed "
         "in before it may be promoted; 0 = the access source's: 1 where Accessed bits are "
