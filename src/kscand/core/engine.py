@@ -130,7 +130,7 @@ class Kscand:
         slot = self.mm_list.get(proc)
         if slot is None:
             return False
-        slot.scale = scale
+        self.mm_list.set_scale(slot, scale)
         return True
 
     def step(self) -> StepResult:
@@ -340,26 +340,22 @@ class Kscand:
 
         Visits at most mms_to_scan processes, looks at each listed one at most
         once: one pass's work is bounded by mms_to_scan x scan_size_max_bytes.
+        The mm list jumps to the due ones in ring order (its due heap), so a pass
+        costs what is due, not what is listed.
         """
         limit = self.tunables.mms_to_scan
         visited = 0
-        for _ in range(len(self.mm_list)):
-            if visited >= limit:
-                break
-            slot = self.mm_list.cursor()
+        self.mm_list.start_pass()
+        while visited < limit:
+            slot = self.mm_list.next_due(self.machine.clock.now_ns())
             if slot is None:
                 break
-            if self._due(slot):
-                self._scan_one(slot, self.context())
-                visited += 1
+            self._scan_one(slot, self.context())
+            visited += 1
             self.mm_list.advance()
+        for skipped in self.mm_list.end_pass():
+            self.stats.add(skipped.proc, "scan_skip_scale0")
         return visited
-
-    def _due(self, slot: MmSlot) -> bool:
-        if slot.scale == 0:
-            self.stats.add(slot.proc, "scan_skip_scale0")
-            return False
-        return self.machine.clock.now_ns() >= slot.next_scan_ns
 
     def _scan_one(self, slot: MmSlot, ctx: ScanContext) -> None:
         start_vaddr = slot.resume_vaddr
