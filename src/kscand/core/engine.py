@@ -30,7 +30,7 @@ from kscand.core.placement import (
     plan_nodes,
 )
 from kscand.core.reprobe import ReprobeQueue
-from kscand.core.room import default_target, headroom_pages, target_order
+from kscand.core.room import FreeRoom, default_target, headroom_pages, target_order
 from kscand.core.scanner import PING_PONG_WINDOW_S, Scanner
 from kscand.core.scanplan import ScanEnd, is_toptier, pages_in
 from kscand.core.stats import MigrateDrop, Stats
@@ -182,24 +182,25 @@ class Kscand:
             self.demoter.expire(min(self._step_start_ns - window_ns, self._prev_step_start_ns))
         if not self.migrator.nr_queued and not self.demoter.nr_queued:
             return  # nothing queued: no topology read (it re-reads every node's meminfo)
-        topology = self.machine.topology()
-        if self.demoter.nr_queued and self.demoter.wanted(topology, t):
-            self._note_demoted(self.demoter.demote(topology, t))
-            topology = self.machine.topology()
+        # One read for the whole migration: the moves' results keep the free pages.
+        room = FreeRoom(self.machine.topology())
+        if self.demoter.nr_queued and self.demoter.wanted(room.topology(), t):
+            self._note_demoted(self.demoter.demote(room.topology(), t, room))
         if not self.migrator.nr_queued:
             return
         exchange = t.rank_hotness and t.exchange_enabled and self.demoter.nr_queued
-        if exchange and self._exchange(topology):
-            topology = self.machine.topology()
-        results = self.migrator.migrate(topology, t, self._preferred)
+        if exchange:
+            self._exchange(room)
+        results = self.migrator.migrate(room.topology(), t, self._preferred, room)
         for result in results:
             self._feedback(result)
             if result.moved is not None and result.target_nid is not None:
                 self._note_moves(result.proc, result.moved, result.target_nid, promoted=True)
 
-    def _exchange(self, topology: Topology) -> bool:
+    def _exchange(self, room: FreeRoom) -> bool:
         """Per top-tier node without room for its candidates: demote colder residents."""
         t = self.tunables
+        topology = room.topology()
         wanting: dict[int, list[Candidates]] = {}
         for proc in self.migrator.queue.procs():
             order = target_order(self._preferred(proc), topology, t)
@@ -217,7 +218,7 @@ class Kscand:
                 continue
             hottest = np.argsort(-heat.astype(np.int16), kind="stable")
             moved = self.demoter.exchange(
-                nid, heat[hottest], nr_pages[hottest], need, topology, t
+                nid, heat[hottest], nr_pages[hottest], need, topology, t, room
             )
             self._note_demoted(moved)
             demoted = demoted or bool(moved)
