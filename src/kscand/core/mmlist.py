@@ -227,6 +227,10 @@ class MmList:
                 del self._at_key[key]
             self._ring = [key for key in self._ring if key in self._at_key]
             self._nr_dead_in_ring = 0
+        # The heap keeps an exited slot's entry until its time comes: bound it too.
+        if len(self._heap) > 2 * len(self._by_proc) + 64:
+            self._heap = [e for e in self._heap if not e[2].dead and e[2].queued_ns == e[0]]
+            heapq.heapify(self._heap)
         return slot
 
     def sync(
@@ -282,12 +286,12 @@ class MmList:
         idx = self._front_index() if ring else 0
         if idx > 0 and ring[idx] - ring[idx - 1] <= m:
             self._renumber()
-            idx = 0
+            ring, idx = self._ring, 0
+        if ring:  # the cursor on the front's key: the new keys go below it, at the back
+            self._cursor_key = ring[idx]
         if idx == 0:  # the back is the end of the key order
             base = ring[-1] + RING_KEY_SPACING if ring else 0
             keys = [base + i * RING_KEY_SPACING for i in range(m)]
-            if ring:
-                self._cursor_key = ring[0]
             ring.extend(keys)
         else:
             back, gap = ring[idx - 1], ring[idx] - ring[idx - 1]
