@@ -103,7 +103,7 @@ def walk_pass(ring: WalkRing, clock: Clock, limit: int, seed: int, pass_nr: int
 
 def due_pass(mm: MmList, clock: Clock, limit: int, seed: int, pass_nr: int
              ) -> tuple[list[int], list[int]]:
-    scanned = []
+    scanned: list[int] = []
     mm.start_pass()
     while len(scanned) < limit:
         slot = mm.next_due(clock.now_ns)
