@@ -167,7 +167,8 @@ class MmList:
     changes when a process enters (just before the front: the back) or its dead
     slot leaves. Due times live in a heap (next_scan_ns); slots whose time has
     come move to a due set sorted by ring key, so a pass finds the next due slot
-    in ring order without looking at the others: O(log n) per slot due.
+    in ring order without looking at the others: a heap pop and a bisect per slot
+    due (the list inserts and deletes move pointers in C).
     """
 
     def __init__(self) -> None:
