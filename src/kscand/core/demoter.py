@@ -25,7 +25,7 @@ import numpy.typing as npt
 from kscand.core.candidates import CandidateQueue, Candidates
 from kscand.core.hotness import exchange_pairs
 from kscand.core.migrator import RateLimiter, move_fail_counter
-from kscand.core.room import fit_in_room, room_pages
+from kscand.core.room import FreeRoom, fit_in_room, room_pages
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone
@@ -134,12 +134,15 @@ class Demoter:
         need_pages: int,
         topology: Topology,
         tunables: Tunables,
+        room: FreeRoom | None = None,
     ) -> list[tuple[ProcessId, Candidates]]:
         """Demote up to need_pages of nid's coldest queued residents for hotter candidates.
 
         cand_heat, cand_pages: the candidates waiting for nid, hottest first.
-        Returns the folios demoted, per process.
+        Returns the folios demoted, per process. room: the free pages kept across
+        the moves (one from topology when None).
         """
+        room = room if room is not None else FreeRoom(topology)
         queue = self.queues.get(nid)
         target = demotion_target(topology, tunables)
         if queue is None or not queue.nr_queued or need_pages <= 0 or target is None:
@@ -164,7 +167,7 @@ class Demoter:
             queue.requeue(proc, cands.select(~mine), queued_ns)
             if not mine.any():
                 continue
-            done = self._demote_proc(proc, cands.select(mine), nid, target, tunables)
+            done = self._demote_proc(proc, cands.select(mine), nid, target, tunables, room)
             if done is not None and len(done):
                 self.stats.add(proc, "nr_kscand_exchange_demoted", int(done.nr_pages.sum()))
                 moved.append((proc, done))
@@ -172,8 +175,14 @@ class Demoter:
 
     # --- watermark ------------------------------------------------------------------------
 
-    def demote(self, topology: Topology, tunables: Tunables) -> list[tuple[ProcessId, Candidates]]:
-        """Demote queued cold folios until each top-tier node is back at its watermark."""
+    def demote(
+        self, topology: Topology, tunables: Tunables, room: FreeRoom | None = None
+    ) -> list[tuple[ProcessId, Candidates]]:
+        """Demote queued cold folios until each top-tier node is back at its watermark.
+
+        room: the free pages kept across the moves (one from topology when None).
+        """
+        room = room if room is not None else FreeRoom(topology)
         deficits = deficit_pages(topology, tunables.demote_watermark_pct)
         target = demotion_target(topology, tunables)
         moved = []
@@ -187,7 +196,7 @@ class Demoter:
                     self.stats.add(proc, "drop_demote_not_needed", int(cands.nr_pages.sum()))
                     continue
                 chosen = cands.select(pages_to_cover(cands.nr_pages, need))
-                done = self._demote_proc(proc, chosen, nid, target, tunables)
+                done = self._demote_proc(proc, chosen, nid, target, tunables, room)
                 if done is None or not len(done):
                     continue
                 deficits[nid] = need - int(done.nr_pages.sum())
@@ -197,7 +206,8 @@ class Demoter:
     # --- moves ----------------------------------------------------------------------------
 
     def _demote_proc(
-        self, proc: ProcessId, cands: Candidates, nid: int, target: int, tunables: Tunables
+        self, proc: ProcessId, cands: Candidates, nid: int, target: int, tunables: Tunables,
+        room: FreeRoom,
     ) -> Candidates | None:
         """Revalidate, rate-limit and move; returns the folios demoted (None: proc gone)."""
         try:
@@ -207,8 +217,8 @@ class Demoter:
             still = (now.nid == nid) & (now.pfn == cands.pfn)
             self.stats.add(proc, "drop_demote_changed", int(cands.nr_pages[~still].sum()))
             cands = cands.select(still)
-            room = room_pages(self.machine.topology().node(target), tunables.target_free_min_pct)
-            fits = fit_in_room(cands.nr_pages, room)
+            free = room_pages(room.topology().node(target), tunables.target_free_min_pct)
+            fits = fit_in_room(cands.nr_pages, free)
             self.stats.add(proc, "drop_demote_target_full", int(cands.nr_pages[~fits].sum()))
             cands = cands.select(fits)
             self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
@@ -223,7 +233,9 @@ class Demoter:
                 part = cands.select(np.arange(lo, min(lo + batch, len(cands))))
                 status = self.machine.move_pages(proc, part.vaddr, target)
                 moved[lo : lo + len(part)] = self._account(proc, status, part.nr_pages, target)
-            return cands.select(moved)
+            done = cands.select(moved)
+            room.moved(np.full(len(done), nid, dtype=np.int32), done.nr_pages, target)
+            return done
         except ProcessGone:
             self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
         except AccessDenied:

@@ -30,7 +30,7 @@ from kscand.core.placement import (
     plan_nodes,
 )
 from kscand.core.reprobe import ReprobeQueue
-from kscand.core.room import default_target, headroom_pages, target_order
+from kscand.core.room import FreeRoom, default_target, headroom_pages, target_order
 from kscand.core.scanner import PING_PONG_WINDOW_S, Scanner
 from kscand.core.scanplan import ScanEnd, is_toptier, pages_in
 from kscand.core.stats import MigrateDrop, Stats
@@ -130,7 +130,7 @@ class Kscand:
         slot = self.mm_list.get(proc)
         if slot is None:
             return False
-        slot.scale = scale
+        self.mm_list.set_scale(slot, scale)
         return True
 
     def step(self) -> StepResult:
@@ -185,24 +185,25 @@ class Kscand:
             self.demoter.expire(min(self._step_start_ns - window_ns, self._prev_step_start_ns))
         if not self.migrator.nr_queued and not self.demoter.nr_queued:
             return  # nothing queued: no topology read (it re-reads every node's meminfo)
-        topology = self.machine.topology()
-        if self.demoter.nr_queued and self.demoter.wanted(topology, t):
-            self._note_demoted(self.demoter.demote(topology, t))
-            topology = self.machine.topology()
+        # One read for the whole migration: the moves' results keep the free pages.
+        room = FreeRoom(self.machine.topology())
+        if self.demoter.nr_queued and self.demoter.wanted(room.topology(), t):
+            self._note_demoted(self.demoter.demote(room.topology(), t, room))
         if not self.migrator.nr_queued:
             return
         exchange = t.rank_hotness and t.exchange_enabled and self.demoter.nr_queued
-        if exchange and self._exchange(topology):
-            topology = self.machine.topology()
-        results = self.migrator.migrate(topology, t, self._preferred)
+        if exchange:
+            self._exchange(room)
+        results = self.migrator.migrate(room.topology(), t, self._preferred, room)
         for result in results:
             self._feedback(result)
             if result.moved is not None and result.target_nid is not None:
                 self._note_moves(result.proc, result.moved, result.target_nid, promoted=True)
 
-    def _exchange(self, topology: Topology) -> bool:
+    def _exchange(self, room: FreeRoom) -> bool:
         """Per top-tier node without room for its candidates: demote colder residents."""
         t = self.tunables
+        topology = room.topology()
         wanting: dict[int, list[Candidates]] = {}
         for proc in self.migrator.queue.procs():
             order = target_order(self._preferred(proc), topology, t)
@@ -220,7 +221,7 @@ class Kscand:
                 continue
             hottest = np.argsort(-heat.astype(np.int16), kind="stable")
             moved = self.demoter.exchange(
-                nid, heat[hottest], nr_pages[hottest], need, topology, t
+                nid, heat[hottest], nr_pages[hottest], need, topology, t, room
             )
             self._note_demoted(moved)
             demoted = demoted or bool(moved)
@@ -343,26 +344,22 @@ class Kscand:
 
         Visits at most mms_to_scan processes, looks at each listed one at most
         once: one pass's work is bounded by mms_to_scan x scan_size_max_bytes.
+        The mm list jumps to the due ones in ring order (its due heap), so a pass
+        costs what is due, not what is listed.
         """
         limit = self.tunables.mms_to_scan
         visited = 0
-        for _ in range(len(self.mm_list)):
-            if visited >= limit:
-                break
-            slot = self.mm_list.cursor()
+        self.mm_list.start_pass()
+        while visited < limit:
+            slot = self.mm_list.next_due(self.machine.clock.now_ns())
             if slot is None:
                 break
-            if self._due(slot):
-                self._scan_one(slot, self.context())
-                visited += 1
+            self._scan_one(slot, self.context())
+            visited += 1
             self.mm_list.advance()
+        for skipped in self.mm_list.end_pass():
+            self.stats.add(skipped.proc, "scan_skip_scale0")
         return visited
-
-    def _due(self, slot: MmSlot) -> bool:
-        if slot.scale == 0:
-            self.stats.add(slot.proc, "scan_skip_scale0")
-            return False
-        return self.machine.clock.now_ns() >= slot.next_scan_ns
 
     def _scan_one(self, slot: MmSlot, ctx: ScanContext) -> None:
         start_vaddr = slot.resume_vaddr

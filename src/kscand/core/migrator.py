@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from kscand.core.candidates import CandidateQueue, Candidates, U8Array
-from kscand.core.room import fit_in_room, room_pages, target_order
+from kscand.core.room import FreeRoom, fit_in_room, room_pages, target_order
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
 from kscand.errors import AccessDenied, ProcessGone
@@ -148,13 +149,16 @@ class Migrator:
         topology: Topology,
         tunables: Tunables,
         preferred: Callable[[ProcessId], int | None] = lambda proc: None,
+        room: FreeRoom | None = None,
     ) -> list[MigrateResult]:
         """Drain every queue: revalidate, pick targets with room, rate-limit, move.
 
         Hottest first: when the candidates for a node do not all fit its room,
         the coldest heat bins are dropped (drop_target_full) before any move,
-        whichever process they belong to.
+        whichever process they belong to. room: the free pages kept across the
+        moves (one from topology when None); each process's moves update it.
         """
+        room = room if room is not None else FreeRoom(topology)
         self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
         taken: dict[ProcessId, Candidates] = {}
         orders: dict[ProcessId, list[int]] = {}
@@ -187,9 +191,8 @@ class Migrator:
             for proc, cands in part:
                 if not len(cands) and proc in done:
                     continue
-                result = self._migrate_proc(proc, cands, orders[proc], topology, tunables)
+                result = self._migrate_proc(proc, cands, orders[proc], room, tunables)
                 done.setdefault(proc, []).append(result)
-                topology = self.machine.topology()
         return [merge_results(results) for results in done.values()]
 
     def _cutoffs(
@@ -223,7 +226,7 @@ class Migrator:
         proc: ProcessId,
         cands: Candidates,
         order: list[int],
-        topology: Topology,
+        room: FreeRoom,
         tunables: Tunables,
     ) -> MigrateResult:
         succeeded = failed = 0
@@ -231,10 +234,14 @@ class Migrator:
         try:
             if not self.machine.is_alive(proc):
                 raise ProcessGone(str(proc))
-            cands = self._revalidate(proc, cands, topology).hottest_first()
+            topology = room.topology()
+            cands, src_nid = self._revalidate(proc, cands, topology)
+            src_vaddr = cands.vaddr
+            cands = cands.hottest_first()
             for nid, part in self._assign_targets(proc, cands, order, topology, tunables):
                 part = part.select(self._rate_limit(proc, part))
                 ok, lost = self._move(proc, part, nid, tunables.migrate_batch_folios)
+                room.moved(src_nid[np.searchsorted(src_vaddr, ok.vaddr)], ok.nr_pages, nid)
                 succeeded += int(ok.nr_pages.sum())
                 failed += lost
                 moved.append(ok)
@@ -272,10 +279,13 @@ class Migrator:
         self._count(proc, MigrateDrop.RATE_LIMITED, cands.nr_pages, ~ok)
         return ok
 
-    def _revalidate(self, proc: ProcessId, cands: Candidates, topology: Topology) -> Candidates:
+    def _revalidate(
+        self, proc: ProcessId, cands: Candidates, topology: Topology
+    ) -> tuple[Candidates, npt.NDArray[np.int32]]:
         """Keep candidates still present, with the same pfn, on a slow-tier node.
 
-        Returns them by address (the Machine reads ascending addresses only).
+        Returns them by address (the Machine reads ascending addresses only), and
+        the node each is on.
         """
         cands = cands.select(np.argsort(cands.vaddr, kind="stable"))
         now = self.machine.read_pages(proc, cands.vaddr)
@@ -285,7 +295,7 @@ class Migrator:
         self._count(proc, MigrateDrop.PAGE_GONE, cands.nr_pages, ~present)
         self._count(proc, MigrateDrop.PAGE_CHANGED, cands.nr_pages, present & ~same)
         self._count(proc, MigrateDrop.ALREADY_TOPTIER, cands.nr_pages, same & ~slow)
-        return cands.select(slow)
+        return cands.select(slow), now.nid[slow]
 
     def _move(
         self, proc: ProcessId, cands: Candidates, target: int, batch_folios: int
