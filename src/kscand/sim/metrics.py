@@ -36,6 +36,7 @@ class ProcSample:
     nr_hot: int  # pages its workload calls hot, in VMAs kscand may move
     nr_hot_top: int  # of those, pages on the top tier
     latency_ns: float  # mean access latency from the node latencies
+    rate_per_s: float = 0.0  # its accesses per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ class Sampler:
                 nr_hot=r.nr_hot,
                 nr_hot_top=r.nr_hot_top,
                 latency_ns=safe_ratio(r.latency_sum, r.total),
+                rate_per_s=r.total,
             )
             for proc, r in per.items()
         }
