@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from simkit import scenario
+from simkit import machine_and_engine, scenario
 
 from kscand.machine import ProcessId
 from kscand.sim.lifetimes import ExitQueue
 from kscand.sim.machine import SimMachine
+from kscand.sim.metrics import Sampler
 from kscand.sim.run import run_scenario
 from kscand.sim.scenario import Scenario
 
@@ -34,7 +35,8 @@ class EagerSimMachine(SimMachine):
 
 def _mixed() -> Scenario:
     """Long-lived and short-lived processes, staggered starts, exits due together (one
-    advance exits several), THP and plain VMAs, and few pids (pids are reused)."""
+    advance exits several), THP and plain VMAs, rates that change every second, and few
+    pids (pids are reused)."""
     hotset = {"kind": "hotset", "hot_fraction": 0.1, "hot_share": 0.9, "rate_per_s": 1e6}
     return scenario(
         [
@@ -44,6 +46,10 @@ def _mixed() -> Scenario:
                        "workload": {"kind": "zipf", "skew": 0.99, "rate_per_s": 1e6}}]},
             {"name": "job", "count": 9, "placement": "slow", "start_s": 0.5, "stagger_s": 0.3,
              "lifetime_s": 1.2, "workload": hotset, "vmas": [{"kind": "anon", "size": "16MiB"}]},
+            {"name": "mover", "placement": "slow",
+             "workload": {"kind": "moving-hotset", "hot_fraction": 0.1, "hot_share": 0.9,
+                          "period_s": 1.0, "shift_fraction": 0.1, "rate_per_s": 1e6},
+             "vmas": [{"kind": "anon", "size": "32MiB"}]},
             {"name": "batch", "count": 3, "placement": "fast", "start_s": 1.0, "exit_s": 3.0,
              "workload": {"kind": "uniform", "rate_per_s": 1e5},
              "vmas": [{"kind": "anon", "size": "8MiB"}]},
@@ -108,3 +114,24 @@ def test_exit_queue_pops_due_processes_in_start_order() -> None:
     assert queue.due(1.5, procs) == []
     assert [p.name for p in queue.due(3.0, procs)] == ["p0", "p2", "p4"]
     assert len(queue) == 0
+
+
+def test_cached_samples_equal_fresh_ones() -> None:
+    """The sampler recomputes only the processes whose pages moved or whose rates changed:
+    every sample equals one taken by a new sampler, which computes every process."""
+    machine, engine = machine_and_engine(_mixed())
+    sampler = Sampler(machine)
+    nr_reused = 0
+    t_s = 0.0
+    while t_s < 5.0:
+        for _ in range(10):
+            engine.step()
+            machine.clock.sleep_ns(engine.tunables.scan_sleep_ms * 1_000_000)
+        t_s = machine.clock.now_s
+        machine.processes()
+        before = dict(sampler._rates)
+        cached = sampler.sample(t_s)
+        nr_reused += sum(before.get(p, (None, None))[1] is sampler._rates[p][1]
+                         for p in machine.alive())
+        assert cached == Sampler(machine).sample(t_s)
+    assert nr_reused > 0 and engine.stats.total["nr_kscand_migrated"] > 0

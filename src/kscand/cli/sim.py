@@ -168,7 +168,8 @@ def _process_table(procs: list[ProcSummary]) -> Table:
         table.add_row(
             text(f"{p.label}[{p.pid}]" + (" exited" if p.exited else "")),
             format_bytes(p.nr_pages * PAGE_SIZE), format_bytes(p.nr_hot * PAGE_SIZE),
-            f"{p.rate_per_s:,.0f}", _pct(p.top_share), _pct(p.oracle_share), _pct(p.hot_on_top), _secs(p.t90_s),
+            f"{p.rate_per_s:,.0f}", _pct(p.top_share), _pct(p.oracle_share),
+            _pct(p.hot_on_top), _secs(p.t90_s),
             format_bytes(p.promoted_pages * PAGE_SIZE), f"{p.ptes_scanned:,}", text(failures),
         )
     return table
