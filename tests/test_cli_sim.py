@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,44 @@ def test_sim_says_when_there_is_nothing_to_promote(
             in capsys.readouterr().out)
     assert main(["sim", str(write(tmp_path, SMALL)), "--quiet"]) == 0
     assert "nothing to promote" not in capsys.readouterr().out
+
+
+MANY = SMALL.replace("duration_s = 8", "duration_s = 2").replace(
+    'name = "app"', 'name = "svc"\ncount = 5').replace('size = "128MiB"', 'size = "8MiB"') + """
+[[processes]]
+name = "big"
+placement = "slow"
+workload = { kind = "uniform", rate_per_s = 1e7 }
+vmas = [{ kind = "anon", size = "16MiB" }]
+"""
+
+
+def _table_rows(out: str) -> list[str]:
+    """The process labels of the per-process table's rows, in printed order."""
+    return re.findall(r"((?:svc\.\d|big)\[\d+\])", out)
+
+
+def test_top_limits_the_process_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(write(tmp_path, MANY))
+    out_json = tmp_path / "r.json"
+    assert main(["sim", path, "--quiet", "--top", "2", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    rows = _table_rows(out)
+    assert len(rows) == 2 and rows[0].startswith("big[")  # the most accesses/s first
+    assert "4 of 6 processes not shown (the 2 with the most accesses/s are; --top 0 for all)" in out
+    report = json.loads(out_json.read_text())
+    assert len(report["processes"]) == 6  # the JSON keeps every process
+    rates = {p["label"]: p["rate_per_s"] for p in report["processes"]}
+    assert rates["big"] == pytest.approx(1e7) and rates["svc.0"] == pytest.approx(1e6)
+
+    assert main(["sim", path, "--quiet", "--top", "0"]) == 0
+    out = capsys.readouterr().out
+    assert len(_table_rows(out)) == 6 and "not shown" not in out
+    assert main(["sim", path, "--quiet"]) == 0  # default 20 > 6: all, no line
+    out = capsys.readouterr().out
+    assert len(_table_rows(out)) == 6 and "not shown" not in out
+
+
+def test_top_must_not_be_negative(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", str(write(tmp_path, MANY)), "--quiet", "--top", "-1"]) == 2
+    assert "--top: must not be negative, got -1" in capsys.readouterr().err

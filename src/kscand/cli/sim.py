@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import sys
 from typing import Any
@@ -17,12 +18,14 @@ from kscand.cli.scenarioargs import add_scenario_argument, print_scenario_list, 
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
 from kscand.machine import PAGE_SIZE
-from kscand.sim.run import SimReport, hot_fraction, run_scenario
+from kscand.sim.run import ProcSummary, SimReport, hot_fraction, run_scenario
 from kscand.sim.scenario import load_scenario
 from kscand.units import format_bytes
 
 # Counters shown in the summary besides the series' nr_kscand_* (all go to --json).
 SHOWN_PREFIXES = ("nr_kscand_", "promoted_pages_", "vma_", "page_", "drop_", "move_fail_", "scan_")
+# Rows of the per-process table by default (--top): the processes with the most accesses.
+DEFAULT_TOP = 20
 
 
 def add_parser(sub: Any) -> None:
@@ -37,6 +40,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--json", type=path_arg, default=None, metavar="FILE",
                         help="write the full report (timeline, processes, counters) as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="N",
+                        help="per-process table: the N processes with the most accesses/s "
+                        f"(default {DEFAULT_TOP}; 0 = all); --json always has every process")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -47,6 +53,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed: must not be negative, got {args.seed}")
+    if args.top < 0:
+        raise ConfigError(f"--top: must not be negative, got {args.top}")
     scenario = load_scenario(scenario_path(args))
     progress = Progress(
         TextColumn(f"[bold]{text(scenario.name)}"),
@@ -67,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
         except OSError as err:
             raise ConfigError(f"--json: cannot write {args.json}: {err.strerror}") from err
-    print_report(console, report)
+    print_report(console, report, args.top)
     return 0
 
 
@@ -79,8 +87,9 @@ def _secs(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}s"
 
 
-def print_report(console: Console, report: SimReport) -> None:
-    """The summary tables: over time, per process, counters."""
+def print_report(console: Console, report: SimReport, top: int = DEFAULT_TOP) -> None:
+    """The summary tables: over time, per process (the top processes by accesses, 0 =
+    all), counters."""
     console.print(
         f"[bold]{text(report.scenario)}[/] seed {report.seed}: {report.duration_s:g} s virtual "
         f"in {report.wall_s:.1f} s wall, peak RSS {report.peak_rss_mib:.0f} MiB",
@@ -90,7 +99,12 @@ def print_report(console: Console, report: SimReport) -> None:
         console.print(f"[yellow]note:[/] {text(report.nothing_to_promote)} (every share below "
                       "is 100 % by construction, not kscand's doing)", highlight=False)
     print_table(console, _timeline_table(report))
-    print_table(console, _process_table(report))
+    shown = top_processes(report.procs, top)
+    print_table(console, _process_table(shown))
+    if len(shown) < len(report.procs):
+        console.print(f"{len(report.procs) - len(shown):,} of {len(report.procs):,} processes "
+                      f"not shown (the {len(shown):,} with the most accesses/s are; --top 0 "
+                      "for all)", highlight=False)
     print_table(console, _counter_table(report.counters))
 
 
@@ -136,18 +150,26 @@ def timeline_marks(times_s: list[float], nr_rows: int = 10) -> list[int]:
     return sorted(marks)
 
 
-def _process_table(report: SimReport) -> Table:
+def top_processes(procs: list[ProcSummary], top: int) -> list[ProcSummary]:
+    """The top processes by accesses/s, most first (ties in report order); 0 = all."""
+    if top == 0 or top >= len(procs):
+        return sorted(procs, key=lambda p: -p.rate_per_s)
+    return heapq.nsmallest(top, procs, key=lambda p: -p.rate_per_s)
+
+
+def _process_table(procs: list[ProcSummary]) -> Table:
     table = Table(title="Processes")
-    for col in ("process", "size", "hot", "top tier", "oracle", "hot on top", "t90",
-                "promoted", "PTEs scanned", "move failures"):
+    for col in ("process", "size", "hot", "accesses/s", "top tier", "oracle", "hot on top",
+                "t90", "promoted", "PTEs scanned", "move failures"):
         table.add_column(col, justify="left" if col in ("process", "move failures") else "right")
-    for p in report.procs:
+    for p in procs:
         failures = ", ".join(f"{k.removeprefix('move_fail_')}={v}"
                              for k, v in p.move_failures.items()) or "-"
         table.add_row(
             text(f"{p.label}[{p.pid}]" + (" exited" if p.exited else "")),
             format_bytes(p.nr_pages * PAGE_SIZE), format_bytes(p.nr_hot * PAGE_SIZE),
-            _pct(p.top_share), _pct(p.oracle_share), _pct(p.hot_on_top), _secs(p.t90_s),
+            f"{p.rate_per_s:,.0f}", _pct(p.top_share), _pct(p.oracle_share),
+            _pct(p.hot_on_top), _secs(p.t90_s),
             format_bytes(p.promoted_pages * PAGE_SIZE), f"{p.ptes_scanned:,}", text(failures),
         )
     return table

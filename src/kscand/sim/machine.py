@@ -35,6 +35,7 @@ from kscand.machine import (
     top_tier_from_tiers,
 )
 from kscand.sim import workloads as wl
+from kscand.sim.lifetimes import ExitQueue
 from kscand.sim.process import (
     PFN_NODE_SHIFT,
     UNPOPULATED_KINDS,
@@ -87,6 +88,7 @@ class SimMachine:
         for nid in self.top_nids:
             self.toptier[nid + 1] = True
         self.procs: dict[int, SimProcess] = {}
+        self._exits = ExitQueue()
         self.exited: list[SimProcess] = []
         self._pending = sorted(
             (
@@ -128,11 +130,11 @@ class SimMachine:
     # --- time and lifetimes ----------------------------------------------------------
 
     def _advance(self) -> None:
-        """Start and exit the processes whose time has come."""
+        """Start and exit the processes whose time has come (those only: both are queued
+        by time, exits first, then starts, each in start order)."""
         now_s = self.clock.now_s
-        for pid, sim_proc in list(self.procs.items()):
-            if sim_proc.exit_s is not None and sim_proc.exit_s <= now_s:
-                self._exit(pid)
+        for sim_proc in self._exits.due(now_s, self.procs):
+            self._exit(sim_proc.proc.pid)
         while self._pending_pos < len(self._pending):
             start_s, spec_idx, replica = self._pending[self._pending_pos]
             if start_s > now_s:
@@ -178,6 +180,7 @@ class SimMachine:
                               if spec.count > 1 else spec.name, vmas, exit_s, spec.scale)
         self._place(sim_proc, spec)
         self.procs[pid] = sim_proc
+        self._exits.started(sim_proc)
         return sim_proc
 
     def _placement_order(self, spec: ProcessSpec) -> list[int]:

@@ -36,6 +36,7 @@ class ProcSample:
     nr_hot: int  # pages its workload calls hot, in VMAs kscand may move
     nr_hot_top: int  # of those, pages on the top tier
     latency_ns: float  # mean access latency from the node latencies
+    rate_per_s: float = 0.0  # its accesses per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,18 +158,41 @@ def top_k_cut(arrays: list[F32Array], k: int) -> TopKCut:
     return TopKCut(float(values[::-1][pos]), (k - nr_above) / nr_ties_total)
 
 
+def _rates_key(sim_proc: SimProcess, t_s: float) -> tuple[int, ...]:
+    """What _proc_rates depends on besides the machine's nodes: its VMAs' moves and epochs."""
+    return tuple(x for vma in sim_proc.vmas for x in (vma.nr_moves, vma.workload.epoch(t_s)))
+
+
 class Sampler:
-    """Takes Samples of a SimMachine; caches the oracle while rates do not change."""
+    """Takes Samples of a SimMachine; caches the oracle while rates do not change, and each
+    process's rate sums while none of its pages moved and its rates did not change (a
+    sample recomputes only the processes the policy touched: the cost of a sample is a
+    key per process, not the sums)."""
 
     def __init__(self, machine: SimMachine) -> None:
         self.machine = machine
         self._oracle_key: tuple[object, ...] | None = None
         self._oracle: dict[ProcessId, float] = {}
+        self._rates: dict[SimProcess, tuple[tuple[int, ...], _ProcRates]] = {}
+
+    def _proc_rates(self, procs: list[SimProcess], t_s: float) -> dict[ProcessId, _ProcRates]:
+        """_proc_rates of each process, recomputed where its key changed (by start order)."""
+        cached, fresh = self._rates, {}
+        per: dict[ProcessId, _ProcRates] = {}
+        for sim_proc in procs:
+            key = _rates_key(sim_proc, t_s)
+            hit = cached.get(sim_proc)
+            rates = hit[1] if hit is not None and hit[0] == key else _proc_rates(
+                self.machine, sim_proc, t_s)
+            fresh[sim_proc] = (key, rates)
+            per[sim_proc.proc] = rates
+        self._rates = fresh  # the processes gone are dropped
+        return per
 
     def sample(self, t_s: float) -> Sample:
         machine = self.machine
         procs = machine.view.alive()
-        per = {p.proc: _proc_rates(machine, p, t_s) for p in procs}
+        per = self._proc_rates(procs, t_s)
         oracle = self._oracle_rates(procs, per, t_s)
         per_proc = {
             proc: ProcSample(
@@ -177,6 +201,7 @@ class Sampler:
                 nr_hot=r.nr_hot,
                 nr_hot_top=r.nr_hot_top,
                 latency_ns=safe_ratio(r.latency_sum, r.total),
+                rate_per_s=r.total,
             )
             for proc, r in per.items()
         }

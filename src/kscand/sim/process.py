@@ -68,6 +68,7 @@ class SimVma:
     # Per-node sums for the metrics, kept current as pages move (recomputed
     # when the workload's rates change epoch): see node_stats().
     _stats: NodeStats | None = None
+    nr_moves: int = 0  # move_pages calls that moved some of its pages (the samplers' key)
 
     def node_stats(self, t_s: float, nr_nids: int) -> NodeStats:
         """Access rate, hot pages and pages per node (index nid) at t_s."""
@@ -87,6 +88,7 @@ class SimVma:
 
     def note_moved(self, pages: IdxArray, old_nids: IdxArray, new_nid: int, t_s: float) -> None:
         """Keep node_stats() current after pages moved from old_nids to new_nid."""
+        self.nr_moves += 1
         stats = self._stats
         if stats is None:
             return

@@ -47,6 +47,7 @@ class ProcSummary:
     ptes_scanned: int
     move_failures: dict[str, int]
     exited: bool
+    rate_per_s: float = 0.0  # its accesses per second at the last sample it was alive
 
 
 @dataclass
@@ -296,6 +297,7 @@ def run_scenario(
                 move_failures={k: v for k, v in sorted(counters.items())
                                if k.startswith("move_fail_")},
                 exited=proc not in alive,
+                rate_per_s=ps.rate_per_s,
             )
         )
     if tracker is not None:
