@@ -23,6 +23,7 @@ from kscand.errors import AccessDenied, ProcessGone, TransientError, Unsupported
 from kscand.live.clock import LiveClock
 from kscand.live.damon import DamonSource
 from kscand.live.features import Features, probe
+from kscand.live.malloc import keep_freed_arrays
 from kscand.live.move import PageMover
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
@@ -46,7 +47,7 @@ from kscand.live.procfs import (
     vaddr_range,
     vma_from_entry,
 )
-from kscand.live.u64file import U64File, read_u64_at, read_u64_range
+from kscand.live.u64file import ReadBuffer, U64File, read_u64_at, read_u64_range
 from kscand.machine import (
     NID_NONE,
     PAGE_SHIFT,
@@ -152,6 +153,9 @@ class LinuxMachine:
         self.access_source_name, self.access_source_reason = self._open_access(access_source)
         self._kpageflags: U64File | None = None
         self._kpagecount: U64File | None = None
+        self._pagemap_buffer = ReadBuffer()  # read_range's entries, decoded before it returns
+        # Why the scan's freed arrays may still go back to the kernel ("" when they do not).
+        self.malloc_reason = keep_freed_arrays()
         self._vmflags: dict[ProcessId, dict[VmaKey, VmFlag]] = {}
         self._proc_list: list[ProcessId] = []
         self._proc_list_ns: int | None = None
@@ -311,11 +315,16 @@ class LinuxMachine:
     # --- pages --------------------------------------------------------------------------------
 
     def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
-        """Pages of [start, end): one pagemap pread, then kpageflags/kpagecount runs."""
+        """Pages of [start, end): one pagemap pread, then kpageflags/kpagecount runs.
+
+        The entries are read into a buffer kept between calls (one scanning thread).
+        """
         vaddr = vaddr_range(start, end)
         fd = self._open_checked(proc, "pagemap")
         try:
-            entries, nr_read = read_u64_range(fd, start >> PAGE_SHIFT, int(vaddr.size))
+            entries, nr_read = read_u64_range(
+                fd, start >> PAGE_SHIFT, int(vaddr.size), self._pagemap_buffer
+            )
         except OSError as err:
             raise self._proc_error(err, proc, "pagemap") from err
         finally:
