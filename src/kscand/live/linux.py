@@ -387,26 +387,36 @@ class LinuxMachine:
         return self._kpageflags, self._kpagecount
 
     def _batch(self, proc: ProcessId, vaddr: U64Array, entries: U64Array) -> PageBatch:
-        """Decode pagemap entries plus kpageflags/kpagecount/nid of the present PFNs."""
-        present = pagemap_present(entries)
+        """Decode pagemap entries plus kpageflags/kpagecount/nid of the present PFNs.
+
+        A chunk of present pages only (the common case) is read and decoded without
+        gathering the present pages first or spreading their values back.
+        """
         pfn = pagemap_pfn(entries)
-        kflags = np.zeros(entries.shape, dtype=np.uint64)
         kcount = np.zeros(entries.shape, dtype=np.uint64)
-        nid = np.full(entries.shape, NID_NONE, dtype=np.int32)
-        idx = np.flatnonzero(present)
-        if idx.size:
-            pfns = pfn[idx]
-            flags_file, count_file = self._kpage_files()
-            kf, kf_ok = self._read_kpages(flags_file, pfns, "kpageflags")
-            # A PFN kpageflags cannot describe (past max_pfn) is treated like KPF_NOPAGE.
-            kflags[idx] = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
-            if not self.features.kpf_ksm_reliable:  # every anon page says KSM: ignore it
-                kflags &= ~KPF_KSM_MASK
-            count_idx = np.flatnonzero(kpagecount_needed(entries))
-            if count_idx.size:
-                kc, _ = self._read_kpages(count_file, pfn[count_idx], "kpagecount")
-                kcount[count_idx] = kc
-            nid[idx] = self._nid_of(proc, vaddr[idx], pfns)
+        idx = np.flatnonzero(pagemap_present(entries))
+        if idx.size == 0:
+            nid = np.full(entries.shape, NID_NONE, dtype=np.int32)
+            return PageBatch(vaddr, pfn, nid, decode_pages(entries, kcount, kcount, nid))
+        every = idx.size == entries.size
+        pfns = pfn if every else pfn[idx]
+        flags_file, count_file = self._kpage_files()
+        kf, kf_ok = self._read_kpages(flags_file, pfns, "kpageflags")
+        if not kf_ok.all():  # a PFN kpageflags cannot describe (past max_pfn): KPF_NOPAGE
+            kf = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
+        if not self.features.kpf_ksm_reliable:  # every anon page says KSM: ignore it
+            kf &= ~KPF_KSM_MASK
+        count_idx = np.flatnonzero(kpagecount_needed(entries))
+        if count_idx.size:
+            kc, _ = self._read_kpages(count_file, pfn[count_idx], "kpagecount")
+            kcount[count_idx] = kc
+        node = self._nid_of(proc, vaddr if every else vaddr[idx], pfns)
+        kflags, nid = kf, node
+        if not every:
+            kflags = np.zeros(entries.shape, dtype=np.uint64)
+            kflags[idx] = kf
+            nid = np.full(entries.shape, NID_NONE, dtype=np.int32)
+            nid[idx] = node
         flags = decode_pages(entries, kflags, kcount, nid)
         return PageBatch(vaddr, pfn, nid, flags)
 

@@ -80,10 +80,15 @@ class PagemapScanner:
         or an exited process: the caller tells them apart). OSError from the ioctl."""
         count = int(out.size)
         firsts, counts = self.regions(fd, first << PAGE_SHIFT, (first + count) << PAGE_SHIFT)
-        out[:] = 0
         known = count if firsts else 0
+        done = 0  # out[:done] is written
         for run_first, run_pages in zip(firsts, counts, strict=True):
             lo = run_first - first
-            if pread_u64(fd, run_first, out[lo : lo + run_pages]) < run_pages:
+            out[done:lo] = 0
+            got = pread_u64(fd, run_first, out[lo : lo + run_pages])
+            if got < run_pages:
+                out[lo + got : lo + run_pages] = 0
                 known = min(known, lo)
+            done = lo + run_pages
+        out[done:] = 0
         return known
