@@ -1,8 +1,9 @@
 """LinuxMachine: the Machine interface on /proc, /sys and move_pages(2).
 
-Pages: /proc/PID/pagemap read in whole ranges, then /proc/kpageflags and
-/proc/kpagecount for the present PFNs (contiguous runs, one pread each), the
-node from the memory-block PFN map. Accessed bits: the page_idle bitmap or
+Pages: /proc/PID/pagemap read in whole ranges (only the present or swapped
+runs PAGEMAP_SCAN returns, where the kernel has it), then /proc/kpageflags
+and /proc/kpagecount for the present PFNs (contiguous runs, one pread each),
+the node from the memory-block PFN map. Accessed bits: the page_idle bitmap or
 DAMON. Moves: move_pages(2). Identity (pid, start time) is checked right
 after opening a process's pagemap or maps: the open file is bound to that
 process's mm, so a later pid reuse cannot redirect the read.
@@ -157,8 +158,8 @@ class LinuxMachine:
         self._pagemap_buffer = ReadBuffer()  # read_range's entries, decoded before it returns
         # Why the scan's freed arrays may still go back to the kernel ("" when they do not).
         self.malloc_reason = keep_freed_arrays()
-        # PAGEMAP_SCAN: None until the first read_range tries it, then "" when used, else
-        # why not (the plain read is used). use_pagemap_scan=False forces the plain read.
+        # PAGEMAP_SCAN: None until the first read_range tries it, then "" when used, else why
+        # not (then the plain read). use_pagemap_scan = False forces the plain read.
         self.use_pagemap_scan = True
         self.pagemap_scan_reason: str | None = None
         self._scanner = PagemapScanner()
@@ -387,11 +388,8 @@ class LinuxMachine:
         return self._kpageflags, self._kpagecount
 
     def _batch(self, proc: ProcessId, vaddr: U64Array, entries: U64Array) -> PageBatch:
-        """Decode pagemap entries plus kpageflags/kpagecount/nid of the present PFNs.
-
-        A chunk of present pages only (the common case) is read and decoded without
-        gathering the present pages first or spreading their values back.
-        """
+        """Decode pagemap entries plus kpageflags/kpagecount/nid of the present PFNs (an
+        all-present chunk, the common case, without gathering and spreading back)."""
         pfn = pagemap_pfn(entries)
         kcount = np.zeros(entries.shape, dtype=np.uint64)
         idx = np.flatnonzero(pagemap_present(entries))
