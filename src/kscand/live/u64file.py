@@ -76,15 +76,20 @@ def read_u64_range(
 class RunPlan:
     """How to read entries at given indices: runs [first, first + length), int64 (r,).
 
-    Runs are stored back to back in one buffer from base; run_of and within
-    (int64 (n,)) place each index inside that buffer.
+    Runs are stored back to back in one buffer from base; count (r,) is how many
+    of the indices each run serves, pos (int64 (n,)) places each index inside
+    that buffer.
     """
 
     first: npt.NDArray[np.int64]
     length: npt.NDArray[np.int64]
     base: npt.NDArray[np.int64]
-    run_of: npt.NDArray[np.int64]
-    within: npt.NDArray[np.int64]
+    count: npt.NDArray[np.int64]
+    pos: npt.NDArray[np.int64]
+
+    def run_of(self) -> npt.NDArray[np.int64]:
+        """The run of each index, int64 (n,)."""
+        return np.repeat(np.arange(self.first.size, dtype=np.int64), self.count)
 
 
 def plan_runs(index: npt.NDArray[np.int64], max_gap: int) -> RunPlan:
@@ -92,16 +97,16 @@ def plan_runs(index: npt.NDArray[np.int64], max_gap: int) -> RunPlan:
     same as the previous one or at most max_gap + 1 ahead of it (no sort needed:
     PFNs of neighbouring pages are often neighbours, and a repeated PFN, like
     the zero page's, stays in one run)."""
-    step = np.diff(index)
-    breaks = np.flatnonzero((step < 0) | (step > max_gap + 1)) + 1
+    step = np.diff(index).view(np.uint64)  # a step back wraps past any gap
+    breaks = np.flatnonzero(step > np.uint64(max_gap + 1)) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [index.size])) - 1
     first = index[starts]
     length = index[ends] - first + 1
     base = np.zeros(first.size, dtype=np.int64)
     np.cumsum(length[:-1], out=base[1:])
-    run_of = np.repeat(np.arange(first.size, dtype=np.int64), ends - starts + 1)
-    return RunPlan(first, length, base, run_of, index - first[run_of])
+    count = ends - starts + 1
+    return RunPlan(first, length, base, count, index + np.repeat(base - first, count))
 
 
 def read_runs(fd: int, plan: RunPlan) -> tuple[U64Array, BoolArray]:
@@ -119,14 +124,15 @@ def read_runs(fd: int, plan: RunPlan) -> tuple[U64Array, BoolArray]:
     total = int(plan.length.sum())
     if len(data) == total * ENTRY_BYTES:
         buf = np.frombuffer(data, dtype=np.uint64)
-        return buf[plan.base[plan.run_of] + plan.within], np.ones(plan.within.size, np.bool_)
+        return buf[plan.pos], np.ones(plan.pos.size, np.bool_)
     buf = np.zeros(total, dtype=np.uint64)
     got = np.zeros(plan.first.size, dtype=np.int64)
     for run, (start, count, pos) in enumerate(
         zip(plan.first.tolist(), plan.length.tolist(), plan.base.tolist(), strict=True)
     ):
         got[run] = pread_u64(fd, start, buf[pos : pos + count])
-    return buf[plan.base[plan.run_of] + plan.within], plan.within < got[plan.run_of]
+    run_of = plan.run_of()
+    return buf[plan.pos], plan.pos - plan.base[run_of] < got[run_of]
 
 
 def read_u64_at(
