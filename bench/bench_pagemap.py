@@ -91,7 +91,7 @@ C_NAMES = {"runs": C_MINIMAL, "kscand": C_PLAIN, "scan": C_SCAN}
 
 def scan_python(machine: LinuxMachine, base: int, size_bytes: int, pagemap_scan: bool) -> Run:
     """LinuxMachine.read_range over the buffer in the scanner's chunk size."""
-    machine.use_pagemap_scan = pagemap_scan
+    machine.pagemap.use_scan = pagemap_scan
     proc = machine.process_id(os.getpid())
     present = eligible = 0
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -154,7 +154,7 @@ def main() -> int:
     ) as machine:
         exe = build_c(Path(tmp))
         scan_python(machine, base, HISTORY_CHUNK_BYTES, pagemap_scan=True)  # probes it
-        has_scan = machine.pagemap_scan_reason == ""
+        has_scan = machine.pagemap.scan_reason == ""
         for _ in range(args.repeat):
             batch = [scan_python(machine, base, size_bytes, pagemap_scan=False),
                      scan_c(exe, "runs", base, size_bytes),
@@ -164,7 +164,7 @@ def main() -> int:
                           scan_c(exe, "scan", base, size_bytes)]
             for run in batch:
                 runs.setdefault(run.name, []).append(run)
-        reads = dict(machine.pagemap_reads)
+        reads = dict(machine.pagemap.reads)
     buf.close()
     best = {name: min(rs, key=lambda r: r.seconds) for name, rs in runs.items()}
     best_cpu = {name: min(r.cpu_seconds for r in rs) for name, rs in runs.items()}
@@ -177,7 +177,7 @@ def main() -> int:
               f"eligible {run.eligible:,}{extra})")
     print(f"python read_range calls by pagemap read: {reads}")
     if not has_scan:
-        print(f"no PAGEMAP_SCAN pair: {machine.pagemap_scan_reason}")
+        print(f"no PAGEMAP_SCAN pair: {machine.pagemap.scan_reason}")
     pairs = [("plain read", PY_PLAIN, C_PLAIN)] + ([("PAGEMAP_SCAN", PY_SCAN, C_SCAN)]
                                                   if has_scan else [])
     for label, py, c in pairs:

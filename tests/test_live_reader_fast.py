@@ -9,14 +9,16 @@ import errno
 import mmap
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import require
+from fake_linux import write_u64s
 
 from kscand.live import LinuxMachine, ProcessSelection
 from kscand.live.malloc import keep_freed_arrays
-from kscand.live.pagemap_scan import PagemapScanner
+from kscand.live.pagemap_scan import PagemapReader, PagemapScanner
 from kscand.live.procfs import (
     KPF_ANON,
     KPF_COMPOUND_HEAD,
@@ -189,11 +191,48 @@ def test_read_range_scan_and_plain_agree(sparse_buffer: int) -> None:
     with LinuxMachine(selection=ProcessSelection(pids=(os.getpid(),)), self_pid=-1) as m:
         proc = m.process_id(os.getpid())
         scanned = m.read_range(proc, sparse_buffer, end)
-        require(m.pagemap_scan_reason == "", f"no PAGEMAP_SCAN: {m.pagemap_scan_reason}")
-        m.use_pagemap_scan = False
+        require(m.pagemap.scan_reason == "", f"no PAGEMAP_SCAN: {m.pagemap.scan_reason}")
+        m.pagemap.use_scan = False
         plain = m.read_range(proc, sparse_buffer, end)
-        assert dict(m.pagemap_reads) == {"scan": 1, "plain": 1}
+        assert dict(m.pagemap.reads) == {"scan": 1, "plain": 1}
     for field in ("vaddr", "pfn", "nid", "flags"):
         assert np.array_equal(getattr(scanned, field), getattr(plain, field)), field
     present = (plain.flags & PageFlag.PRESENT) != 0
     assert 1024 // 3 + 512 <= int(present.sum()) < NR_PAGES
+
+
+def test_pagemap_reader_falls_back_where_the_ioctl_is_refused(tmp_path: Path) -> None:
+    """A file that is no pagemap (ENOTTY): the plain read, the reason kept, counted."""
+    path = tmp_path / "pagemap"
+    write_u64s(path, {i: 1 << 63 | i for i in range(64)})
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = PagemapReader()
+        entries, known = reader.read(fd, 8, 16)
+        assert known == 16 and entries.tolist() == [1 << 63 | i for i in range(8, 24)]
+        assert reader.scan_reason == "PAGEMAP_SCAN failed with ENOTTY"
+        entries, known = reader.read(fd, 60, 8)  # past the end: 4 known, the rest zero
+        assert known == 4 and entries.tolist()[4:] == [0] * 4
+    finally:
+        os.close(fd)
+    assert dict(reader.reads) == {"plain_scan_enotty": 1, "plain": 1}
+
+
+def test_vsyscall_is_read_the_plain_way() -> None:
+    """PAGEMAP_SCAN refuses a range past the user address space (EFAULT); the plain read
+    returns it (zeros), so the reader falls back for that range and keeps the ioctl."""
+    with open("/proc/self/maps", encoding="ascii") as f:
+        lines = [line for line in f if line.rstrip().endswith("[vsyscall]")]
+    require(lines, "no [vsyscall] mapping in this process")
+    start = int(lines[0].split("-")[0], 16)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        scanner_or_skip(fd, 0x10000)
+        reader = PagemapReader()
+        reader.scan_reason = ""  # as after a successful probe
+        entries, known = reader.read(fd, start // PAGE_SIZE, 1)
+        plain, nr_plain = read_u64_range(fd, start // PAGE_SIZE, 1)
+    finally:
+        os.close(fd)
+    assert dict(reader.reads) == {"plain_scan_efault": 1} and reader.scan_reason == ""
+    assert (known, entries.tolist()) == (nr_plain, plain.tolist())

@@ -28,7 +28,7 @@ from kscand.live.malloc import keep_freed_arrays
 from kscand.live.move import PageMover
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
-from kscand.live.pagemap_scan import UNSUPPORTED_ERRNOS, PagemapScanner
+from kscand.live.pagemap_scan import PagemapReader
 from kscand.live.processes import (
     ProcessSelection,
     ProcTable,
@@ -49,7 +49,7 @@ from kscand.live.procfs import (
     vaddr_range,
     vma_from_entry,
 )
-from kscand.live.u64file import ReadBuffer, U64File, read_u64_at, read_u64_range
+from kscand.live.u64file import U64File, read_u64_at
 from kscand.machine import (
     NID_NONE,
     PAGE_SHIFT,
@@ -155,15 +155,9 @@ class LinuxMachine:
         self.access_source_name, self.access_source_reason = self._open_access(access_source)
         self._kpageflags: U64File | None = None
         self._kpagecount: U64File | None = None
-        self._pagemap_buffer = ReadBuffer()  # read_range's entries, decoded before it returns
+        self.pagemap = PagemapReader()  # PAGEMAP_SCAN or plain; its reason and counts
         # Why the scan's freed arrays may still go back to the kernel ("" when they do not).
         self.malloc_reason = keep_freed_arrays()
-        # PAGEMAP_SCAN: None until the first read_range tries it, then "" when used, else why
-        # not (then the plain read). use_pagemap_scan = False forces the plain read.
-        self.use_pagemap_scan = True
-        self.pagemap_scan_reason: str | None = None
-        self._scanner = PagemapScanner()
-        self.pagemap_reads: Counter[str] = Counter()  # read_range calls by "scan" / "plain"
         self._vmflags: dict[ProcessId, dict[VmaKey, VmFlag]] = {}
         self._proc_list: list[ProcessId] = []
         self._proc_list_ns: int | None = None
@@ -331,7 +325,7 @@ class LinuxMachine:
         vaddr = vaddr_range(start, end)
         fd = self._open_checked(proc, "pagemap")
         try:
-            entries, nr_read = self._read_pagemap(fd, start, int(vaddr.size))
+            entries, nr_read = self.pagemap.read(fd, start >> PAGE_SHIFT, int(vaddr.size))
         except OSError as err:
             raise self._proc_error(err, proc, "pagemap") from err
         finally:
@@ -340,24 +334,6 @@ class LinuxMachine:
             self._note_gone(proc)
             raise ProcessGone(f"process {proc} exited during the pagemap read")
         return self._batch(proc, vaddr, entries)
-
-    def _read_pagemap(self, fd: int, start: int, count: int) -> tuple[U64Array, int]:
-        """count pagemap entries from start: (entries, how many are known; rest zero).
-        PAGEMAP_SCAN's runs when the kernel has it (probed on the first call)."""
-        if self.use_pagemap_scan and self.pagemap_scan_reason in (None, ""):
-            entries = self._pagemap_buffer.take(count)
-            try:
-                nr_read = self._scanner.read(fd, start >> PAGE_SHIFT, entries)
-            except OSError as err:
-                if self.pagemap_scan_reason is not None or err.errno not in UNSUPPORTED_ERRNOS:
-                    raise
-                self.pagemap_scan_reason = f"PAGEMAP_SCAN failed with {errno_name(err)}"
-            else:
-                self.pagemap_scan_reason = ""
-                self.pagemap_reads["scan"] += 1
-                return entries, nr_read
-        self.pagemap_reads["plain"] += 1
-        return read_u64_range(fd, start >> PAGE_SHIFT, count, self._pagemap_buffer)
 
     def read_pages(self, proc: ProcessId, vaddrs: U64Array) -> PageBatch:
         """Pages at scattered addresses: pagemap read in runs of nearby pages."""

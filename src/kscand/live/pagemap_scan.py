@@ -18,10 +18,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import struct
+from collections import Counter
 
 import numpy as np
 
-from kscand.live.u64file import pread_u64
+from kscand.live.u64file import ReadBuffer, pread_u64, read_u64_range
 from kscand.machine import PAGE_SHIFT, U64Array
 
 PAGE_IS_PRESENT = 1 << 3
@@ -38,6 +39,9 @@ REGIONS_PER_CALL = 512  # page_region slots per ioctl (12 KiB); more regions tak
 
 # errnos that say "this kernel or file has no PAGEMAP_SCAN", not "this process failed".
 UNSUPPORTED_ERRNOS = frozenset({errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
+# errnos after which that one range is read the plain way: the above, and EFAULT for a
+# range past the user address space ([vsyscall]), which the plain read returns as zeros.
+REFUSED_RANGE_ERRNOS = UNSUPPORTED_ERRNOS | {errno.EFAULT}
 
 
 class PagemapScanner:
@@ -92,3 +96,42 @@ class PagemapScanner:
             done = lo + run_pages
         out[done:] = 0
         return known
+
+
+class PagemapReader:
+    """read_range's pagemap reads: PAGEMAP_SCAN's runs where the kernel has it, else (or
+    with use_scan False) one plain pread; the entries land in a buffer kept between calls.
+
+    scan_reason is None until the first read tries the ioctl, then "" when it is used,
+    else why not. reads counts calls by "scan", "plain" and "plain_scan_<errno>" (the
+    ioctl refused that range: read the plain way).
+    """
+
+    def __init__(self) -> None:
+        self.use_scan = True
+        self.scan_reason: str | None = None
+        self.reads: Counter[str] = Counter()
+        self._scanner = PagemapScanner()
+        self._buffer = ReadBuffer()
+
+    def read(self, fd: int, first: int, count: int) -> tuple[U64Array, int]:
+        """count entries from page first: (entries, how many are known; the rest zero).
+        The entries are valid until the next read. OSError from the reads."""
+        if self.use_scan and self.scan_reason in (None, ""):
+            entries = self._buffer.take(count)
+            try:
+                nr_read = self._scanner.read(fd, first, entries)
+            except OSError as err:
+                if err.errno not in REFUSED_RANGE_ERRNOS:
+                    raise
+                name = errno.errorcode.get(err.errno or 0, str(err.errno))
+                if self.scan_reason is None and err.errno in UNSUPPORTED_ERRNOS:
+                    self.scan_reason = f"PAGEMAP_SCAN failed with {name}"
+                self.reads[f"plain_scan_{name.lower()}"] += 1
+            else:
+                self.scan_reason = ""
+                self.reads["scan"] += 1
+                return entries, nr_read
+        else:
+            self.reads["plain"] += 1
+        return read_u64_range(fd, first, count, self._buffer)
