@@ -5,12 +5,17 @@ times LinuxMachine.read_range over it in the engine's 128 MiB chunks
 (pagemap + kpageflags + kpagecount + decode + node lookup), and
 bench/pagemap_read.c, compiled here with gcc, reading the same files for the
 same range: once the minimal way (kpageflags and kpagecount for every
-present page, a pread per run of consecutive PFNs in address order) and once
-with kscand's own strategy (address-order runs that also step over small PFN
-gaps, kpagecount only for non-exclusive file pages, where it decides SHARED). The first ratio
-is the target; the second is the cost of Python for the same syscalls. Each
-is run --repeat times, alternating; the best time counts (the machine is
-shared). Needs root.
+present page, a pread per run of consecutive PFNs in address order) and with
+kscand's own strategy (address-order runs that also step over small PFN
+gaps, kpagecount only for non-exclusive file pages, where it decides SHARED),
+both with the plain pagemap read and, where the kernel has PAGEMAP_SCAN
+(6.7+), with pagemap read only for the present or swapped runs it returns
+(kscand's default there). The ratios to the C program with the same strategy
+are the target (the cost of Python for the same syscalls); the ratio to the
+minimal C program says what the strategy gains. Each is run --repeat times,
+alternating; the best time counts (the machine is shared). Ratios are printed
+by wall clock and by CPU time (user + system of the reading process, which a
+busy host's other tasks do not inflate). Needs root.
 
     .venv/bin/python bench/bench_pagemap.py [--size-gib 8] [--repeat 3] [--thp]
 """
@@ -46,9 +51,11 @@ class Run:
 
     name: str
     seconds: float
+    cpu_seconds: float
     present: int
     eligible: int
     preads: int | None = None
+    ioctls: int | None = None
 
     def pages_per_s(self, nr_pages: int) -> float:
         return nr_pages / self.seconds
@@ -76,16 +83,24 @@ def allocate(size_bytes: int, thp: bool) -> tuple[mmap.mmap, int]:
     return buf, base
 
 
-def scan_python(machine: LinuxMachine, base: int, size_bytes: int) -> Run:
+PY_PLAIN, PY_SCAN = "python, plain pagemap read", "python, PAGEMAP_SCAN"
+C_MINIMAL, C_PLAIN, C_SCAN = ("C minimal (address-order runs)", "C, kscand's strategy, plain",
+                              "C, kscand's strategy, SCAN")
+C_NAMES = {"runs": C_MINIMAL, "kscand": C_PLAIN, "scan": C_SCAN}
+
+
+def scan_python(machine: LinuxMachine, base: int, size_bytes: int, pagemap_scan: bool) -> Run:
     """LinuxMachine.read_range over the buffer in the scanner's chunk size."""
+    machine.pagemap.use_scan = pagemap_scan
     proc = machine.process_id(os.getpid())
     present = eligible = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for lo in range(base, base + size_bytes, HISTORY_CHUNK_BYTES):
         batch = machine.read_range(proc, lo, min(lo + HISTORY_CHUNK_BYTES, base + size_bytes))
         present += int(np.count_nonzero(batch.flags & PageFlag.PRESENT))
         eligible += int(np.count_nonzero(page_skip_codes(batch.flags) <= PageSkip.ELIGIBLE_THP))
-    return Run("python (kscand)", time.perf_counter() - started, present, eligible)
+    return Run(PY_SCAN if pagemap_scan else PY_PLAIN, time.perf_counter() - started,
+               time.process_time() - cpu_started, present, eligible)
 
 
 def build_c(workdir: Path) -> Path:
@@ -104,9 +119,9 @@ def scan_c(exe: Path, mode: str, base: int, size_bytes: int) -> Run:
         check=True, capture_output=True, text=True,
     ).stdout
     fields = dict(item.split("=") for item in out.split())
-    name = "C minimal (address-order runs)" if mode == "runs" else "C, kscand's strategy"
-    return Run(name, int(fields["ns"]) / 1e9, int(fields["present"]), int(fields["eligible"]),
-               int(fields["preads"]))
+    return Run(C_NAMES[mode], int(fields["ns"]) / 1e9, int(fields["cpu_ns"]) / 1e9,
+               int(fields["present"]),
+               int(fields["eligible"]), int(fields["preads"]), int(fields["ioctls"]))
 
 
 def main() -> int:
@@ -138,23 +153,40 @@ def main() -> int:
         selection=ProcessSelection(pids=(os.getpid(),)), self_pid=-1
     ) as machine:
         exe = build_c(Path(tmp))
+        scan_python(machine, base, HISTORY_CHUNK_BYTES, pagemap_scan=True)  # probes it
+        has_scan = machine.pagemap.scan_reason == ""
         for _ in range(args.repeat):
-            for run in (scan_python(machine, base, size_bytes),
-                        scan_c(exe, "runs", base, size_bytes),
-                        scan_c(exe, "kscand", base, size_bytes)):
+            batch = [scan_python(machine, base, size_bytes, pagemap_scan=False),
+                     scan_c(exe, "runs", base, size_bytes),
+                     scan_c(exe, "kscand", base, size_bytes)]
+            if has_scan:
+                batch += [scan_python(machine, base, size_bytes, pagemap_scan=True),
+                          scan_c(exe, "scan", base, size_bytes)]
+            for run in batch:
                 runs.setdefault(run.name, []).append(run)
+        reads = dict(machine.pagemap.reads)
     buf.close()
     best = {name: min(rs, key=lambda r: r.seconds) for name, rs in runs.items()}
+    best_cpu = {name: min(r.cpu_seconds for r in rs) for name, rs in runs.items()}
     counts = {(r.present, r.eligible) for r in best.values()}
     for run in best.values():
         extra = f", {run.preads:,} preads" if run.preads is not None else ""
+        extra += f", {run.ioctls:,} ioctls" if run.ioctls else ""
         print(f"{run.name:34s} {run.pages_per_s(nr_pages) / 1e6:7.2f} M pages/s "
-              f"({run.seconds:.3f} s; present {run.present:,}, eligible {run.eligible:,}{extra})")
-    py = best["python (kscand)"].pages_per_s(nr_pages)
-    minimal = best["C minimal (address-order runs)"].pages_per_s(nr_pages)
-    batched = best["C, kscand's strategy"].pages_per_s(nr_pages)
-    print(f"ratio python / C minimal: {py / minimal:.2f}x (target >= 0.8x)")
-    print(f"ratio python / C with kscand's strategy: {py / batched:.2f}x")
+              f"({run.seconds:.3f} s, CPU {best_cpu[run.name]:.3f} s; present {run.present:,}, "
+              f"eligible {run.eligible:,}{extra})")
+    print(f"python read_range calls by pagemap read: {reads}")
+    if not has_scan:
+        print(f"no PAGEMAP_SCAN pair: {machine.pagemap.scan_reason}")
+    pairs = [("plain read", PY_PLAIN, C_PLAIN)] + ([("PAGEMAP_SCAN", PY_SCAN, C_SCAN)]
+                                                  if has_scan else [])
+    for label, py, c in pairs:
+        print(f"ratio python / C with kscand's strategy, {label}: "
+              f"{best[c].seconds / best[py].seconds:.2f}x wall, "
+              f"{best_cpu[c] / best_cpu[py]:.2f}x CPU (target >= 0.8x)")
+    print(f"ratio python (plain) / C minimal: "
+          f"{best[C_MINIMAL].seconds / best[PY_PLAIN].seconds:.2f}x wall, "
+          f"{best_cpu[C_MINIMAL] / best_cpu[PY_PLAIN]:.2f}x CPU")
     if len(counts) != 1:
         print(f"bench_pagemap: readers disagree on (present, eligible): {sorted(counts)}",
               file=sys.stderr)

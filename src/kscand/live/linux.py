@@ -1,8 +1,9 @@
 """LinuxMachine: the Machine interface on /proc, /sys and move_pages(2).
 
-Pages: /proc/PID/pagemap read in whole ranges, then /proc/kpageflags and
-/proc/kpagecount for the present PFNs (contiguous runs, one pread each), the
-node from the memory-block PFN map. Accessed bits: the page_idle bitmap or
+Pages: /proc/PID/pagemap read in whole ranges (only the present or swapped
+runs PAGEMAP_SCAN returns, where the kernel has it), then /proc/kpageflags
+and /proc/kpagecount for the present PFNs (contiguous runs, one pread each),
+the node from the memory-block PFN map. Accessed bits: the page_idle bitmap or
 DAMON. Moves: move_pages(2). Identity (pid, start time) is checked right
 after opening a process's pagemap or maps: the open file is bound to that
 process's mm, so a later pid reuse cannot redirect the read.
@@ -23,9 +24,11 @@ from kscand.errors import AccessDenied, ProcessGone, TransientError, Unsupported
 from kscand.live.clock import LiveClock
 from kscand.live.damon import DamonSource
 from kscand.live.features import Features, probe
+from kscand.live.malloc import keep_freed_arrays
 from kscand.live.move import PageMover
 from kscand.live.nodes import SysfsNodes
 from kscand.live.page_idle import PageIdleSource
+from kscand.live.pagemap_scan import PagemapReader
 from kscand.live.processes import (
     ProcessSelection,
     ProcTable,
@@ -46,7 +49,7 @@ from kscand.live.procfs import (
     vaddr_range,
     vma_from_entry,
 )
-from kscand.live.u64file import U64File, read_u64_at, read_u64_range
+from kscand.live.u64file import U64File, read_u64_at
 from kscand.machine import (
     NID_NONE,
     PAGE_SHIFT,
@@ -152,6 +155,9 @@ class LinuxMachine:
         self.access_source_name, self.access_source_reason = self._open_access(access_source)
         self._kpageflags: U64File | None = None
         self._kpagecount: U64File | None = None
+        self.pagemap = PagemapReader()  # PAGEMAP_SCAN or plain; its reason and counts
+        # Why the scan's freed arrays may still go back to the kernel ("" when they do not).
+        self.malloc_reason = keep_freed_arrays()
         self._vmflags: dict[ProcessId, dict[VmaKey, VmFlag]] = {}
         self._proc_list: list[ProcessId] = []
         self._proc_list_ns: int | None = None
@@ -311,11 +317,15 @@ class LinuxMachine:
     # --- pages --------------------------------------------------------------------------------
 
     def read_range(self, proc: ProcessId, start: int, end: int) -> PageBatch:
-        """Pages of [start, end): one pagemap pread, then kpageflags/kpagecount runs."""
+        """Pages of [start, end): pagemap (PAGEMAP_SCAN's runs, else one pread), then
+        kpageflags/kpagecount runs.
+
+        The entries are read into a buffer kept between calls (one scanning thread).
+        """
         vaddr = vaddr_range(start, end)
         fd = self._open_checked(proc, "pagemap")
         try:
-            entries, nr_read = read_u64_range(fd, start >> PAGE_SHIFT, int(vaddr.size))
+            entries, nr_read = self.pagemap.read(fd, start >> PAGE_SHIFT, int(vaddr.size))
         except OSError as err:
             raise self._proc_error(err, proc, "pagemap") from err
         finally:
@@ -354,26 +364,33 @@ class LinuxMachine:
         return self._kpageflags, self._kpagecount
 
     def _batch(self, proc: ProcessId, vaddr: U64Array, entries: U64Array) -> PageBatch:
-        """Decode pagemap entries plus kpageflags/kpagecount/nid of the present PFNs."""
-        present = pagemap_present(entries)
+        """Decode pagemap entries plus kpageflags/kpagecount/nid of the present PFNs (an
+        all-present chunk, the common case, without gathering and spreading back)."""
         pfn = pagemap_pfn(entries)
-        kflags = np.zeros(entries.shape, dtype=np.uint64)
         kcount = np.zeros(entries.shape, dtype=np.uint64)
-        nid = np.full(entries.shape, NID_NONE, dtype=np.int32)
-        idx = np.flatnonzero(present)
-        if idx.size:
-            pfns = pfn[idx]
-            flags_file, count_file = self._kpage_files()
-            kf, kf_ok = self._read_kpages(flags_file, pfns, "kpageflags")
-            # A PFN kpageflags cannot describe (past max_pfn) is treated like KPF_NOPAGE.
-            kflags[idx] = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
-            if not self.features.kpf_ksm_reliable:  # every anon page says KSM: ignore it
-                kflags &= ~KPF_KSM_MASK
-            count_idx = np.flatnonzero(kpagecount_needed(entries))
-            if count_idx.size:
-                kc, _ = self._read_kpages(count_file, pfn[count_idx], "kpagecount")
-                kcount[count_idx] = kc
-            nid[idx] = self._nid_of(proc, vaddr[idx], pfns)
+        idx = np.flatnonzero(pagemap_present(entries))
+        if idx.size == 0:
+            nid = np.full(entries.shape, NID_NONE, dtype=np.int32)
+            return PageBatch(vaddr, pfn, nid, decode_pages(entries, kcount, kcount, nid))
+        every = idx.size == entries.size
+        pfns = pfn if every else pfn[idx]
+        flags_file, count_file = self._kpage_files()
+        kf, kf_ok = self._read_kpages(flags_file, pfns, "kpageflags")
+        if not kf_ok.all():  # a PFN kpageflags cannot describe (past max_pfn): KPF_NOPAGE
+            kf = np.where(kf_ok, kf, np.uint64(1 << KPF_NOPAGE))
+        if not self.features.kpf_ksm_reliable:  # every anon page says KSM: ignore it
+            kf &= ~KPF_KSM_MASK
+        count_idx = np.flatnonzero(kpagecount_needed(entries))
+        if count_idx.size:
+            kc, _ = self._read_kpages(count_file, pfn[count_idx], "kpagecount")
+            kcount[count_idx] = kc
+        node = self._nid_of(proc, vaddr if every else vaddr[idx], pfns)
+        kflags, nid = kf, node
+        if not every:
+            kflags = np.zeros(entries.shape, dtype=np.uint64)
+            kflags[idx] = kf
+            nid = np.full(entries.shape, NID_NONE, dtype=np.int32)
+            nid[idx] = node
         flags = decode_pages(entries, kflags, kcount, nid)
         return PageBatch(vaddr, pfn, nid, flags)
 

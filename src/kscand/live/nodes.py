@@ -188,10 +188,14 @@ class PfnNodeMap:
         """Node of each PFN, NID_NONE outside every block. uint64 (n,) -> int32 (n,)."""
         if self.start_pfn.size == 0:
             return np.full(pfn.shape, NID_NONE, dtype=np.int32)
-        run = np.searchsorted(self.start_pfn, pfn, side="right").astype(np.intp) - 1
-        clipped = np.maximum(run, 0)
-        inside = (run >= 0) & (pfn < self.end_pfn[clipped])
-        return np.where(inside, self.nid[clipped], np.int32(NID_NONE)).astype(np.int32)
+        run = np.searchsorted(self.start_pfn, pfn, side="right")
+        run -= 1
+        np.maximum(run, 0, out=run)  # below the first run: caught by the start test
+        inside = pfn < self.end_pfn[run]
+        if self.start_pfn[0] > 0:
+            inside &= pfn >= self.start_pfn[0]
+        out: I32Array = np.where(inside, self.nid[run], np.int32(NID_NONE))
+        return out
 
 
 @dataclass(frozen=True, slots=True)

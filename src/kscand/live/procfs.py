@@ -249,12 +249,15 @@ def pagemap_pfn(entries: U64Array) -> U64Array:
     )
 
 
+# pagemap bits 62-63 (SWAP, PRESENT) -> PageFlag: one lookup instead of two masked passes.
+_PM_FLAG_TABLE = np.array(
+    [0, PageFlag.SWAPPED, PageFlag.PRESENT, PageFlag.PRESENT | PageFlag.SWAPPED], dtype=np.uint32
+)
+
+
 def pagemap_flags(entries: U64Array) -> U32Array:
     """PageFlag bits that pagemap alone gives: PRESENT, SWAPPED. uint64 (n,) -> uint32 (n,)."""
-    flags = np.zeros(entries.shape, dtype=np.uint32)
-    flags[pagemap_present(entries)] |= np.uint32(PageFlag.PRESENT)
-    flags[(entries & PM_SWAP) != 0] |= np.uint32(PageFlag.SWAPPED)
-    return flags
+    return _PM_FLAG_TABLE.take((entries >> np.uint64(62)).view(np.int64))
 
 
 # kpageflags bit -> PageFlag bit, for the flags that map one to one.
@@ -268,19 +271,43 @@ _KPF_DIRECT: tuple[tuple[int, PageFlag], ...] = (
     (KPF_NOPAGE, PageFlag.ZONE_DEVICE),
 )
 
+# Every kpageflags bit kscand decodes lies in two windows: bits 5-12 (LRU .. ANON) and
+# bits 15-24 (COMPOUND_HEAD .. ZERO_PAGE). Each window indexes a table of the PageFlag
+# bits it means, so a decode is two lookups and an OR, whatever the number of flags.
+_KPF_LO_SHIFT, _KPF_LO_BITS = KPF_LRU, 8
+_KPF_HI_SHIFT, _KPF_HI_BITS = KPF_COMPOUND_HEAD, 10
+
+
+def _window_table(shift: int, nr_bits: int) -> U32Array:
+    """PageFlag bits of every value of kpageflags bits [shift, shift + nr_bits)."""
+    words = np.arange(1 << nr_bits, dtype=np.uint64) << np.uint64(shift)
+    table = np.zeros(words.shape, dtype=np.uint32)
+    for bit, flag in _KPF_DIRECT:
+        table[(words & _kpf(bit)) != 0] |= np.uint32(flag)
+    thp = (words & _kpf(KPF_THP)) != 0
+    table[thp & ((words & _kpf(KPF_COMPOUND_HEAD)) != 0)] |= np.uint32(PageFlag.THP_HEAD)
+    table[thp & ((words & _kpf(KPF_COMPOUND_TAIL)) != 0)] |= np.uint32(PageFlag.THP_TAIL)
+    return table
+
+
+_KPF_LO_TABLE = _window_table(_KPF_LO_SHIFT, _KPF_LO_BITS)
+_KPF_HI_TABLE = _window_table(_KPF_HI_SHIFT, _KPF_HI_BITS)
+
+def _window(kflags: U64Array, shift: int, nr_bits: int) -> npt.NDArray[np.int64]:
+    index = (kflags >> np.uint64(shift)).view(np.int64)
+    index &= (1 << nr_bits) - 1
+    return index
+
 
 def kpageflags_to_pageflags(kflags: U64Array) -> U32Array:
     """PageFlag bits from kpageflags words. uint64 (n,) -> uint32 (n,).
 
     THP_HEAD is KPF_THP with COMPOUND_HEAD, THP_TAIL KPF_THP with
     COMPOUND_TAIL (kpageflags sets KPF_THP for every large LRU/anon folio).
+    Two table lookups (bits 5-12 and 15-24) instead of a masked pass per flag.
     """
-    out = np.zeros(kflags.shape, dtype=np.uint32)
-    for bit, flag in _KPF_DIRECT:
-        out[(kflags & _kpf(bit)) != 0] |= np.uint32(flag)
-    thp = (kflags & _kpf(KPF_THP)) != 0
-    out[thp & ((kflags & _kpf(KPF_COMPOUND_HEAD)) != 0)] |= np.uint32(PageFlag.THP_HEAD)
-    out[thp & ((kflags & _kpf(KPF_COMPOUND_TAIL)) != 0)] |= np.uint32(PageFlag.THP_TAIL)
+    out = _KPF_LO_TABLE.take(_window(kflags, _KPF_LO_SHIFT, _KPF_LO_BITS))
+    out |= _KPF_HI_TABLE.take(_window(kflags, _KPF_HI_SHIFT, _KPF_HI_BITS))
     return out
 
 
@@ -323,18 +350,21 @@ def decode_pages(
     which counts as ZONE_DEVICE. Returns uint32 (n,).
     """
     flags = pagemap_flags(entries)
-    present = (flags & np.uint32(PageFlag.PRESENT)) != 0
     page = kpageflags_to_pageflags(kflags)
-    page[shared_mask(entries, kflags, kcount)] |= np.uint32(PageFlag.SHARED)
-    page[nid < 0] |= np.uint32(PageFlag.ZONE_DEVICE)
-    flags |= np.where(present, page, np.uint32(0)).astype(np.uint32)
+    np.bitwise_or(page, np.uint32(PageFlag.SHARED), out=page,
+                  where=shared_mask(entries, kflags, kcount))
+    np.bitwise_or(page, np.uint32(PageFlag.ZONE_DEVICE), out=page, where=nid < 0)
+    page &= np.uint32(0) - (flags & np.uint32(PageFlag.PRESENT))  # all ones where present
+    flags |= page
     return flags
 
 
 def vaddr_range(start: int, end: int) -> U64Array:
     """Page-aligned addresses of [start, end). -> uint64 (n,)."""
     first, last = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-    return (np.arange(first, last, dtype=np.uint64) << np.uint64(PAGE_SHIFT)).astype(np.uint64)
+    out = np.arange(first, last, dtype=np.uint64)
+    out <<= np.uint64(PAGE_SHIFT)
+    return out
 
 
 def contiguous_runs(

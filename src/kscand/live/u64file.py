@@ -2,7 +2,9 @@
 
 Whole runs are read with one preadv straight into a numpy buffer; a short
 read (end of file, a process that exited, a PFN past max_pfn) leaves the
-rest invalid instead of failing.
+rest invalid instead of failing. The buffers a reader reads into are kept
+(ReadBuffer) rather than allocated per call: on a host where a page fault
+costs microseconds, fresh buffers cost more than the reads.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ import numpy.typing as npt
 from kscand.machine import BoolArray, U64Array
 
 ENTRY_BYTES = 8
+# A ReadBuffer keeps at most this many entries between calls (8 MiB); a larger read
+# gets a buffer of its own, freed after it.
+READ_BUFFER_MAX_ENTRIES = 1 << 20
+
+
+class ReadBuffer:
+    """A uint64 buffer reused across reads: grown to the largest read, up to a cap."""
+
+    def __init__(self, max_entries: int = READ_BUFFER_MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._buf: U64Array = np.zeros(0, dtype=np.uint64)
+
+    def take(self, count: int) -> U64Array:
+        """count entries of scratch space (contents undefined until written)."""
+        if count > self.max_entries:
+            return np.empty(count, dtype=np.uint64)
+        if self._buf.size < count:
+            self._buf = np.empty(min(max(count, 2 * self._buf.size), self.max_entries),
+                                 dtype=np.uint64)
+        return self._buf[:count]
 
 
 def pread_u64(fd: int, first: int, out: U64Array) -> int:
@@ -37,25 +59,37 @@ def pread_u64(fd: int, first: int, out: U64Array) -> int:
     return done // ENTRY_BYTES
 
 
-def read_u64_range(fd: int, first: int, count: int) -> tuple[U64Array, int]:
-    """Entries [first, first + count) of fd: (uint64 (count,), number read; rest zero)."""
-    out = np.zeros(count, dtype=np.uint64)
-    return out, pread_u64(fd, first, out)
+def read_u64_range(
+    fd: int, first: int, count: int, scratch: ReadBuffer | None = None
+) -> tuple[U64Array, int]:
+    """Entries [first, first + count) of fd: (uint64 (count,), number read; rest zero).
+
+    With scratch, the entries are in scratch's buffer: valid until its next use.
+    """
+    out = scratch.take(count) if scratch is not None else np.empty(count, dtype=np.uint64)
+    nr_read = pread_u64(fd, first, out)
+    out[nr_read:] = 0
+    return out, nr_read
 
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     """How to read entries at given indices: runs [first, first + length), int64 (r,).
 
-    Runs are stored back to back in one buffer from base; run_of and within
-    (int64 (n,)) place each index inside that buffer.
+    Runs are stored back to back in one buffer from base; count (r,) is how many
+    of the indices each run serves, pos (int64 (n,)) places each index inside
+    that buffer.
     """
 
     first: npt.NDArray[np.int64]
     length: npt.NDArray[np.int64]
     base: npt.NDArray[np.int64]
-    run_of: npt.NDArray[np.int64]
-    within: npt.NDArray[np.int64]
+    count: npt.NDArray[np.int64]
+    pos: npt.NDArray[np.int64]
+
+    def run_of(self) -> npt.NDArray[np.int64]:
+        """The run of each index, int64 (n,)."""
+        return np.repeat(np.arange(self.first.size, dtype=np.int64), self.count)
 
 
 def plan_runs(index: npt.NDArray[np.int64], max_gap: int) -> RunPlan:
@@ -63,24 +97,26 @@ def plan_runs(index: npt.NDArray[np.int64], max_gap: int) -> RunPlan:
     same as the previous one or at most max_gap + 1 ahead of it (no sort needed:
     PFNs of neighbouring pages are often neighbours, and a repeated PFN, like
     the zero page's, stays in one run)."""
-    step = np.diff(index)
-    breaks = np.flatnonzero((step < 0) | (step > max_gap + 1)) + 1
+    step = np.diff(index).view(np.uint64)  # a step back wraps past any gap
+    breaks = np.flatnonzero(step > np.uint64(max_gap + 1)) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [index.size])) - 1
     first = index[starts]
     length = index[ends] - first + 1
     base = np.zeros(first.size, dtype=np.int64)
     np.cumsum(length[:-1], out=base[1:])
-    run_of = np.repeat(np.arange(first.size, dtype=np.int64), ends - starts + 1)
-    return RunPlan(first, length, base, run_of, index - first[run_of])
+    count = ends - starts + 1
+    return RunPlan(first, length, base, count, index + np.repeat(base - first, count))
 
 
 def read_runs(fd: int, plan: RunPlan) -> tuple[U64Array, BoolArray]:
     """Read every run of plan from fd: (values, valid) per planned index, uint64/bool (n,).
 
     The preads are issued by map() over the run lists, so the per-run cost is
-    the syscall's, not a Python loop iteration's. A short read (end of file)
-    falls back to reading run by run and marks what is missing invalid.
+    the syscall's, not a Python loop iteration's (os.pread and one join cost a
+    third of a preadv into a slice of a kept buffer: no memoryview per run). A
+    short read (end of file) falls back to reading run by run and marks what is
+    missing invalid.
     """
     sizes = (plan.length * ENTRY_BYTES).tolist()
     offsets = (plan.first * ENTRY_BYTES).tolist()
@@ -88,14 +124,15 @@ def read_runs(fd: int, plan: RunPlan) -> tuple[U64Array, BoolArray]:
     total = int(plan.length.sum())
     if len(data) == total * ENTRY_BYTES:
         buf = np.frombuffer(data, dtype=np.uint64)
-        return buf[plan.base[plan.run_of] + plan.within], np.ones(plan.within.size, np.bool_)
+        return buf[plan.pos], np.ones(plan.pos.size, np.bool_)
     buf = np.zeros(total, dtype=np.uint64)
     got = np.zeros(plan.first.size, dtype=np.int64)
     for run, (start, count, pos) in enumerate(
         zip(plan.first.tolist(), plan.length.tolist(), plan.base.tolist(), strict=True)
     ):
         got[run] = pread_u64(fd, start, buf[pos : pos + count])
-    return buf[plan.base[plan.run_of] + plan.within], plan.within < got[plan.run_of]
+    run_of = plan.run_of()
+    return buf[plan.pos], plan.pos - plan.base[run_of] < got[run_of]
 
 
 def read_u64_at(
