@@ -227,16 +227,23 @@ class Scanner:
         return young
 
     def _heat(
-        self, j: Judged, ctx: ScanContext, bound: int = 0, recent: int = 0
+        self,
+        j: Judged,
+        ctx: ScanContext,
+        bound: int = 0,
+        recent: int = 0,
+        at: npt.NDArray[np.intp] | None = None,
     ) -> npt.NDArray[np.uint8]:
         """The heat bins of judged folios, from their registers (or a bound of them).
 
         recent > 0: from the last `recent` looks only (a resident that cooled down
         reads cold after that many idle scans, not after a whole register).
+        at: of these folios only (indices into j), in that order.
         """
         t = ctx.tunables
         slot = j.slot
-        seen = slot.seen_chunk(j.chunk_base)[j.offsets]
+        offsets = j.offsets if at is None else j.offsets[at]
+        seen = slot.seen_chunk(j.chunk_base)[offsets]
         if recent:
             seen = np.minimum(seen, np.uint8(recent))
         interval_s = slot.pass_interval_s or (
@@ -244,8 +251,8 @@ class Scanner:
             / 1e3
         )
         heat = heat_of(
-            slot.history_chunk(j.chunk_base)[j.offsets],
-            slot.short_chunk(j.chunk_base)[j.offsets]
+            slot.history_chunk(j.chunk_base)[offsets],
+            slot.short_chunk(j.chunk_base)[offsets]
             if ctx.reprobe_s > 0
             else np.zeros_like(seen),
             seen,
@@ -270,8 +277,7 @@ class Scanner:
         pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
         if pinned is not None:
             want &= ~pinned
-        lower = self._heat(j, ctx, -1)
-        self._queue_promote(slot.proc, j, np.flatnonzero(want), lower, ctx)
+        self._queue_promote(slot.proc, j, np.flatnonzero(want), ctx)
         return want
 
     def judge(
@@ -319,7 +325,7 @@ class Scanner:
             self.stats.add(proc, "skip_ping_pong_guard", pages_in(want & pinned, j.nr_pages))
             want &= ~pinned
         # Queued with their lower bounds: exchange and the room cut-off rank by them.
-        self._queue_promote(proc, j, np.flatnonzero(want), self._heat(j, ctx, -1), ctx)
+        self._queue_promote(proc, j, np.flatnonzero(want), ctx)
         if ctx.demote_wanted:
             history = slot.history_chunk(j.chunk_base)[j.offsets]
             self._queue_watermark_cold(slot, j, history, on_top, ctx)
@@ -328,17 +334,20 @@ class Scanner:
         # Residents of a short node colder than its threshold by the margin may make
         # room; pages with no evidence of access always may.
         limit = np.where(threshold > 0, np.maximum(threshold - t.exchange_margin_bins, 1), 0)
-        judged_heat = self._heat(j, ctx, 0, RESIDENT_RECENT_SCANS)
-        cold = on_top & (judged_heat.astype(np.int16) < limit) & (seen >= EXCHANGE_MIN_SEEN)
+        looked = np.flatnonzero(on_top & (seen >= EXCHANGE_MIN_SEEN))
+        if not looked.size:
+            return
+        recent_heat = self._heat(j, ctx, 0, RESIDENT_RECENT_SCANS, looked)
+        cold = recent_heat.astype(np.int16) < limit[looked]
         if pinned is not None:
-            cold &= ~pinned
+            cold &= ~pinned[looked]
         if cold.any():
-            at = np.flatnonzero(cold)
+            at = looked[cold]
             # Residents are queued with their recent estimate, candidates with their
             # lower bound: a swap needs the newcomer to be surely hotter, and a page
             # that cooled down is not kept on its past.
             self.demoter.add(
-                proc, j.folios.take(at), sizes_at(j.nr_pages, at), judged_heat[at], ctx.now_ns
+                proc, j.folios.take(at), sizes_at(j.nr_pages, at), recent_heat[cold], ctx.now_ns
             )
 
     def _account_heat(
@@ -414,18 +423,21 @@ class Scanner:
         proc: ProcessId,
         j: Judged,
         at: npt.NDArray[np.intp],
-        heat: npt.NDArray[np.uint8] | None,
         ctx: ScanContext,
+        bounded: bool = True,
     ) -> None:
+        """Queue folios at of j; bounded: with their lower heat bounds (rank mode: the
+        migrator's room cut-off and exchange rank by them)."""
         if not at.size:
             return
+        lower = self._heat(j, ctx, -1, 0, at) if bounded else None  # before a drain moves any
         if self.drain is not None and (
             self.migrator.nr_queued + at.size > self.migrator.queue_max
         ):
             self.drain()  # kmigrated's turn: the queue would overflow
         self.migrator.add(
             proc, j.folios.take(at), sizes_at(j.nr_pages, at),
-            None if heat is None else heat[at], ctx.now_ns,
+            lower, ctx.now_ns,
         )
 
     def _judge_series(
@@ -449,7 +461,7 @@ class Scanner:
         self.stats.add(proc, "nr_kscand_coldpage", pages_in(young, nr_pages) - hot_pages)
         idx = _idx(offsets, len(folios))
         j = Judged(slot, chunk_base, idx, folios, nr_pages, young)
-        self._queue_promote(proc, j, np.flatnonzero(hot & ~on_top), None, ctx)
+        self._queue_promote(proc, j, np.flatnonzero(hot & ~on_top), ctx, bounded=False)
         self._queue_watermark_cold(slot, j, pushed, on_top, ctx)
 
     def _queue_watermark_cold(
