@@ -12,24 +12,23 @@ from typing import Any
 import numpy as np
 from simkit import HOT, machine_and_engine, run_steps, scenario
 
+from kscand.core.engine import Kscand
 from kscand.errors import ProcessGone
-from kscand.machine import PAGE_SIZE, I32Array, ProcessId, U64Array
+from kscand.machine import PAGE_SIZE, I32Array, MachineProxy, ProcessId, U64Array
 from kscand.sim.machine import SimMachine
 
 STRESS = os.environ.get("KSCAND_STRESS") == "1"
 MiB, GiB = 1 << 20, 1 << 30
 
 
-class GuardedMachine:
+class GuardedMachine(MachineProxy):
     """Checks every move_pages call against the identity the machine knows *now*."""
 
     def __init__(self, inner: SimMachine) -> None:
+        super().__init__(inner)
         self.inner = inner
         self.stale_calls = 0
         self.moved_for: list[ProcessId] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def move_pages(self, proc: ProcessId, vaddrs: U64Array, nid: int) -> I32Array:
         alive_at_call = self.inner.is_alive(proc)
@@ -54,9 +53,9 @@ def test_churn_with_pid_reuse_never_moves_for_a_stale_identity() -> None:
         tunables={"hot_history_depth": 1, "migrate_queue_max": 2048, "migrate_batch_folios": 32},
         sim={"pid_max": 400, "move_cost_ns_per_page": 200_000},  # slow moves: exits race them
     )
-    machine, engine = machine_and_engine(sc)
-    guard = GuardedMachine(machine)
-    engine.machine = engine.scanner.machine = engine.migrator.machine = guard
+    machine = SimMachine(sc)
+    guard = GuardedMachine(machine)  # every part of the engine moves through it
+    engine = Kscand(guard, sc.tunables, scale_policy=machine.scale_of)
     end_s = nr_procs * 0.004 + 1.0
     while machine.clock.now_s < end_s:
         run_steps(machine, engine, 1)  # no exception may reach the loop
