@@ -50,3 +50,23 @@ def test_ring_stays_bounded_under_churn() -> None:
         mm.exit(proc)
     assert len(mm._ring) <= len(mm) + 65 + 1
     assert cursor_proc(mm) == keep
+
+
+def test_per_page_state_costs_what_the_readme_says() -> None:
+    """README "Memory per scanned GiB": history, seen and short are one byte per page,
+    moves eight (two float32 times), each in 128 MiB chunks."""
+    from kscand.core.mmlist import HISTORY_CHUNK_BYTES, MmSlot
+
+    slot = MmSlot(ProcessId(1, 1))
+    per_gib = (1 << 30) // HISTORY_CHUNK_BYTES
+    assert HISTORY_CHUNK_BYTES == 128 << 20
+    sizes = {
+        "history": slot.history_chunk(0).nbytes * per_gib,
+        "seen": slot.seen_chunk(0).nbytes * per_gib,
+        "short": slot.short_chunk(0).nbytes * per_gib,
+        "moves": slot.moves_chunk(0).nbytes * per_gib,
+    }
+    assert sizes == {"history": 256 << 10, "seen": 256 << 10, "short": 256 << 10,
+                     "moves": 2 << 20}
+    assert 64 * (sizes["history"] + sizes["seen"] + sizes["short"]) == 48 << 20
+    assert 64 * sum(sizes.values()) == 176 << 20
