@@ -20,6 +20,7 @@ import numpy as np
 from kscand.core import throttle
 from kscand.core.candidates import Candidates
 from kscand.core.demoter import Demoter
+from kscand.core.evidence import PING_PONG_WINDOW_S
 from kscand.core.migrator import MigrateResult, Migrator
 from kscand.core.mmlist import MmList, MmSlot, note_moves
 from kscand.core.placement import (
@@ -31,7 +32,7 @@ from kscand.core.placement import (
 )
 from kscand.core.reprobe import ReprobeQueue
 from kscand.core.room import FreeRoom, default_target, headroom_pages, target_order
-from kscand.core.scanner import PING_PONG_WINDOW_S, Scanner
+from kscand.core.scanner import Scanner
 from kscand.core.scanplan import ScanEnd, is_toptier, pages_in
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from kscand.core import throttle
+from kscand.core import evidence, throttle
 from kscand.core.demoter import Demoter, cold_mask
 from kscand.core.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
-from kscand.core.hotness import heat_histogram, heat_of, valid_mask
+from kscand.core.hotness import heat_histogram, heat_of
 from kscand.core.migrator import Migrator
 from kscand.core.mmlist import HISTORY_CHUNK_BYTES, MmSlot
 from kscand.core.placement import HeatKey, HeatLedger, ScanContext, add_into
@@ -43,7 +43,6 @@ from kscand.machine import (
     ProcessId,
 )
 
-PING_PONG_WINDOW_S = 60.0  # a page moved more than twice within this is a ping-pong
 # Scans a top-tier page must have been seen in (since it arrived) to be exchanged: half
 # a register of evidence, so that noise in a young estimate does not swap equals.
 EXCHANGE_MIN_SEEN = 4
@@ -269,12 +268,13 @@ class Scanner:
         target = slot.target_nid if slot.target_nid in ctx.plans else ctx.default_target
         want = ~is_toptier(j.folios.nid, ctx.toptier) & (heat > 0)
         want &= heat.astype(np.int16) >= ctx.threshold_for(target)
-        early = self._too_early(j, ctx)
+        early = evidence.too_early(j.slot, j.chunk_base, j.offsets, ctx.young_scans)
         if early is not None:
             want &= ~early  # counted when judged (judge() sees them again)
         if ctx.short_evidence:
-            want &= self._short_evidence(j)  # the re-probe decides (judged again then)
-        pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
+            # The re-probe decides the others (they are judged again then).
+            want &= evidence.short_evidence(j.slot, j.chunk_base, j.offsets)
+        pinned = evidence.pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
         if pinned is not None:
             want &= ~pinned
         self._queue_promote(slot.proc, j, np.flatnonzero(want), ctx)
@@ -308,16 +308,16 @@ class Scanner:
         hot_pages = pages_in(hot, j.nr_pages)
         self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
         self.stats.add(proc, "nr_kscand_coldpage", pages_in(j.young, j.nr_pages) - hot_pages)
-        pinned = self._pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
+        pinned = evidence.pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
         want = hot & ~on_top
         if queued is not None:
             want &= ~queued
-        early = self._too_early(j, ctx)
+        early = evidence.too_early(j.slot, j.chunk_base, j.offsets, ctx.young_scans)
         if early is not None and (want & early).any():
             self.stats.add(proc, "skip_young_scans", pages_in(want & early, j.nr_pages))
             want &= ~early
         if ctx.short_evidence and reprobed:
-            slow = want & ~self._short_evidence(j)
+            slow = want & ~evidence.short_evidence(j.slot, j.chunk_base, j.offsets)
             if slow.any():
                 self.stats.add(proc, "skip_no_short_evidence", pages_in(slow, j.nr_pages))
                 want &= ~slow
@@ -382,41 +382,6 @@ class Scanner:
             if first_pass:  # no complete pass yet: what was seen so far stands for the process
                 add_into(slot.heat_contrib, key, counts)
                 self.ledger.add(key, counts)
-
-    @staticmethod
-    def _short_evidence(j: Judged) -> BoolArray:
-        """Folios a re-probe found accessed (within the re-probe delay of a clear).
-
-        promote_on_reprobe: a scan period of seconds cannot tell a page touched every
-        10 s from one touched 10 times a second, and promoting the former into free room
-        costs two moves when exchange gives the room back, then pins it (the ping-pong
-        guard) if it turns hot: on moving-hotset 83 % of what the scan's evidence
-        promoted was cold, 2.5 M candidates were pinned, and the top tier's share fell
-        from 93 % to 63 % as the hot set moved; with the re-probe's evidence, 71 %
-        acc-weighted at a quarter of the moves.
-        """
-        seen = j.slot.seen_chunk(j.chunk_base)[j.offsets]
-        short = j.slot.short_chunk(j.chunk_base)[j.offsets]
-        out: BoolArray = (short & valid_mask(seen)) != 0
-        return out
-
-    @staticmethod
-    def _too_early(j: Judged, ctx: ScanContext) -> BoolArray | None:
-        """Folios not yet found accessed in ctx.young_scans consecutive scans (None: no such
-        rule). A re-probe does not count: on DAMON it reads the same regions again."""
-        if ctx.young_scans <= 1:
-            return None
-        history = j.slot.history_chunk(j.chunk_base)[j.offsets]
-        return ~hot_mask(history, ctx.young_scans)
-
-    def _pinned(
-        self, slot: MmSlot, chunk_base: int, offsets: npt.NDArray[np.intp], now_s: float
-    ) -> BoolArray | None:
-        """Folios moved twice in the last PING_PONG_WINDOW_S: a third move would ping-pong."""
-        moves = slot.moves.get(chunk_base)
-        if moves is None:
-            return None
-        return np.asarray(now_s - moves[1, offsets] < PING_PONG_WINDOW_S)
 
     def _queue_promote(
         self,
