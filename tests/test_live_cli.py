@@ -103,9 +103,11 @@ def test_scan_reports_hot_slow_pages_as_candidates(
     assert "page_shared=1" in out and "page_not_present=245" in out
     rows = {line.split()[1]: line.split("│")[1:-1] for line in out.splitlines()
             if line.startswith("│")}
-    # node, tier, present, eligible, accessed, hot, cold, idle
-    assert [c.strip() for c in rows["0"]] == ["0", "top", "4", "4", "4", "4", "0", "0"]
-    assert [c.strip() for c in rows["1"]] == ["1", "slow", "7", "6", "6", "6", "0", "0"]
+    # node, tier, present, eligible, accessed, hot, cold, idle (4 KiB base pages, as sizes)
+    assert [c.strip() for c in rows["0"]] == ["0", "top", "16 KiB", "16 KiB", "16 KiB",
+                                               "16 KiB", "0 B", "0 B"]
+    assert [c.strip() for c in rows["1"]] == ["1", "slow", "28 KiB", "24 KiB", "24 KiB",
+                                               "24 KiB", "0 B", "0 B"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert heatmap.stat().st_size > 0
 
