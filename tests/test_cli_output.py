@@ -155,15 +155,18 @@ def test_a_text_column_folds_without_ellipsis() -> None:
 
 def test_status_and_tune_through_a_pipe_at_80_columns(running: DaemonThread,
                                                        tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": os.pathsep.join(sys.path)}
-    for argv in (["status"], ["tune"]):
+    """rich renders at $COLUMNS, else 80, when stdout is not a terminal."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    for columns, argv in ((None, "status"), ("80", "status"), (None, "tune"), ("80", "tune")):
         done = subprocess.run(
-            [sys.executable, "-m", "kscand", *argv, "--state-dir", str(tmp_path / "s")],
-            capture_output=True, text=True, timeout=60, env=env, check=True,
+            [sys.executable, "-m", "kscand", argv, "--state-dir", str(tmp_path / "s")],
+            capture_output=True, text=True, timeout=60, check=True,
+            env=env if columns is None else {**env, "COLUMNS": columns},
         )
-        assert widest_line(done.stdout) <= 80, argv
+        assert widest_line(done.stdout) <= 80, (columns, argv)
         assert "…" not in done.stdout
-    assert "nr_kscand_migrated" in done.stdout or "scan_sleep_ms" in done.stdout
+        assert ("Processes (2 of 2)" if argv == "status" else "scan_sleep_ms") in done.stdout
 
 
 # -- --json -------------------------------------------------------------------------

@@ -66,7 +66,10 @@ def _wrap_number_headers(table: Table) -> None:
 
 def _part(table: Table, indexes: list[int], title: str) -> Table:
     part = Table(title=title, title_justify=table.title_justify, box=table.box,
-                 show_header=table.show_header, show_lines=table.show_lines)
+                 show_header=table.show_header, show_lines=table.show_lines,
+                 show_edge=table.show_edge, header_style=table.header_style,
+                 border_style=table.border_style, title_style=table.title_style,
+                 row_styles=table.row_styles, caption=table.caption)
     part.columns = [dataclasses.replace(table.columns[i], _index=n)
                     for n, i in enumerate(indexes)]
     part.rows = list(table.rows)
