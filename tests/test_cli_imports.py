@@ -46,7 +46,8 @@ def test_a_daemon_client_imports_no_simulator_evaluation_or_live_machine(
 def test_status_help_imports_only_its_own_subcommand() -> None:
     modules = _kscand_modules(["status", "--help"])
     assert _under(modules, "kscand.cli") == [
-        "kscand.cli", "kscand.cli.pathargs", "kscand.cli.status", "kscand.cli.tables",
+        "kscand.cli", "kscand.cli.jsonout", "kscand.cli.pathargs", "kscand.cli.status",
+        "kscand.cli.tables",
     ]
 
 

@@ -55,6 +55,22 @@ def test_sim_prints_summary_and_writes_json(tmp_path: Path, capsys: pytest.Captu
     assert report["counters"]["nr_kscand_migrated"] > 0
 
 
+def test_sim_json_to_stdout_is_the_file_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.json"
+    path = str(write(tmp_path, SMALL))
+    assert main(["sim", path, "--json", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sim", path, "--json", "-", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # no table around it
+    in_file = json.loads(out.read_text())
+    for report in (printed, in_file):
+        report.pop("wall_s", None)
+        report.pop("peak_rss_mib", None)
+    assert printed == in_file
+
+
 def test_seed_option_overrides(tmp_path: Path) -> None:
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     path = str(write(tmp_path, SMALL))

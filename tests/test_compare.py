@@ -161,6 +161,16 @@ def test_cli_prints_a_table_and_writes_the_report(
         assert (out / png).stat().st_size > 1000 and png in html
 
 
+def test_cli_json_to_stdout_is_the_comparison_alone(
+    small: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compare", str(small), "--policies", "none,kscand", "--jobs", "1",
+                 "--quiet", "--json", "-", "--duration", "2"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)  # no table around it
+    assert report["seed"] == 5 and [r["label"] for r in report["runs"]][:2] == ["none", "kscand"]
+
+
 def test_cli_report_without_plots(small: Path, tmp_path: Path) -> None:
     out = tmp_path / "rep"
     assert main(["compare", str(small), "--policies", "none", "--quiet", "--report", str(out),

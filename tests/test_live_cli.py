@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import require
 from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, kpf, smaps_entry
+from rich.cells import cell_len
 
 import kscand.live.features as live_features
 from kscand.cli import main
@@ -18,6 +20,7 @@ from kscand.cli.scan import candidate_ranges
 from kscand.inspect.oneshot import Candidates
 from kscand.live.page_idle import PageIdleBitmap
 from kscand.machine import PAGE_SIZE
+from kscand.units import format_bytes
 
 NODE1_PFN = 8 * ((128 << 20) >> 12)
 VMA = 0x10000000
@@ -103,9 +106,11 @@ def test_scan_reports_hot_slow_pages_as_candidates(
     assert "page_shared=1" in out and "page_not_present=245" in out
     rows = {line.split()[1]: line.split("│")[1:-1] for line in out.splitlines()
             if line.startswith("│")}
-    # node, tier, present, eligible, accessed, hot, cold, idle
-    assert [c.strip() for c in rows["0"]] == ["0", "top", "4", "4", "4", "4", "0", "0"]
-    assert [c.strip() for c in rows["1"]] == ["1", "slow", "7", "6", "6", "6", "0", "0"]
+    # node, tier, present, eligible, accessed, hot, cold, idle (4 KiB base pages, as sizes)
+    assert [c.strip() for c in rows["0"]] == ["0", "top", "16 KiB", "16 KiB", "16 KiB",
+                                               "16 KiB", "0 B", "0 B"]
+    assert [c.strip() for c in rows["1"]] == ["1", "slow", "28 KiB", "24 KiB", "24 KiB",
+                                               "24 KiB", "0 B", "0 B"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert heatmap.stat().st_size > 0
 
@@ -201,3 +206,61 @@ def test_host_topology_and_scan(capsys: pytest.CaptureFixture[str]) -> None:
     assert "per node in the scanned VMAs" in text
     if not live_features.probe().has_page_idle:
         assert "showing residency only" in text or "access source damon" in text
+
+
+# --- --json and 80 columns -------------------------------------------------------------------
+
+
+def test_topology_json_has_what_the_table_shows(
+    fake: FakeLinux, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["topology", "--procfs", fake.procfs, "--sysfs", fake.sysfs]
+    rc, out, _ = run([*argv, "--json", "-"], capsys)
+    data = json.loads(out)
+    assert rc == 0 and data["can_promote"] is True
+    assert [n["nid"] for n in data["nodes"]] == [0, 1]
+    assert [n["top_tier"] for n in data["nodes"]] == [True, False]
+    for node in data["nodes"]:
+        assert {"tier", "cpus", "capacity_bytes", "free_bytes", "free_pct",
+                "memory_blocks_bytes"} <= set(node)
+        assert isinstance(node["capacity_bytes"], int) and node["capacity_bytes"] > 0
+    assert data["access_source"]["name"] == "page_idle"
+    assert data["top_tier_nids"] == [0] and data["slow_tier_nids"] == [1]
+    monkeypatch.setenv("COLUMNS", "80")
+    rc, table, _ = run(argv, capsys)
+    assert rc == 0 and max(cell_len(line) for line in table.splitlines()) <= 80
+    for node in data["nodes"]:
+        assert format_bytes(node["capacity_bytes"]) in table
+        assert format_bytes(node["free_bytes"]) in table
+    # Blockers: exit status 3 with --json too, every blocker in it.
+    (Path(fake.sysfs) / "kernel/mm/page_idle/bitmap").unlink()
+    rc, out, _ = run([*argv, "--top-tier-nodes", "0,1", "--json", "-"], capsys)
+    data = json.loads(out)
+    assert rc == 3 and data["can_promote"] is False
+    assert len([f for f in data["findings"] if f["blocking"]]) >= 2
+
+
+def test_scan_json_and_80_columns(
+    fake: FakeLinux, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PageIdleBitmap, "write_words", lambda self, words, masks: None)
+    argv = ["scan", "--pid", str(PID), "--passes", "2", "--interval-ms", "0",
+            "--procfs", fake.procfs, "--sysfs", fake.sysfs]
+    rc, out, err = run([*argv, "--json", "-"], capsys)
+    assert rc == 0, err
+    data = json.loads(out)
+    nodes = {n["nid"]: n for n in data["nodes"]}
+    assert nodes[1] == {"nid": 1, "top_tier": False, "present_pages": 7, "eligible_pages": 6,
+                        "accessed_pages": 6, "hot_pages": 6, "cold_pages": 0, "idle_pages": 0}
+    assert nodes[0]["present_pages"] == 4
+    assert data["candidate_pages"] == 6 and data["target_nid"] == 0
+    assert data["candidate_ranges"] == [
+        {"start": VMA + 4 * PAGE_SIZE, "end": VMA + 10 * PAGE_SIZE, "nid": 1, "pages": 6}
+    ]
+    assert data["skips"]["page_shared"] == 1 and data["pid"] == PID
+    monkeypatch.setenv("COLUMNS", "80")
+    rc, out, _ = run(argv, capsys)
+    assert rc == 0 and max(cell_len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    for r in data["candidate_ranges"]:
+        assert f"{r['start']:#x}" in out and f"{r['end']:#x}" in out

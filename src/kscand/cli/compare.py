@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import textwrap
@@ -17,6 +16,7 @@ from rich.table import Table
 
 import kscand
 from kscand.cli import SUMMARIES
+from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
 from kscand.cli.scenarioargs import add_scenario_argument, print_scenario_list, scenario_path
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
@@ -54,8 +54,7 @@ def add_parser(sub: Any) -> None:
                         help="write DIR/report.html, PNG plots and DIR/report.json")
     parser.add_argument("--no-plots", action="store_true",
                         help="with --report: no PNG plots (no matplotlib needed)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
-                        help="write the raw comparison as JSON")
+    add_json_argument(parser, "the raw comparison")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -95,6 +94,11 @@ def main(args: argparse.Namespace) -> int:
         comparison = compare(scenario, runs, sweeps, seed=args.seed, jobs=jobs,
                              progress=on_progress)
     comparison.commit = source_commit()
+    if to_stdout(args.json):
+        write_json(args.json, comparison.to_json(), indent=1)
+        if args.report is not None:
+            write_report(comparison, args.report, plots=not args.no_plots)
+        return 0
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns
         console = Console(width=TABLE_WIDTH)
@@ -103,11 +107,7 @@ def main(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/] {text(reason)} (every policy's share is 100 % by "
                       "construction)", highlight=False)
     print_table(console, comparison_table(comparison))
-    if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(comparison.to_json(), indent=1) + "\n")
-        except OSError as err:
-            raise ConfigError(f"--json: cannot write {args.json}: {err.strerror}") from err
+    write_json(args.json, comparison.to_json(), indent=1)
     if args.report is not None:
         written = write_report(comparison, args.report, plots=not args.no_plots)
         console.print(f"report: {text(written[-1])}", highlight=False)

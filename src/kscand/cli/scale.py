@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from kscand.cli import SUMMARIES, one_line
+from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
 from kscand.cli.pathargs import path_arg
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.daemon.control import DaemonNotRunning, request
@@ -32,6 +33,7 @@ def add_parser(subparsers: Any) -> None:
         "--state-dir", type=path_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
         help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
     )
+    add_json_argument(parser, "the daemon's reply (pid, start_time, scale per process)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,6 +43,9 @@ def main(args: argparse.Namespace) -> int:
     except DaemonNotRunning as err:
         sys.stderr.write(f"kscand scale: {one_line(str(err))}\n")
         return EXIT_NOT_RUNNING
+    write_json(args.json, {"processes": reply["processes"]})
+    if to_stdout(args.json):
+        return 0
     for proc in reply["processes"]:
         sys.stdout.write(f"pid {proc['pid']}: scale {proc['scale']}\n")
     return 0

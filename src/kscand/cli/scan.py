@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from kscand.cli import SUMMARIES
+from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
 from kscand.cli.pathargs import path_arg, path_str_arg
-from kscand.cli.tables import print_table, text
+from kscand.cli.tables import pages_size, print_table, text
 from kscand.config import ACCESS_SOURCES
 from kscand.errors import ConfigError, ProcessGone, Unsupported
 from kscand.machine import PAGE_SHIFT, PAGE_SIZE
@@ -46,6 +47,7 @@ def add_parser(sub: Any) -> None:
                         help="procfs root (default /proc)")
     parser.add_argument("--sysfs", default="/sys", type=path_str_arg,
                         help="sysfs root (default /sys)")
+    add_json_argument(parser, "the per-node pages, every candidate range and the skips")
 
 
 def heatmap_arg(text: str) -> Path:
@@ -98,11 +100,51 @@ def main(args: argparse.Namespace) -> int:
         if not machine.is_alive(proc):
             raise gone
     console = Console()
-    print_report(console, report, stat.comm, args.passes, args.interval_ms)
+    if not to_stdout(args.json):
+        print_report(console, report, stat.comm, args.passes, args.interval_ms)
     if args.heatmap is not None:
         draw_heatmap(report, args.heatmap, f"pid {args.pid} ({stat.comm})")
+    write_json(args.json, scan_json(report, stat.comm, args.interval_ms, args.heatmap))
+    if args.heatmap is not None and not to_stdout(args.json):
         console.print(f"heatmap written to {text(args.heatmap)}", highlight=False)
     return 0
+
+
+def scan_json(report: ScanReport, comm: str, interval_ms: int,
+              heatmap: Path | None) -> dict[str, Any]:
+    """--json: the last pass per node in base pages, every candidate range (the table
+    lists CANDIDATE_ROWS), the skips."""
+    last = report.last
+    nodes = []
+    for node in report.topology.nodes:
+        nid = node.nid
+        row: dict[str, Any] = {"nid": nid, "top_tier": node.top_tier,
+                               "present_pages": last.resident_by_nid[nid],
+                               "eligible_pages": last.eligible_by_nid[nid]}
+        if report.access_available:
+            accessed, hot = last.accessed_by_nid[nid], last.hot_by_nid[nid]
+            row |= {"accessed_pages": accessed, "hot_pages": hot, "cold_pages": accessed - hot,
+                    "idle_pages": last.eligible_by_nid[nid] - accessed}
+        nodes.append(row)
+    cands = report.candidates
+    return {
+        "pid": report.proc.pid,
+        "comm": comm,
+        "passes": len(report.passes),
+        "interval_ms": interval_ms,
+        "access_source": report.access_source,
+        "access_available": report.access_available,
+        "access_reason": report.access_reason,
+        "page_size_bytes": PAGE_SIZE,
+        "nodes": nodes,
+        "target_nid": report.target_nid,
+        "candidate_folios": int(cands.vaddr.size),
+        "candidate_pages": cands.nr_base_pages,
+        "candidate_ranges": [{"start": start, "end": end, "nid": nid, "pages": nr_pages}
+                             for start, end, nid, nr_pages in candidate_ranges(cands)],
+        "skips": dict(report.skips),
+        "heatmap": None if heatmap is None else str(heatmap),
+    }
 
 
 def _pages(nr_pages: int) -> str:
@@ -124,8 +166,7 @@ def print_report(
         console.print(f"[yellow]no Accessed bits:[/] {text(report.access_reason)}; "
                       "showing residency only", highlight=False)
     last = report.last
-    table = Table(title=f"base pages ({format_bytes(PAGE_SIZE)}) per node in the scanned VMAs, "
-                  "last pass", title_justify="left")
+    table = Table(title="memory per node in the scanned VMAs, last pass", title_justify="left")
     columns = ["node", "tier", "present", "eligible"]
     if report.access_available:
         columns += ["accessed", "hot", "cold", "idle"]
@@ -134,11 +175,11 @@ def print_report(
     for node in report.topology.nodes:
         nid = node.nid
         row = [str(nid), "top" if node.top_tier else "slow",
-               f"{last.resident_by_nid[nid]:,}", f"{last.eligible_by_nid[nid]:,}"]
+               pages_size(last.resident_by_nid[nid]), pages_size(last.eligible_by_nid[nid])]
         if report.access_available:
             accessed, hot = last.accessed_by_nid[nid], last.hot_by_nid[nid]
-            row += [f"{n:,}" for n in (accessed, hot, accessed - hot,
-                                      last.eligible_by_nid[nid] - accessed)]
+            row += [pages_size(n) for n in (accessed, hot, accessed - hot,
+                                            last.eligible_by_nid[nid] - accessed)]
         table.add_row(*row)
     print_table(console, table)
     if report.access_available:
@@ -173,13 +214,13 @@ def _print_candidates(console: Console, report: ScanReport) -> None:
     console.print(f"[bold]{_pages(cands.nr_base_pages)}[/] would be promoted to {target} "
                   f"({len(cands.vaddr):,} folio(s) in {len(ranges):,} range(s))")
     table = Table(title="promotion candidates", title_justify="left")
-    for name in ("start", "end", "node", "pages"):
+    for name in ("start", "end", "node", "size"):
         table.add_column(name, justify="right")
     for start, end, nid, nr_pages in ranges[:CANDIDATE_ROWS]:
-        table.add_row(f"{start:#x}", f"{end:#x}", str(nid), f"{nr_pages:,}")
+        table.add_row(f"{start:#x}", f"{end:#x}", str(nid), pages_size(nr_pages))
     if len(ranges) > CANDIDATE_ROWS:
         rest = sum(r[3] for r in ranges[CANDIDATE_ROWS:])
-        table.add_row("...", f"{len(ranges) - CANDIDATE_ROWS:,} more", "", f"{rest:,}")
+        table.add_row("...", f"{len(ranges) - CANDIDATE_ROWS:,} more", "", pages_size(rest))
     print_table(console, table)
 
 

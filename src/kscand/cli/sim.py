@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kscand.cli import SUMMARIES
-from kscand.cli.pathargs import path_arg
+from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
 from kscand.cli.scenarioargs import add_scenario_argument, print_scenario_list, scenario_path
 from kscand.cli.tables import print_table, text
 from kscand.errors import ConfigError
@@ -37,8 +36,7 @@ def add_parser(sub: Any) -> None:
     )
     add_scenario_argument(parser)
     parser.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    parser.add_argument("--json", type=path_arg, default=None, metavar="FILE",
-                        help="write the full report (timeline, processes, counters) as JSON")
+    add_json_argument(parser, "the full report (timeline, processes, counters)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--top", type=int, default=DEFAULT_TOP, metavar="N",
                         help="per-process table: the N processes with the most accesses/s "
@@ -70,11 +68,9 @@ def main(args: argparse.Namespace) -> int:
         report = run_scenario(
             scenario, seed=args.seed, progress=lambda f: progress.update(task, completed=f)
         )
-    if args.json is not None:
-        try:
-            args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
-        except OSError as err:
-            raise ConfigError(f"--json: cannot write {args.json}: {err.strerror}") from err
+    write_json(args.json, report.to_json(), indent=1)
+    if to_stdout(args.json):
+        return 0
     print_report(console, report, args.top)
     return 0
 

@@ -8,7 +8,6 @@ which the daemon rewrites every few seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from kscand.cli import SUMMARIES, one_line
+from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
 from kscand.cli.pathargs import path_arg
-from kscand.cli.tables import print_table, text
+from kscand.cli.tables import pages_size, print_table, size, text
 from kscand.config import DEFAULT_STATE_DIR
 from kscand.core.stats import SERIES_COUNTERS
 from kscand.daemon.control import DaemonNotRunning, ReplyShapeError, check_status, request
@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         help=SUMMARIES["status"],
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    add_json_argument(parser, "the daemon's raw status (a lone --json: to stdout)", bare=True)
     parser.add_argument(
         "--state-dir", type=path_arg, default=DEFAULT_STATE_DIR, metavar="DIR",
         help=f"the daemon's state directory (default {DEFAULT_STATE_DIR})",
@@ -91,8 +91,8 @@ def main(args: argparse.Namespace) -> int:
     except DaemonNotRunning as err:
         sys.stderr.write(f"kscand status: {one_line(str(err))}\n")
         return EXIT_NOT_RUNNING
-    if args.json:
-        sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
+    write_json(args.json, status, sort_keys=True)
+    if to_stdout(args.json):
         return 0
     render(Console(), status, source, args.top)
     return 0
@@ -131,7 +131,7 @@ def render(console: Console, status: dict[str, Any], source: str, top: int) -> N
         console.print(f"[yellow]from the {text(source)}, written {age:.0f} s ago[/yellow]")
     print_table(console, counters_table(status.get("totals") or {}))
     print_table(console, daemon_table(status))
-    print_table(console, processes_table(status.get("processes") or [], top))
+    print_table(console, processes_table(status.get("processes") or [], top), keep=2)
     print_table(console, tunables_table(status.get("tunables") or {}))
 
 
@@ -160,8 +160,8 @@ def daemon_table(status: dict[str, Any]) -> Table:
     return table
 
 
-_PROC_COLUMNS = (
-    ("scans", "nr_kscand_mm_scans"),
+_PROC_COUNTS = (("scans", "nr_kscand_mm_scans"),)
+_PROC_SIZES = (  # base-page counters, shown as sizes
     ("slow tier", "nr_kscand_slowtier"),
     ("top tier", "nr_kscand_toptier"),
     ("hot", "nr_kscand_hotpage"),
@@ -187,7 +187,7 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("pid", justify="right", no_wrap=True)
     table.add_column("command", no_wrap=True)
-    for header, _name in _PROC_COLUMNS:
+    for header, _name in _PROC_COUNTS + _PROC_SIZES:
         table.add_column(header, justify="right")
     table.add_column("in queue", justify="right")
     table.add_column("full scans", justify="right")
@@ -199,7 +199,8 @@ def processes_table(processes: list[dict[str, Any]], top: int) -> Table:
         table.add_row(
             str(p.get("pid")),
             text(p.get("comm") or ""),
-            *(f"{counters.get(name, 0):,}" for _header, name in _PROC_COLUMNS),
+            *(f"{counters.get(name, 0):,}" for _header, name in _PROC_COUNTS),
+            *(pages_size(counters.get(name, 0)) for _header, name in _PROC_SIZES),
             f"{p.get('queued_folios') or 0:,}",
             str(p.get("full_scans") or 0),
             str(p.get("scale", "")),
@@ -214,5 +215,12 @@ def tunables_table(tunables: dict[str, Any]) -> Table:
     table.add_column("name", no_wrap=True)
     table.add_column("value", justify="right")
     for name, value in tunables.items():
-        table.add_row(text(name), text(value))
+        table.add_row(text(name), tunable_value(name, value))
     return table
+
+
+def tunable_value(name: str, value: object) -> str:
+    """A tunable's value for a table: a *_bytes one as a size."""
+    if name.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):
+        return size(value)
+    return text(value)
