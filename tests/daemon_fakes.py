@@ -36,8 +36,11 @@ from kscand.machine import (
 VMA_START = 0x7F00_0000_0000
 # Throttling off (no initial delay, a 10 ms period): the fake machine runs in real time
 # and every process is scanned at every step.
+# A promotion waits for the re-probe (promote_on_reprobe): 10 ms, one scan period here,
+# so the daemon tests promote a step after the scan rather than ten.
 FAST_TUNABLES = (
     "scan_delay_ms = 0\nmm_scan_period_ms = 10\nscan_period_min_ms = 10\ndefault_scale = 1\n"
+    "reprobe_delay_ms = 10\n"
 )
 
 

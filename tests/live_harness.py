@@ -43,7 +43,11 @@ from kscand.machine import (
     U64Array,
 )
 
-CHILD_COMM = "kscand-churn"
+# Unique to this test session (15 characters at most, the kernel's TASK_COMM_LEN - 1):
+# the daemon selects the children by comm, and a second test session on the same host
+# (a CI run beside a developer's) would otherwise have its daemon move the other's
+# children, which the identity check rightly calls moves for a stranger.
+CHILD_COMM = f"kscand-c{os.getpid() % 10_000_000}"
 SLOW_NID = 1
 
 SPAWNER = r"""
@@ -51,7 +55,7 @@ import ctypes, mmap, os, sys, time
 libc = ctypes.CDLL(None)
 
 def child(lifetime_s, size):
-    libc.prctl(15, b"kscand-churn", 0, 0, 0)
+    libc.prctl(15, sys.argv[1].encode(), 0, 0, 0)
     buf = mmap.mmap(-1, size)
     for off in range(0, size, 4096):
         buf[off] = 1
@@ -88,7 +92,7 @@ class Spawner:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-u", "-c", SPAWNER],
+            [sys.executable, "-S", "-u", "-c", SPAWNER, CHILD_COMM],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.children: dict[int, int] = {}  # pid -> start time, as started
