@@ -125,8 +125,13 @@ def test_the_cold_filler_made_the_room(exchange: Exchange) -> None:
     on_node1 = final["cold"].get("node1", 0)
     needed = HOT_SHARE_MIN * scenario["main"]["nr_hot"] - room_pages(scenario)
     assert on_node1 >= needed, f"filler on node 1: {on_node1} < {needed:.0f}\n{explain(scenario)}"
+    # What the filler last reported before the daemon's counters were written is at most
+    # what kscand had demoted by then. That report may predate the exchange: the filler
+    # reports every 10 s and, with one host core busy, the demotions came between its
+    # report at 90 s and the counters at 98 s (0 counted, 15,778 demoted).
     counted = filler_before_status(scenario)["cold"].get("node1", 0)
-    assert 0 < counted <= scenario.totals.get("nr_kscand_demoted", 0), explain(scenario)
+    assert counted <= scenario.totals.get("nr_kscand_demoted", 0), explain(scenario)
+    assert scenario.totals.get("nr_kscand_demoted", 0) > 0, explain(scenario)
     assert scenario["numa_balancing"]["hint_faults"] == 0, explain(scenario)
 
 
