@@ -4,7 +4,9 @@ or into a failure when CI=true (a skipped real-kernel test must not pass CI)."""
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -24,3 +26,17 @@ def require(condition: object, reason: str) -> None:
     """Skip the calling test (fail under CI=true) unless `condition` is truthy."""
     if not condition:
         _missing(reason)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Any]:
+    """A daemon (tests/daemon_fakes.py) on a fake machine of two 32-page processes, once
+    it promoted all 64 pages; stopped after the test. State dir: tmp_path / "s"."""
+    from daemon_fakes import DaemonThread, FakeMachine, fast_config
+
+    run = DaemonThread(fast_config(tmp_path / "s"), FakeMachine(nr_procs=2, nr_pages=32))
+    try:
+        run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 64)
+        yield run
+    finally:
+        run.stop()

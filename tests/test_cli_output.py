@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fakes import DaemonThread, FakeMachine, fast_config
+from daemon_fakes import DaemonThread
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
@@ -26,16 +26,6 @@ from kscand.daemon.control import request
 from kscand.daemon.statedir import socket_path
 
 BIG = 123_456_789_012  # a counter that needs 15 columns with its commas
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Any:
-    run = DaemonThread(fast_config(tmp_path / "s"), FakeMachine(nr_procs=2, nr_pages=32))
-    try:
-        run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 64)
-        yield run
-    finally:
-        run.stop()
 
 
 def rendered(draw: Any, width: int = 80) -> str:

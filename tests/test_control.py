@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fakes import DaemonThread, FakeMachine, fast_config, recording_handler
+from daemon_fakes import DaemonThread, recording_handler
 
 from kscand.cli import main as cli_main
 from kscand.daemon.control import (
@@ -30,16 +30,6 @@ from kscand.daemon.statedir import (
     write_state_file,
 )
 from kscand.errors import AccessDenied, ConfigError, KscandError
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Any:
-    run = DaemonThread(fast_config(tmp_path / "s"), FakeMachine(nr_procs=2, nr_pages=32))
-    try:
-        run.wait_for(lambda: run.daemon.status()["totals"]["nr_kscand_migrated"] == 64)
-        yield run
-    finally:
-        run.stop()
 
 
 def raw_exchange(path: Path, payload: bytes) -> list[dict[str, Any]]:

@@ -201,7 +201,7 @@ class Kscand:
             if result.moved is not None and result.target_nid is not None:
                 self._note_moves(result.proc, result.moved, result.target_nid, promoted=True)
 
-    def _exchange(self, room: FreeRoom) -> bool:
+    def _exchange(self, room: FreeRoom) -> None:
         """Per top-tier node without room for its candidates: demote colder residents."""
         t = self.tunables
         topology = room.topology()
@@ -211,7 +211,6 @@ class Kscand:
             cands = self.migrator.queue.peek(proc)
             if order and cands is not None:
                 wanting.setdefault(order[0], []).append(cands)
-        demoted = False
         for nid, parts in wanting.items():
             heat = np.concatenate([p.heat for p in parts])
             nr_pages = np.concatenate([p.nr_pages for p in parts])
@@ -225,8 +224,6 @@ class Kscand:
                 nid, heat[hottest], nr_pages[hottest], need, topology, t, room
             )
             self._note_demoted(moved)
-            demoted = demoted or bool(moved)
-        return demoted
 
     def _note_demoted(self, moved: list[tuple[ProcessId, Candidates]]) -> None:
         for proc, cands in moved:
