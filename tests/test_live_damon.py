@@ -13,7 +13,7 @@ from fake_damon import FakeDamonKernel, FakeRegion
 from fake_linux import ANON_LRU, PM_EXCLUSIVE, PM_PRESENT, FakeLinux, smaps_entry
 
 import kscand.live.linux as live_linux
-from kscand.errors import Unsupported
+from kscand.errors import AccessUnknown, Unsupported
 from kscand.live import LinuxMachine
 from kscand.live.damon import DamonSource
 from kscand.live.damon_sysfs import ConsumedRanges, DamonSettings, Regions, regions_accessed
@@ -135,9 +135,10 @@ def test_young_from_regions_reported_once_per_snapshot(kernel: FakeDamonKernel) 
     assert kernel.read(f"{ctx}/targets/0/pid_target") == "101"
     assert kernel.read(f"{ctx}/operations") == "vaddr"
     assert kernel.read(f"{ctx}/schemes/0/access_pattern/nr_accesses/max") != "0"
-    # Same snapshot again: the Accessed bits were "cleared" by the first call.
+    # Same snapshot again: nothing new to say (not "not accessed": no observation).
     clock.advance_ms(100)
-    assert not src.test_and_clear_young(P1, pages(0, 48)).any()
+    with pytest.raises(AccessUnknown):
+        src.test_and_clear_young(P1, pages(0, 48))
     # After refresh_ms a new snapshot: accessed again.
     clock.advance_ms(1000)
     assert src.test_and_clear_young(P1, pages(0, 48)).tolist() == expect
@@ -146,6 +147,7 @@ def test_young_from_regions_reported_once_per_snapshot(kernel: FakeDamonKernel) 
     assert counters["pages_tested"] == 3 * 48
     assert counters["pages_stale"] == 48  # the second call: judged on a reported snapshot
     assert counters["kdamonds_tracking"] == 1 and counters["snapshot_request_errors"] == 0
+    assert counters["batches_unknown"] == 1
 
 
 def test_snapshot_that_arrives_late(kernel: FakeDamonKernel) -> None:
@@ -166,13 +168,15 @@ def test_pending_request_is_retried_after_a_while(kernel: FakeDamonKernel) -> No
     clock = FakeClock()
     src = source(kernel, clock, max_step_block_ms=0)
     for _ in range(3):
-        src.test_and_clear_young(P2, pages(0, 8))
+        with pytest.raises(AccessUnknown):  # no snapshot yet
+            src.test_and_clear_young(P2, pages(0, 8))
         clock.advance_ms(1000)
     wait_until(lambda: src.requester.nr_written == 1)
     assert [w[1] for w in kernel.writes].count("update_schemes_tried_regions") == 1
     clock.advance_ms(5000)  # PENDING_RETRY refresh periods: ask again
     kernel.fill_lag_reads = 0
-    assert not src.test_and_clear_young(P2, pages(0, 8)).any()  # asked; no wait allowed
+    with pytest.raises(AccessUnknown):  # asked; no wait allowed
+        src.test_and_clear_young(P2, pages(0, 8))
     wait_until(lambda: src.snapshots_ready() == 1)
     assert src.test_and_clear_young(P2, pages(0, 8)).all()
     assert [w[1] for w in kernel.writes].count("update_schemes_tried_regions") == 2
@@ -265,12 +269,20 @@ STEP_BUDGET_S = DamonSettings().max_step_block_ms / 1000
 EPSILON_S = 2.0  # scheduling on a loaded machine; a blocked step would take the hour
 
 
-def step(src: DamonSource, procs: tuple[ProcessId, ...]) -> tuple[float, list[bool]]:
+def step(src: DamonSource, procs: tuple[ProcessId, ...]) -> tuple[float, list[bool | None]]:
     """One engine step's worth of calls: (seconds taken, any page young per process)."""
     t0 = time.monotonic()
     src.begin_step()
-    young = [bool(src.test_and_clear_young(p, pages(0, 16)).any()) for p in procs]
+    young = [_any_young(src, p) for p in procs]
     return time.monotonic() - t0, young
+
+
+def _any_young(src: DamonSource, proc: ProcessId) -> bool | None:
+    """Whether any page of the batch is young; None when the source knows nothing new."""
+    try:
+        return bool(src.test_and_clear_young(proc, pages(0, 16)).any())
+    except AccessUnknown:
+        return None
 
 
 def test_slow_kernel_never_blocks_a_step(kernel: FakeDamonKernel) -> None:
@@ -287,7 +299,7 @@ def test_slow_kernel_never_blocks_a_step(kernel: FakeDamonKernel) -> None:
         took_s, young = step(src, procs)
         took.append(took_s)
         assert took_s < STEP_BUDGET_S + EPSILON_S
-        assert young == [False, False, False]  # no snapshot yet
+        assert young == [None, None, None]  # no snapshot yet: no observation
     print(f"steps against a kernel taking an hour per update: max {max(took) * 1000:.0f} ms")
     c = src.counters()
     # Each step waited once (P1's request, in the kernel), then its budget was gone.
@@ -305,7 +317,7 @@ def test_slow_kernel_never_blocks_a_step(kernel: FakeDamonKernel) -> None:
     clock.advance_ms(1000)  # every snapshot is due for a refresh
     took_s, young = step(src, procs)
     assert took_s < STEP_BUDGET_S + EPSILON_S
-    assert young == [False, False, False]  # the old snapshots, already reported
+    assert young == [None, None, None]  # the old snapshots, already reported
     c = src.counters()
     assert c["batches_on_stale_snapshot"] == 3
     assert c["snapshot_requests"] == 6 and c["snapshots"] == 3
@@ -325,11 +337,13 @@ def test_busy_kernel_command_is_counted_and_retried(kernel: FakeDamonKernel) -> 
     clock = FakeClock()
     src = source(kernel, clock, max_step_block_ms=0)
     kernel._cmd_kdamond = "other"
-    src.test_and_clear_young(P1, pages(0, 4))
+    with pytest.raises(AccessUnknown):
+        src.test_and_clear_young(P1, pages(0, 4))
     wait_until(lambda: src.counters()["snapshot_request_errors"] == 1)
     kernel._cmd_kdamond = None
     clock.advance_ms(1000)
-    src.test_and_clear_young(P1, pages(0, 4))
+    with pytest.raises(AccessUnknown):
+        src.test_and_clear_young(P1, pages(0, 4))
     wait_until(lambda: src.snapshots_ready() == 1)
     assert src.test_and_clear_young(P1, pages(0, 16)).all()
     assert src.counters()["snapshot_requests"] == 2

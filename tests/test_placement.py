@@ -16,7 +16,8 @@ from kscand.core import hotness, placement
 from kscand.core.engine import Kscand
 from kscand.core.placement import HeatLedger, node_plan
 from kscand.core.tunables import Tunables
-from kscand.machine import PAGE_SIZE
+from kscand.errors import AccessUnknown
+from kscand.machine import PAGE_SIZE, BoolArray, Machine, MachineProxy, PageBatch, ProcessId
 from kscand.sim.machine import SimMachine
 from kscand.sim.scenario import Scenario
 
@@ -188,13 +189,14 @@ def test_exchange_makes_room_in_a_node_filled_first_by_a_cold_process(exchange: 
 
 
 def test_the_throttle_judges_a_whole_pass_not_a_tail_visit() -> None:
-    """160 MiB in 64 MiB visits: 64 + 64 + a 32 MiB tail. Idle pages everywhere: the
-    per-visit rule stretched the period at each visit (x1.15 three times); per pass it
-    is stretched once, when the pass ends."""
+    """192 MiB in 64 MiB visits: three visits a pass (a tail of at most half a visit
+    would be taken by the visit before it: scanplan.TAIL_ABSORB_NUM). Idle pages
+    everywhere: the per-visit rule stretched the period at each visit (x1.15 three
+    times); per pass it is stretched once, when the pass ends."""
     size = 64 * MiB
     sc = scenario(
         [{"name": "idle", "placement": "slow", "workload": COLD,
-          "vmas": [{"kind": "anon", "size": "160MiB"}]}],
+          "vmas": [{"kind": "anon", "size": "192MiB"}]}],
         tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 100, "scan_period_min_ms": 1,
                   "scan_period_max_ms": 10_000, "default_scale": 1, "scan_size_bytes": size,
                   "scan_size_min_bytes": size, "scan_size_max_bytes": size},
@@ -217,7 +219,8 @@ def test_a_hot_head_keeps_the_period_though_the_tail_visit_finds_nothing() -> No
     sc = scenario(
         [{"name": "app", "placement": "slow",
           "vmas": [{"kind": "anon", "size": "128MiB", "workload": per_page(20.0, 128)},
-                   {"kind": "anon", "size": "32MiB", "workload": COLD}]}],
+                   # A whole visit of its own (a shorter tail joins the visit before it).
+                   {"kind": "anon", "size": "64MiB", "workload": COLD}]}],
         # A top tier too small to take the hot head: every pass finds slow-tier work.
         nodes=[{"nid": 0, "capacity": "2MiB", "cpus": True, "tier": 4},
                {"nid": 1, "capacity": "4GiB", "cpus": False, "tier": 67}],
@@ -385,7 +388,24 @@ def test_a_partial_bin_never_takes_the_room_of_another_process_s_hotter_pages() 
     assert engine.stats.of(warm)["drop_target_full"] == 100
 
 
-def _first_promotion_pass(source_young_scans: int, **tunables: object) -> int:
+class EveryOtherPassUnknown(MachineProxy):
+    """A source that has nothing new on every second pass (DAMON when scans outpace its
+    snapshots): AccessUnknown, from the second test-and-clear on, every other call."""
+
+    def __init__(self, inner: SimMachine) -> None:
+        super().__init__(inner)
+        self.nr_calls = 0
+
+    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
+        self.nr_calls += 1
+        if self.nr_calls % 2 == 0:
+            raise AccessUnknown("no snapshot since the last report")
+        return self.inner.test_and_clear_young(proc, pages)
+
+
+def _first_promotion_pass(
+    source_young_scans: int, unknown_every_other: bool = False, **tunables: object
+) -> int:
     """The pass (1-based) whose scan first queued for promotion a page accessed between any
     two scans."""
     sc = scenario(
@@ -396,7 +416,8 @@ def _first_promotion_pass(source_young_scans: int, **tunables: object) -> int:
                   **tunables},
     )
     machine = SimMachine(sc)
-    engine = Kscand(machine, sc.tunables, source_young_scans=source_young_scans)
+    seen: Machine = EveryOtherPassUnknown(machine) if unknown_every_other else machine
+    engine = Kscand(seen, sc.tunables, source_young_scans=source_young_scans)
     for _ in range(20):
         run_steps(machine, engine, 1)
         if engine.stats.total["nr_kscand_migadded"]:
@@ -404,6 +425,14 @@ def _first_promotion_pass(source_young_scans: int, **tunables: object) -> int:
             assert slot is not None
             return slot.full_scans
     raise AssertionError("nothing queued in 20 steps")
+
+
+def test_a_pass_the_source_knows_nothing_about_leaves_the_history_alone() -> None:
+    """3 consecutive accessed scans on a source that has nothing new every other pass:
+    the unknown passes are no looks (they were "not accessed" before, and the run of
+    young scans never reached 3), so the third look, at pass 5, queues the page."""
+    assert _first_promotion_pass(3, unknown_every_other=True) == 5
+    assert _first_promotion_pass(1, unknown_every_other=True) == 3
 
 
 def test_promote_young_scans_waits_for_consecutive_accessed_scans() -> None:

@@ -33,6 +33,12 @@ class TransientError(AccessDenied):
         self.reason = reason
 
 
+class AccessUnknown(KscandError):
+    """The access source has nothing new on these pages since it last reported them
+    (DAMON: no snapshot has completed since): not "not accessed", no observation at
+    all. Nothing was cleared; the caller leaves the pages' history as it was."""
+
+
 class Unsupported(KscandError):
     """The kernel lacks a feature kscand needs (page_idle, DAMON, NUMA, ...)."""
 

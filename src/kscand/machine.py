@@ -244,6 +244,8 @@ class Machine(Protocol):
         Returns bool (n,): True when the page was accessed since the previous
         clear. Afterwards the pages count as not accessed (page_idle: marked
         idle). The analog of the seed's folio_set_idle + clear_pte_refs.
+        Raises AccessUnknown when the source has nothing new on the batch since it
+        last answered for it (a DAMON snapshot already reported): no observation.
         """
         ...
 

@@ -273,6 +273,8 @@ class Kscand:
                 continue
             try:
                 young = self.scanner.reprobe(slot, entry, ctx)
+                if young is None:
+                    continue
                 top = is_toptier(entry.folios.nid, ctx.toptier)
                 self.reprobe_delay.observe(
                     entry.delay_s, pages_in(top, entry.nr_pages),
