@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.stats import Stats
-from kscand.evaluation.counters import BaselineFamily, KswapdCounter, Vmstat, WakeReason
+from kscand.evaluation.counters import BaselineFamily, KswapdCounter, Vmstat
 from kscand.evaluation.folios import FolioIndex, I64Array, VmaEntry, keys_of, split_keys
 from kscand.evaluation.numab_gate import (
     WMARK_HIGH_FRACTION,
@@ -250,7 +250,8 @@ class Kswapd:
         return self.free_pages() > self.balance_pages
 
     def wakeup(self, reason: str) -> None:
-        """wakeup_kswapd(): wakes it unless the node is balanced or kswapd gave up."""
+        """wakeup_kswapd() for reason (a WakeReason): wakes it unless the node is balanced or
+        kswapd gave up."""
         if self.balanced():
             return
         if self.failures >= MAX_RECLAIM_RETRIES:

@@ -355,12 +355,12 @@ class NumabPolicy:
             if chosen.size:
                 self._migrate(f.sim_proc, f.vma, chosen)
 
-    def _count_gate(self, before: tuple[dict[Numab, int], int, int]) -> None:
+    def _count_gate(self, before: tuple[dict[str, int], int, int]) -> None:
         counts, nr_cand, nr_cand_nrl = before
         self.stats.add(None, Vmstat.PGPROMOTE_CANDIDATE, self.gate.nr_cand - nr_cand)
         self.stats.add(None, Vmstat.PGPROMOTE_CANDIDATE_NRL, self.gate.nr_cand_nrl - nr_cand_nrl)
         for name, value in self.gate.counts.items():
-            self.stats.add(None, name, value - counts.get(name, 0))
+            self.stats.add(None, Numab(name), value - counts.get(name, 0))
 
     def _migrate(self, sim_proc: SimProcess, vma: SimVma, units: npt.NDArray[np.int64]) -> None:
         """migrate_misplaced_folio() for the chosen units of one VMA (one move call here)."""

@@ -68,7 +68,7 @@ class PromotionGate:
     rl_nr_cand: int = 0  # nbp_rl_nr_cand
     nr_cand: int = 0  # PGPROMOTE_CANDIDATE
     nr_cand_nrl: int = 0  # PGPROMOTE_CANDIDATE_NRL
-    counts: dict[Numab, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # by Numab member
 
     @property
     def rate_limit_pages(self) -> int:
