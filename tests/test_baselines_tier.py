@@ -62,7 +62,7 @@ def test_kswapd_demotes_the_inactive_tail_until_the_promo_watermark_holds() -> N
     # all young, rotated with PG_referenced set. Priority 7 (32768 >> 7 = 256 to scan,
     # 4 passes of 32 wanted for nr_to_reclaim = 98): 8 hot kept, 120 idle demoted; free
     # 120 <= 131 (WMARK_PROMO), so a second round at priority 7: 128 more. 248 > 131.
-    assert demoted == 248 == policy.stats.total["nr_kscand_demoted"]
+    assert demoted == 248 == policy.stats.total["pgdemote_kswapd"]
     assert kswapd.free_pages() == 248 > kswapd.wmark.promo_pages
     hot, idle = machine.alive()[0].vmas
     assert np.all(hot.nid == 0)  # every accessed page kept
@@ -81,7 +81,7 @@ def test_kswapd_demotes_nothing_above_the_watermark() -> None:
     for _ in range(300):  # 3 s of steps: no fault is short of memory, nothing is demoted
         policy.step()
         machine.clock.sleep_ns(policy.sleep_ns())
-    assert policy.stats.total["nr_kscand_demoted"] == 0
+    assert policy.stats.total["pgdemote_kswapd"] == 0
 
 
 def test_kswapd_activates_a_page_seen_twice() -> None:
@@ -116,7 +116,7 @@ def test_numab_with_demotion_moves_the_hot_set_in_and_the_cold_out() -> None:
     cold, hot = (p.vmas[0] for p in machine.alive())
     assert np.all(hot.nid == 0)  # the whole hot set promoted
     assert demoted == int(np.count_nonzero(cold.nid == 1)) == policy.stats.total[
-        "nr_kscand_demoted"]  # only cold pages demoted
+        "pgdemote_kswapd"]  # only cold pages demoted
     assert policy.stats.total["pgpromote_success"] == 16384
     _, alone, _ = numab_run(NumabPolicy, 6.0)
     assert alone.stats.total["pgpromote_success"] == 0  # promotion alone: the top tier is full
@@ -164,7 +164,7 @@ def test_migrate_cold_quota_is_exact_per_window_and_stops_at_twice_the_free_goal
     for _ in range(5):
         machine.clock.sleep_ns(1_000_000_000)
         demote.apply(machine.clock.now_s, at_aggregation=True)
-        demoted.append(policy.stats.total["nr_kscand_demoted"])
+        demoted.append(policy.stats.total["pgmigrate_success"])
     # free 39 bp (score 7800: unmet), 78 bp (15600: over, esz_bp falls but esz stays at
     # the 1 MiB cap), then 117 bp (23400 >= twice the goal): esz 1 byte, nothing more.
     assert demoted == [256, 512, 768, 768, 768]
@@ -183,7 +183,7 @@ def test_young_filters_promote_only_young_and_demote_only_old_folios() -> None:
     promote.apply(machine.clock.now_s, at_aggregation=True)
     hot, idle = machine.alive()[0].vmas
     assert np.all(hot.nid == 0) and np.all(idle.nid == 1)
-    assert policy.stats.total["nr_kscand_migrated"] == 128
+    assert policy.stats.total["pgmigrate_success"] == 128
     assert policy.stats.total["damos_promote_filtered_out"] == 128
 
     machine = one_process("fast", [vma("1MiB", HOT), vma("1MiB", IDLE)], top="2MiB")  # full
@@ -193,7 +193,7 @@ def test_young_filters_promote_only_young_and_demote_only_old_folios() -> None:
     demote.apply(machine.clock.now_s, at_aggregation=True)
     hot, idle = machine.alive()[0].vmas
     assert np.all(hot.nid == 0) and np.all(idle.nid == 1)
-    assert policy.stats.total["nr_kscand_demoted"] == 256
+    assert policy.stats.total["pgmigrate_success"] == 256
     assert policy.stats.total["damos_demote_filtered_out"] == 256
 
 
@@ -219,7 +219,7 @@ def test_damon_pair_runs_and_promotes_once_the_quota_ramped() -> None:
     # esz doubles from 1 byte each 1 s window (the top node is empty: score 0); about
     # 2^19 bytes = 128 pages by t = 20 s, so some of the hot set is in, no idle page.
     assert 0 < int(np.count_nonzero(hot.nid == 0)) < 8192 and np.all(idle.nid == 1)
-    assert policy.stats.total["nr_kscand_demoted"] == 0  # the top node has room
+    assert policy.stats.total["damos_demote_sz_applied"] == 0  # the top node has room
     assert 2**18 <= promote.quota.esz <= 2**20  # about 19 windows of doubling
 
 
@@ -244,7 +244,7 @@ def test_numab_kswapd_work_is_a_kernel_threads() -> None:
     result = run_one(RunTask(0, RunSpec("numab"), sc, 1, DEFAULT_COSTS))
     assert result.payer == "app" and result.cpu is not None and result.ledger is not None
     demoted = result.ledger["demoted_pages"]
-    assert demoted == result.counters["nr_kscand_demoted"] > 0
+    assert demoted == result.counters["pgdemote_kswapd"] > 0
     kswapd_ns = (result.counters["kswapd_ptes_checked"] * DEFAULT_COSTS.pte_ns
                  + demoted * DEFAULT_COSTS.migrate_page_ns)
     assert result.cpu["daemon_ns"] == round(kswapd_ns, 1)

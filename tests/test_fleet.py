@@ -15,7 +15,7 @@ import yaml
 from daemon_fakes import DaemonThread, FakeMachine, fast_config
 
 from kscand.config import config_from_text, parse_metrics_address
-from kscand.daemon import metrics as daemon_metrics
+from kscand.core import counters
 from kscand.daemon.metrics import DurationHistogram
 from kscand.daemon.prometheus import KscandCollector
 from kscand.data import SYSTEMD_UNIT
@@ -23,7 +23,6 @@ from kscand.data import SYSTEMD_UNIT
 ROOT = Path(__file__).resolve().parents[1]
 DAEMONSET = ROOT / "contrib" / "k8s" / "kscand-daemonset.yaml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "kscand.json"
-CORE = ROOT / "src" / "kscand" / "core"
 
 
 def unit_capabilities() -> set[str]:
@@ -112,12 +111,13 @@ def test_daemonset_config_parses_and_metrics_stay_on_localhost() -> None:
 # -- the Grafana dashboard -------------------------------------------------------------
 
 def engine_counter_names() -> set[str]:
-    """Every nr_kscand_* counter name the engine's source spells out, and one counter of
-    each reason family the exporter maps (so each family it can emit is emitted)."""
-    names = set(re.findall(r'"(nr_kscand_[a-z_]+)"', "".join(
-        p.read_text() for p in sorted(CORE.glob("*.py")))))
-    names |= {f"{prefix}x" for prefix, _family in daemon_metrics._REASON_FAMILIES}
-    names.add("promoted_pages_node0")
+    """Every counter the engine's enums name, and one counter of each labelled family
+    (so each family the exporter can emit is emitted)."""
+    names: set[str] = {member for kind in vars(counters).values()
+                       if isinstance(kind, type) and issubclass(kind, counters.CounterName)
+                       for member in kind}
+    names |= {family.key(**dict.fromkeys(family.label_names, "0"))
+              for family in counters.EngineFamily}
     return names
 
 

@@ -20,6 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kscand.cli import main as cli_main
 from kscand.config import parse_metrics_address
+from kscand.core.counters import (
+    EngineCounter,
+    EngineFamily,
+    HotSkip,
+    MigrateDrop,
+    PageSkip,
+    ScanSkip,
+    Series,
+    VmaSkip,
+)
+from kscand.core.migrator import move_fail_counter
 from kscand.daemon.loop import Daemon
 from kscand.daemon.metrics import MAX_PROCESS_SERIES, DurationHistogram, counter_metric
 from kscand.errors import KscandError, Unsupported
@@ -42,19 +53,22 @@ def scrape(url: str) -> Samples:
 
 
 def test_counters_map_to_families_with_reason_labels() -> None:
-    assert counter_metric("nr_kscand_migrated").family == "nr_kscand_migrated"
-    assert counter_metric("nr_kscand_ptes_scanned").label is None
-    m = counter_metric("move_fail_enomem")
+    assert counter_metric(Series.MIGRATED).family == "nr_kscand_migrated"
+    assert counter_metric(EngineCounter.PTES_SCANNED).label is None
+    m = counter_metric(move_fail_counter(-errno.ENOMEM))
     assert (m.family, m.label) == ("kscand_move_failed_pages", ("reason", "enomem"))
-    assert counter_metric("demote_move_fail_ebusy").family == "kscand_demote_failed_pages"
-    assert counter_metric("drop_proc_gone").label == ("reason", "proc_gone")
-    assert counter_metric("vma_hugetlb").label == ("reason", "hugetlb")
-    assert counter_metric("page_not_lru").family == "kscand_skipped_pages"
-    assert counter_metric("scan_skip_scale0").label == ("reason", "scale0")
-    assert counter_metric("scan_proc_gone").label == ("reason", "proc_gone")
-    node = counter_metric("promoted_pages_node3")
+    demote_fail = move_fail_counter(-errno.EBUSY, EngineFamily.DEMOTE_MOVE_FAILED)
+    assert counter_metric(demote_fail).family == "kscand_demote_failed_pages"
+    assert counter_metric(MigrateDrop.PROC_GONE).label == ("reason", "proc_gone")
+    assert counter_metric(VmaSkip.HUGETLB).label == ("reason", "hugetlb")
+    assert counter_metric(PageSkip.NOT_LRU.counter).family == "kscand_skipped_pages"
+    assert counter_metric(ScanSkip.SCALE0).label == ("reason", "scale0")
+    assert counter_metric(ScanSkip.PROC_GONE).label == ("reason", "proc_gone")
+    node = counter_metric(EngineFamily.PROMOTED_PAGES_NODE.key(node=3))
     assert (node.family, node.label, node.factor) == ("kscand_promoted_bytes", ("node", "3"), 4096)
-    assert counter_metric("something_new").label == ("name", "something_new")
+    assert counter_metric(HotSkip.YOUNG_SCANS).label == ("name", "skip_young_scans")
+    with pytest.raises(TypeError):
+        counter_metric("something_new")  # a plain name: the status's counters are typed
 
 
 def test_duration_histogram_is_cumulative_with_le_semantics() -> None:
@@ -206,7 +220,7 @@ def test_numpy_status_values_do_not_break_the_exposition(tmp_path: Path) -> None
     # Counters are plain ints in the snapshot; a numpy integer would also be exported.
     from kscand.daemon.prometheus import total_families
 
-    families = list(total_families({"nr_kscand_migrated": int(np.int64(5))}))
+    families = list(total_families({Series.MIGRATED: int(np.int64(5))}))
     assert families[0].samples[0].value == 5
 
 

@@ -140,7 +140,7 @@ def counters_table(totals: dict[str, int]) -> Table:
     table = Table(title="Counters (base pages)", title_justify="left")
     table.add_column("counter", no_wrap=True)
     table.add_column("total", justify="right")
-    names = [n for n in SERIES_COUNTERS if n in totals]
+    names: list[str] = [n for n in SERIES_COUNTERS if n in totals]
     names += sorted(n for n in totals if n not in SERIES_COUNTERS and totals[n])
     for name in names:
         table.add_row(text(name), f"{totals[name]:,}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kscand.core.counters import CounterKey
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.machine import BoolArray, I64Array, PageBatch, ProcessId, U64Array
 
@@ -68,8 +69,8 @@ class CandidateQueue:
         self,
         stats: Stats,
         queue_max: int,
-        added_counter: str,
-        full_counter: str = MigrateDrop.QUEUE_FULL.value,
+        added_counter: CounterKey,
+        full_counter: CounterKey = MigrateDrop.QUEUE_FULL,
     ) -> None:
         self.stats = stats
         self.queue_max = queue_max
@@ -121,7 +122,7 @@ class CandidateQueue:
             return 0
         nr_folios = sum(len(p) for p in parts)
         self.nr_queued -= nr_folios
-        self.stats.add(proc, reason.value, int(sum(int(p.nr_pages.sum()) for p in parts)))
+        self.stats.add(proc, reason, int(sum(int(p.nr_pages.sum()) for p in parts)))
         return nr_folios
 
     def take(self, proc: ProcessId) -> Candidates | None:
@@ -155,7 +156,7 @@ class CandidateQueue:
         """When proc's oldest queued part was queued (0 when nothing is)."""
         return self._queued_ns.get(proc, 0)
 
-    def expire(self, older_than_ns: int, reason: str) -> None:
+    def expire(self, older_than_ns: int, reason: CounterKey) -> None:
         """Drop the queues whose oldest part was queued before older_than_ns (stale)."""
         for proc, queued_ns in list(self._queued_ns.items()):
             if queued_ns >= older_than_ns:

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.candidates import CandidateQueue, Candidates
+from kscand.core.counters import EngineCounter, EngineFamily
 from kscand.core.hotness import exchange_pairs
 from kscand.core.migrator import RateLimiter, move_fail_counter
 from kscand.core.room import FreeRoom, fit_in_room, room_pages
@@ -89,9 +90,8 @@ class Demoter:
     def _queue(self, nid: int) -> CandidateQueue:
         queue = self.queues.get(nid)
         if queue is None:
-            queue = CandidateQueue(
-                self.stats, self.queue_max, "nr_kscand_demote_added", "drop_demote_queue_full"
-            )
+            queue = CandidateQueue(self.stats, self.queue_max, EngineCounter.DEMOTE_ADDED,
+                                   MigrateDrop.DEMOTE_QUEUE_FULL)
             self.queues[nid] = queue
         return queue
 
@@ -116,7 +116,7 @@ class Demoter:
     def expire(self, older_than_ns: int) -> None:
         """Forget cold folios queued before older_than_ns: a rescan queues them afresh."""
         for queue in self.queues.values():
-            queue.expire(older_than_ns, "drop_demote_stale")
+            queue.expire(older_than_ns, MigrateDrop.DEMOTE_STALE)
 
     def wanted(self, topology: Topology, tunables: Tunables) -> bool:
         """Whether the watermark demoter wants cold folios now (some top-tier node is short)."""
@@ -169,7 +169,7 @@ class Demoter:
                 continue
             done = self._demote_proc(proc, cands.select(mine), nid, target, tunables, room)
             if done is not None and len(done):
-                self.stats.add(proc, "nr_kscand_exchange_demoted", int(done.nr_pages.sum()))
+                self.stats.add(proc, EngineCounter.EXCHANGE_DEMOTED, int(done.nr_pages.sum()))
                 moved.append((proc, done))
         return moved
 
@@ -193,7 +193,7 @@ class Demoter:
                     continue
                 need = deficits.get(nid, 0)
                 if need <= 0 or target is None or tunables.demote_watermark_pct <= 0:
-                    self.stats.add(proc, "drop_demote_not_needed", int(cands.nr_pages.sum()))
+                    self.stats.add(proc, MigrateDrop.DEMOTE_NOT_NEEDED, int(cands.nr_pages.sum()))
                     continue
                 chosen = cands.select(pages_to_cover(cands.nr_pages, need))
                 done = self._demote_proc(proc, chosen, nid, target, tunables, room)
@@ -215,15 +215,15 @@ class Demoter:
                 raise ProcessGone(str(proc))
             now = self.machine.read_pages(proc, cands.vaddr)
             still = (now.nid == nid) & (now.pfn == cands.pfn)
-            self.stats.add(proc, "drop_demote_changed", int(cands.nr_pages[~still].sum()))
+            self.stats.add(proc, MigrateDrop.DEMOTE_CHANGED, int(cands.nr_pages[~still].sum()))
             cands = cands.select(still)
             free = room_pages(room.topology().node(target), tunables.target_free_min_pct)
             fits = fit_in_room(cands.nr_pages, free)
-            self.stats.add(proc, "drop_demote_target_full", int(cands.nr_pages[~fits].sum()))
+            self.stats.add(proc, MigrateDrop.DEMOTE_TARGET_FULL, int(cands.nr_pages[~fits].sum()))
             cands = cands.select(fits)
             self.limiter.rate_mbps = tunables.promote_rate_limit_mbps
             ok = self.limiter.allow(cands.nr_pages)
-            self.stats.add(proc, "drop_demote_rate_limited", int(cands.nr_pages[~ok].sum()))
+            self.stats.add(proc, MigrateDrop.DEMOTE_RATE_LIMITED, int(cands.nr_pages[~ok].sum()))
             cands = cands.select(ok)
             if not len(cands):
                 return cands
@@ -237,20 +237,21 @@ class Demoter:
             room.moved(np.full(len(done), nid, dtype=np.int32), done.nr_pages, target)
             return done
         except ProcessGone:
-            self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
+            self.stats.add(proc, MigrateDrop.PROC_GONE, int(cands.nr_pages.sum()))
         except AccessDenied:
-            self.stats.add(proc, "demote_move_fail_eperm", int(cands.nr_pages.sum()))
+            self.stats.add(proc, EngineFamily.DEMOTE_MOVE_FAILED, int(cands.nr_pages.sum()),
+                           reason="eperm")
         return None
 
     def _account(
         self, proc: ProcessId, status: I32Array, nr_pages: I64Array, target: int
     ) -> BoolArray:
         moved = status == target
-        self.stats.add(proc, "nr_kscand_demoted", int(nr_pages[moved].sum()))
+        self.stats.add(proc, EngineCounter.DEMOTED, int(nr_pages[moved].sum()))
         failed = status < 0
         for code in np.unique(status[failed]).tolist():
             self.stats.add(
-                proc, "demote_" + move_fail_counter(int(code)),
+                proc, move_fail_counter(int(code), EngineFamily.DEMOTE_MOVE_FAILED),
                 int(nr_pages[status == code].sum()),
             )
         return np.asarray(moved)

@@ -19,6 +19,7 @@ import numpy as np
 
 from kscand.core import throttle
 from kscand.core.candidates import Candidates
+from kscand.core.counters import EngineCounter, ScanSkip, Series
 from kscand.core.demoter import Demoter
 from kscand.core.evidence import PING_PONG_WINDOW_S
 from kscand.core.migrator import MigrateResult, Migrator
@@ -142,11 +143,11 @@ class Kscand:
         entered, exited = self._sync()
         if not self.tunables.scan_enabled:
             return StepResult(0, 0, entered, exited)
-        promoted_before = self.stats.total["nr_kscand_migrated"]
+        promoted_before = self.stats.total[Series.MIGRATED]
         self._reprobe()
         nr_scanned = self.scan_pass()
         self._migrate()
-        promoted = self.stats.total["nr_kscand_migrated"] - promoted_before
+        promoted = self.stats.total[Series.MIGRATED] - promoted_before
         return StepResult(nr_scanned, promoted, entered, exited)
 
     def context(self) -> ScanContext:
@@ -238,8 +239,8 @@ class Kscand:
             return
         now_s = self.machine.clock.now_ns() / 1e9
         nr_ping_pong = note_moves(slot, cands.vaddr, cands.nr_pages, now_s, PING_PONG_WINDOW_S)
-        self.stats.add(proc, "nr_kscand_ping_pong", nr_ping_pong)
-        self.stats.add(proc, "nr_kscand_moved", int(cands.nr_pages.sum()))
+        self.stats.add(proc, EngineCounter.PING_PONG, nr_ping_pong)
+        self.stats.add(proc, EngineCounter.MOVED, int(cands.nr_pages.sum()))
         if not self.tunables.rank_hotness:
             return
         counts = moved_histogram(cands.heat, cands.nr_pages)
@@ -269,7 +270,7 @@ class Kscand:
         for entry in due:
             slot = self.mm_list.get(entry.proc)
             if slot is None or slot.dead:
-                self.stats.add(None, "drop_reprobe_proc_gone", len(entry))
+                self.stats.add(None, MigrateDrop.REPROBE_PROC_GONE, len(entry))
                 continue
             try:
                 young = self.scanner.reprobe(slot, entry, ctx)
@@ -283,7 +284,7 @@ class Kscand:
             except ProcessGone:
                 self._release(entry.proc)
             except AccessDenied:
-                self.stats.add(entry.proc, "scan_access_denied")
+                self.stats.add(entry.proc, ScanSkip.ACCESS_DENIED)
 
     # --- the mm list ------------------------------------------------------------------------
     def _new_slot(self, proc: ProcessId) -> MmSlot:
@@ -310,8 +311,8 @@ class Kscand:
         for proc in exited:
             self._forget(proc)
             self.trace("mm_exit", {"mm": str(proc)})
-        self.stats.add(None, "nr_kscand_mm_enter", len(entered))
-        self.stats.add(None, "nr_kscand_mm_exit", len(exited))
+        self.stats.add(None, EngineCounter.MM_ENTER, len(entered))
+        self.stats.add(None, EngineCounter.MM_EXIT, len(exited))
         return tuple(entered), tuple(exited)
 
     def _retire(self, slot: MmSlot) -> None:
@@ -324,7 +325,7 @@ class Kscand:
         self.migrator.drop(proc, MigrateDrop.PROC_GONE)
         self.demoter.drop(proc, MigrateDrop.PROC_GONE)
         dropped = self.reprobes.drop(proc)
-        self.stats.add(proc, "drop_reprobe_proc_gone", dropped)
+        self.stats.add(proc, MigrateDrop.REPROBE_PROC_GONE, dropped)
 
     def _release(self, proc: ProcessId) -> None:
         """A process vanished under the scanner: free its slot and drop its queues."""
@@ -333,8 +334,8 @@ class Kscand:
             self._retire(slot)
         self.mm_list.exit(proc)
         self._forget(proc)
-        self.stats.add(None, "nr_kscand_mm_exit")
-        self.stats.add(proc, "scan_proc_gone")
+        self.stats.add(None, EngineCounter.MM_EXIT)
+        self.stats.add(proc, ScanSkip.PROC_GONE)
         self.trace("mm_exit", {"mm": str(proc)})
 
     # --- scanning -----------------------------------------------------------------------------
@@ -358,13 +359,13 @@ class Kscand:
             visited += 1
             self.mm_list.advance()
         for skipped in self.mm_list.end_pass():
-            self.stats.add(skipped.proc, "scan_skip_scale0")
+            self.stats.add(skipped.proc, ScanSkip.SCALE0)
         return visited
 
     def _scan_one(self, slot: MmSlot, ctx: ScanContext) -> None:
         start_vaddr = slot.resume_vaddr
         self.trace("scan_mm_start", {"mm": str(slot.proc), "start": start_vaddr})
-        before = self.stats.of(slot.proc)["nr_kscand_ptes_scanned"]
+        before = self.stats.of(slot.proc)[EngineCounter.PTES_SCANNED]
         end = self.scanner.scan_mm(slot, ctx)
         if end is ScanEnd.GONE:
             self._release(slot.proc)
@@ -374,7 +375,7 @@ class Kscand:
             slot.next_scan_ns = self.machine.clock.now_ns() + retry_ns
             return
         self._adapt(slot, ctx.topology, end is ScanEnd.WRAPPED)
-        scanned = self.stats.of(slot.proc)["nr_kscand_ptes_scanned"] - before
+        scanned = self.stats.of(slot.proc)[EngineCounter.PTES_SCANNED] - before
         self.trace(
             "scan_mm_end",
             {

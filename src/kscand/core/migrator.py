@@ -8,7 +8,6 @@ folios in batches. Every drop and every failed move is counted by reason.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.candidates import CandidateQueue, Candidates, U8Array
+from kscand.core.counters import EngineFamily, Labelled, Series, errno_reason
 from kscand.core.room import FreeRoom, fit_in_room, room_pages, target_order
 from kscand.core.stats import MigrateDrop, Stats
 from kscand.core.tunables import Tunables
@@ -34,10 +34,9 @@ from kscand.machine import (
 )
 
 
-def move_fail_counter(status: int) -> str:
-    """Counter name of a negative move_pages(2) status: move_fail_enomem, ..."""
-    name = errno.errorcode.get(-status, "unknown")
-    return f"move_fail_{name.lower()}"
+def move_fail_counter(status: int, family: EngineFamily = EngineFamily.MOVE_FAILED) -> Labelled:
+    """The counter of a negative move_pages(2) status: move_fail_enomem, ..."""
+    return family.key(reason=errno_reason(status))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +112,7 @@ class Migrator:
         self.machine = machine
         self.stats = stats
         self.limiter = RateLimiter(machine.clock, rate_mbps)
-        self.queue = CandidateQueue(stats, queue_max, "nr_kscand_migadded")
+        self.queue = CandidateQueue(stats, queue_max, Series.MIGADDED)
 
     @property
     def queue_max(self) -> int:
@@ -168,7 +167,7 @@ class Migrator:
                 continue
             order = target_order(preferred(proc), topology, tunables)
             if not order:
-                self.stats.add(proc, MigrateDrop.NO_TARGET.value, int(cands.nr_pages.sum()))
+                self.stats.add(proc, MigrateDrop.NO_TARGET, int(cands.nr_pages.sum()))
                 continue
             taken[proc] = cands.hottest_first()
             orders[proc] = order
@@ -246,9 +245,9 @@ class Migrator:
                 failed += lost
                 moved.append(ok)
         except ProcessGone:
-            self.stats.add(proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages.sum()))
+            self.stats.add(proc, MigrateDrop.PROC_GONE, int(cands.nr_pages.sum()))
         except AccessDenied:
-            self.stats.add(proc, MigrateDrop.ACCESS_DENIED.value, int(cands.nr_pages.sum()))
+            self.stats.add(proc, MigrateDrop.ACCESS_DENIED, int(cands.nr_pages.sum()))
         done = Candidates.concat(moved) if moved else None
         return MigrateResult(proc, order[0], succeeded, failed, done)
 
@@ -271,7 +270,7 @@ class Migrator:
             if fits.any():
                 parts.append((nid, rest.select(fits)))
             rest = rest.select(~fits)
-        self.stats.add(proc, MigrateDrop.TARGET_FULL.value, int(rest.nr_pages.sum()))
+        self.stats.add(proc, MigrateDrop.TARGET_FULL, int(rest.nr_pages.sum()))
         return parts
 
     def _rate_limit(self, proc: ProcessId, cands: Candidates) -> BoolArray:
@@ -311,14 +310,14 @@ class Migrator:
                 status = self.machine.move_pages(proc, vaddr, target)
             except ProcessGone:
                 self.stats.add(
-                    proc, MigrateDrop.PROC_GONE.value, int(cands.nr_pages[lo:].sum())
+                    proc, MigrateDrop.PROC_GONE, int(cands.nr_pages[lo:].sum())
                 )
                 break
             except AccessDenied:
                 # EPERM for the whole call: count every page of the rest as failed, stop.
                 lost = int(cands.nr_pages[lo:].sum())
-                self.stats.add(proc, "nr_kscand_migrate_failed", lost)
-                self.stats.add(proc, "move_fail_eperm", lost)
+                self.stats.add(proc, Series.MIGRATE_FAILED, lost)
+                self.stats.add(proc, EngineFamily.MOVE_FAILED, lost, reason="eperm")
                 failed += lost
                 break
             moved[lo : lo + batch_folios] = status == target
@@ -330,21 +329,22 @@ class Migrator:
     ) -> tuple[int, int]:
         moved = status == target
         moved_pages = int(nr_pages[moved].sum())
-        self.stats.add(proc, "nr_kscand_migrated", moved_pages)
-        self.stats.add(proc, f"promoted_pages_node{target}", moved_pages)
+        self.stats.add(proc, Series.MIGRATED, moved_pages)
+        self.stats.add(proc, EngineFamily.PROMOTED_PAGES_NODE, moved_pages, node=target)
         failed = status < 0
         failed_pages = int(nr_pages[failed].sum())
         if failed_pages:
-            self.stats.add(proc, "nr_kscand_migrate_failed", failed_pages)
+            self.stats.add(proc, Series.MIGRATE_FAILED, failed_pages)
             codes, inverse = np.unique(status[failed], return_inverse=True)
             pages_per_code = np.bincount(inverse, weights=nr_pages[failed])
             for code, pages in zip(codes, pages_per_code, strict=True):
                 self.stats.add(proc, move_fail_counter(int(code)), int(pages))
         # A status >= 0 other than target: the kernel left the page on another node.
-        self.stats.add(proc, "move_fail_stayed", int(nr_pages[~moved & ~failed].sum()))
+        self.stats.add(proc, EngineFamily.MOVE_FAILED, int(nr_pages[~moved & ~failed].sum()),
+                       reason="stayed")
         return moved_pages, failed_pages
 
     def _count(
         self, proc: ProcessId, reason: MigrateDrop, nr_pages: I64Array, mask: BoolArray
     ) -> None:
-        self.stats.add(proc, reason.value, int(nr_pages[mask].sum()))
+        self.stats.add(proc, reason, int(nr_pages[mask].sum()))

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core import evidence, throttle
+from kscand.core.counters import EngineCounter, HotSkip, ScanSkip, Series
 from kscand.core.demoter import Demoter, cold_mask
 from kscand.core.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
 from kscand.core.hotness import heat_histogram, heat_of
@@ -113,7 +114,7 @@ class Scanner:
         tail after them when it is at most half that: scanplan.TAIL_ABSORB_NUM)."""
         proc = slot.proc
         tunables = ctx.tunables
-        self.stats.add(proc, "nr_kscand_mm_scans")
+        self.stats.add(proc, Series.MM_SCANS)
         slot.begin_scan()
         if slot.resume_vaddr == 0:  # a pass begins: the interval since the last one began
             if slot.pass_start_ns is not None and ctx.now_ns > slot.pass_start_ns:
@@ -123,15 +124,15 @@ class Scanner:
             budget = slot.scan_size_bytes or tunables.scan_size_bytes
             plan = plan_scan(self.machine.vmas(proc), slot.resume_vaddr, budget)
             for reason in plan.skipped:
-                self.stats.add(proc, reason.value)
-            self.stats.add(proc, "nr_kscand_vma_scans", plan.nr_vmas)
+                self.stats.add(proc, reason)
+            self.stats.add(proc, Series.VMA_SCANS, plan.nr_vmas)
             for start, end in plan.ranges:
                 self.scan_range(slot, start, end, ctx)
         except ProcessGone:
             return ScanEnd.GONE
         except AccessDenied:
             # Not ours to read (a privileged or protected process): skip it this time.
-            self.stats.add(proc, "scan_access_denied")
+            self.stats.add(proc, ScanSkip.ACCESS_DENIED)
             return ScanEnd.DENIED
         slot.resume_vaddr = plan.resume_vaddr
         if not plan.wrapped:
@@ -149,7 +150,7 @@ class Scanner:
         proc = slot.proc
         tunables = ctx.tunables
         batch = self.machine.read_range(proc, start, end)
-        self.stats.add(proc, "nr_kscand_ptes_scanned", len(batch))
+        self.stats.add(proc, EngineCounter.PTES_SCANNED, len(batch))
         codes = page_skip_codes(batch.flags)
         nr_base, nr_thp = self._count_skips(proc, codes)
         if not nr_base + nr_thp:
@@ -216,10 +217,10 @@ class Scanner:
         entry = Reprobe(due_ns, proc, chunk_base, now.offsets, now.folios, now.nr_pages, queued,
                         ctx.reprobe_s)
         if self.reprobes.add(entry):
-            self.stats.add(proc, "nr_kscand_reprobe_queued", pages_in(young, nr_pages))
+            self.stats.add(proc, EngineCounter.REPROBE_QUEUED, pages_in(young, nr_pages))
             return
         # No room to look again: judge on the scan alone (its short bit unknown, kept).
-        self.stats.add(proc, "reprobe_queue_full", pages_in(young, nr_pages))
+        self.stats.add(proc, HotSkip.REPROBE_QUEUE_FULL, pages_in(young, nr_pages))
         self.judge(now, ctx, queued, reprobed=False)
 
     def reprobe(self, slot: MmSlot, entry: Reprobe, ctx: ScanContext) -> BoolArray | None:
@@ -240,7 +241,7 @@ class Scanner:
             return None
         short = slot.short_chunk(entry.chunk_base)
         short[entry.offsets] = (short[entry.offsets] << np.uint8(1)) | young.astype(np.uint8)
-        self.stats.add(slot.proc, "nr_kscand_reprobe_young", pages_in(young, entry.nr_pages))
+        self.stats.add(slot.proc, EngineCounter.REPROBE_YOUNG, pages_in(young, entry.nr_pages))
         judged = Judged(
             slot, entry.chunk_base, entry.offsets, entry.folios, entry.nr_pages,
             np.ones(len(entry), dtype=np.bool_),
@@ -329,23 +330,23 @@ class Scanner:
         )
         hot = j.young & (heat.astype(np.int16) >= promote_min) & (heat > 0)
         hot_pages = pages_in(hot, j.nr_pages)
-        self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
-        self.stats.add(proc, "nr_kscand_coldpage", pages_in(j.young, j.nr_pages) - hot_pages)
+        self.stats.add(proc, Series.HOTPAGE, hot_pages)
+        self.stats.add(proc, Series.COLDPAGE, pages_in(j.young, j.nr_pages) - hot_pages)
         pinned = evidence.pinned(slot, j.chunk_base, j.offsets, ctx.now_s)
         want = hot & ~on_top
         if queued is not None:
             want &= ~queued
         early = evidence.too_early(j.slot, j.chunk_base, j.offsets, ctx.young_scans)
         if early is not None and (want & early).any():
-            self.stats.add(proc, "skip_young_scans", pages_in(want & early, j.nr_pages))
+            self.stats.add(proc, HotSkip.YOUNG_SCANS, pages_in(want & early, j.nr_pages))
             want &= ~early
         if ctx.short_evidence and reprobed:
             slow = want & ~evidence.short_evidence(j.slot, j.chunk_base, j.offsets)
             if slow.any():
-                self.stats.add(proc, "skip_no_short_evidence", pages_in(slow, j.nr_pages))
+                self.stats.add(proc, HotSkip.NO_SHORT_EVIDENCE, pages_in(slow, j.nr_pages))
                 want &= ~slow
         if pinned is not None and (want & pinned).any():
-            self.stats.add(proc, "skip_ping_pong_guard", pages_in(want & pinned, j.nr_pages))
+            self.stats.add(proc, HotSkip.PING_PONG_GUARD, pages_in(want & pinned, j.nr_pages))
             want &= ~pinned
         # Queued with their lower bounds: exchange and the room cut-off rank by them.
         self._queue_promote(proc, j, np.flatnonzero(want), ctx)
@@ -445,8 +446,8 @@ class Scanner:
         hot = young & hot_mask(pushed, t.hot_history_depth)
         on_top = is_toptier(folios.nid, ctx.toptier)
         hot_pages = pages_in(hot, nr_pages)
-        self.stats.add(proc, "nr_kscand_hotpage", hot_pages)
-        self.stats.add(proc, "nr_kscand_coldpage", pages_in(young, nr_pages) - hot_pages)
+        self.stats.add(proc, Series.HOTPAGE, hot_pages)
+        self.stats.add(proc, Series.COLDPAGE, pages_in(young, nr_pages) - hot_pages)
         idx = _idx(offsets, len(folios))
         j = Judged(slot, chunk_base, idx, folios, nr_pages, young)
         self._queue_promote(proc, j, np.flatnonzero(hot & ~on_top), ctx, bounded=False)
@@ -492,6 +493,6 @@ class Scanner:
         total = young.shape[0] if nr_pages is None else int(nr_pages.sum())
         young_pages = pages_in(young, nr_pages)
         top_pages = pages_in(on_top, nr_pages)
-        self.stats.add(proc, "nr_kscand_idlepage", total - young_pages)
-        self.stats.add(proc, "nr_kscand_toptier", top_pages)
-        self.stats.add(proc, "nr_kscand_slowtier", total - top_pages)
+        self.stats.add(proc, Series.IDLEPAGE, total - young_pages)
+        self.stats.add(proc, Series.TOPTIER, top_pages)
+        self.stats.add(proc, Series.SLOWTIER, total - top_pages)

@@ -1,8 +1,9 @@
 """What the daemon exports to Prometheus: duration histograms and the counter-to-metric map.
 
 Pure and dependency-free: the daemon measures step and move-batch durations
-whether or not the endpoint is on, and the names below decide how each
-kscand counter appears. The HTTP endpoint itself (kscand.daemon.prometheus) needs
+whether or not the endpoint is on, and the maps below decide how each
+kscand counter appears: by its type (kscand.core.counters), never by parsing
+its name. The HTTP endpoint itself (kscand.daemon.prometheus) needs
 the optional prometheus_client package and is imported only when
 `--metrics` or daemon.metrics asks for it.
 
@@ -11,10 +12,12 @@ Metric names (counters get prometheus_client's `_total` suffix):
   kscand_process_<name>{pid, comm}: the same per live process (at most
   MAX_PROCESS_SERIES of them, most promoted first: bounded cardinality).
 - kscand_skipped_vmas{reason}, kscand_skipped_pages{reason},
-  kscand_skipped_scans{reason}, kscand_dropped_pages{reason},
-  kscand_move_failed_pages{reason}, kscand_demote_failed_pages{reason}: every
-  skip, drop and failure counter, by its reason.
-- kscand_promoted_bytes{node}: bytes promoted to each target node.
+  kscand_skipped_scans{reason}, kscand_dropped_pages{reason}: every skip and
+  drop counter, by its reason (the enum member's name, lower case).
+- kscand_move_failed_pages{reason}, kscand_demote_failed_pages{reason}: the
+  move failures, by the label of their family (the errno name).
+- kscand_promoted_bytes{node}: bytes promoted to each target node (its label).
+- kscand_other_events{name}: every other counter.
 - kscand_scan_step_duration_seconds, kscand_move_batch_duration_seconds:
   histograms of engine.step() and of each move_pages(2) batch.
 """
@@ -22,11 +25,22 @@ Metric names (counters get prometheus_client's `_total` suffix):
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kscand.core.counters import (
+    CounterFamily,
+    CounterName,
+    EngineCounter,
+    EngineFamily,
+    Labelled,
+    MigrateDrop,
+    PageSkipped,
+    ScanSkip,
+    Series,
+    VmaSkip,
+)
 from kscand.errors import Unsupported
 from kscand.machine import PAGE_SIZE
 
@@ -34,8 +48,6 @@ MAX_PROCESS_SERIES = 200  # per-process series exported per counter (most promot
 STEP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MOVE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                   0.5, 1.0, 2.5)
-
-_PROMOTED_NODE = re.compile(r"^promoted_pages_node([0-9]+)$")
 
 
 class DurationHistogram:
@@ -81,16 +93,21 @@ class CounterMetric:
     factor: int = 1
 
 
-# Prefix of a counter name -> (metric family, what its label is called).
-_REASON_FAMILIES: tuple[tuple[str, str], ...] = (
-    ("demote_move_fail_", "kscand_demote_failed_pages"),
-    ("move_fail_", "kscand_move_failed_pages"),
-    ("drop_", "kscand_dropped_pages"),
-    ("vma_", "kscand_skipped_vmas"),
-    ("page_", "kscand_skipped_pages"),
-    ("scan_skip_", "kscand_skipped_scans"),
-    ("scan_", "kscand_skipped_scans"),
-)
+# Counters exported each as a family of its own name.
+OWN_FAMILIES: tuple[type[CounterName], ...] = (Series, EngineCounter)
+# Enum of reasons -> its metric family; the reason label is the member's name, lower case.
+REASON_FAMILIES: dict[type[CounterName], str] = {
+    VmaSkip: "kscand_skipped_vmas",
+    PageSkipped: "kscand_skipped_pages",
+    ScanSkip: "kscand_skipped_scans",
+    MigrateDrop: "kscand_dropped_pages",
+}
+# Labelled family (one label) -> (metric family, the factor to its unit).
+LABELLED_FAMILIES: dict[CounterFamily, tuple[str, int]] = {
+    EngineFamily.MOVE_FAILED: ("kscand_move_failed_pages", 1),
+    EngineFamily.DEMOTE_MOVE_FAILED: ("kscand_demote_failed_pages", 1),
+    EngineFamily.PROMOTED_PAGES_NODE: ("kscand_promoted_bytes", PAGE_SIZE),
+}
 
 FAMILY_HELP: dict[str, str] = {
     "kscand_demote_failed_pages": "base pages whose demotion move failed, by errno",
@@ -104,25 +121,28 @@ FAMILY_HELP: dict[str, str] = {
 }
 
 
-def counter_metric(name: str) -> CounterMetric:
-    """The metric family (and label) a kscand counter is exported as."""
-    if name.startswith("nr_kscand_"):
-        return CounterMetric(name)
-    match = _PROMOTED_NODE.match(name)
-    if match:
-        return CounterMetric("kscand_promoted_bytes", ("node", match.group(1)), PAGE_SIZE)
-    for prefix, family in _REASON_FAMILIES:
-        if name.startswith(prefix) and len(name) > len(prefix):
-            return CounterMetric(family, ("reason", name[len(prefix):]))
-    return CounterMetric("kscand_other_events", ("name", name))
+def counter_metric(key: str) -> CounterMetric:
+    """The metric family (and label) a kscand counter is exported as, from its type;
+    TypeError for a plain str (the status's counters are typed keys)."""
+    if isinstance(key, OWN_FAMILIES):
+        return CounterMetric(str(key))
+    if isinstance(key, Labelled):
+        where = LABELLED_FAMILIES.get(key.family)
+        if where is not None and len(key.labels) == 1:
+            return CounterMetric(where[0], key.labels[0], where[1])
+        return CounterMetric("kscand_other_events", ("name", str(key)))
+    if isinstance(key, CounterName):
+        family = REASON_FAMILIES.get(type(key))
+        if family is not None:
+            return CounterMetric(family, ("reason", key.name.lower()))
+        return CounterMetric("kscand_other_events", ("name", str(key)))
+    raise TypeError(f"not a kscand counter: {type(key).__name__} {key!r}")
 
 
-def process_family(name: str) -> str | None:
+def process_family(counter: Series) -> str:
     """The per-process family of a series counter (nr_kscand_migrated ->
-    kscand_process_migrated), None for counters exported only in total."""
-    if not name.startswith("nr_kscand_"):
-        return None
-    return "kscand_process_" + name[len("nr_kscand_"):]
+    kscand_process_migrated)."""
+    return "kscand_process_" + counter.name.lower()
 
 
 METRICS_MISSING = (

@@ -62,7 +62,7 @@ def _by_promoted(process: dict[str, Any]) -> tuple[int, int]:
 
 
 def total_families(totals: dict[str, int]) -> Iterator[Metric]:
-    """Every counter in total: nr_kscand_* by name, the rest by reason label."""
+    """Every counter in total: nr_kscand_* by name, the rest by their label (typed keys)."""
     families: dict[str, CounterMetricFamily] = {}
     for name, value in sorted(totals.items()):
         where = counter_metric(name)
@@ -82,7 +82,6 @@ def process_families(processes: list[dict[str, Any]]) -> Iterator[Metric]:
     shown = sorted(processes, key=_by_promoted)[:MAX_PROCESS_SERIES]
     for name in SERIES_COUNTERS:
         family_name = process_family(name)
-        assert family_name is not None
         family = CounterMetricFamily(family_name, f"{name} of each live process",
                                      labels=["pid", "comm"])
         for p in shown:

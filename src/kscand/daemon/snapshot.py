@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kscand.core.counters import EngineCounter
 from kscand.core.engine import Kscand
 from kscand.machine import ProcessId
 
 # Counters the engine counts outside SERIES_COUNTERS that readers of the status rely on:
 # present from the first status on, zero until counted (a reader never meets a KeyError).
-ALWAYS_REPORTED_TOTALS = ("nr_kscand_mm_enter", "nr_kscand_mm_exit")
+ALWAYS_REPORTED_TOTALS = (EngineCounter.MM_ENTER, EngineCounter.MM_EXIT)
 
 DAEMON_COUNTER_NAMES = (
     "steps",
@@ -42,7 +43,7 @@ class DaemonCounters:
 
 def reported_totals(totals: dict[str, int]) -> dict[str, int]:
     """The engine's totals with every ALWAYS_REPORTED_TOTALS name present."""
-    out = {name: 0 for name in ALWAYS_REPORTED_TOTALS}
+    out: dict[str, int] = {name: 0 for name in ALWAYS_REPORTED_TOTALS}
     out.update(totals)
     return dict(sorted(out.items()))
 

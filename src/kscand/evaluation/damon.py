@@ -49,6 +49,7 @@ import numpy.typing as npt
 
 from kscand.core.stats import Stats
 from kscand.errors import ProcessGone
+from kscand.evaluation.counters import Damon, Vmstat
 from kscand.evaluation.damon_regions import (
     DAMON_MIN_REGION,
     DAMOS_MAX_SCORE,
@@ -214,7 +215,7 @@ class DamonPolicy:
         regions = target.regions
         nr_pages = np.maximum(regions.size // PAGE_SIZE, 1)
         offset = (self.rng.random(len(regions)) * nr_pages).astype(np.int64)
-        self.stats.add(target.proc, "damon_samples", len(regions))
+        self.stats.add(target.proc, Damon.SAMPLES, len(regions))
         return regions.start + offset * PAGE_SIZE
 
     def _prepare(self, target: _Target) -> None:
@@ -277,7 +278,7 @@ class DamonPolicy:
         if esz and now_s >= quota.charged_from_s + p.quota_reset_ms / 1000:
             if quota.charged_bytes >= esz:
                 quota.nr_windows_exceeded += 1
-                self.stats.add(None, "damos_qt_exceeds")
+                self.stats.add(None, Damon.QT_EXCEEDS)
             quota.charged_from_s, quota.charged_bytes = now_s, 0
         if esz:
             quota.min_score = self._min_score(esz)
@@ -372,8 +373,8 @@ class DamonPolicy:
     def _migrate_region(self, target: _Target, start: int, end: int) -> None:
         """damos_va_migrate(): young (filter) slow-tier folios of [start, end) to target_nid."""
         proc = target.proc
-        self.stats.add(proc, "damos_nr_tried")
-        self.stats.add(proc, "damos_sz_tried", end - start)
+        self.stats.add(proc, Damon.NR_TRIED)
+        self.stats.add(proc, Damon.SZ_TRIED, end - start)
         sim_proc = self._sim_proc(target)
         if sim_proc is None:
             return
@@ -384,7 +385,7 @@ class DamonPolicy:
                 continue
             first, last = (lo - vma.start) >> PAGE_SHIFT, (hi - vma.start) >> PAGE_SHIFT
             present = vma.nid[first:last] >= 0
-            self.stats.add(proc, "damos_ptes_walked", int(np.count_nonzero(present)))
+            self.stats.add(proc, Damon.PTES_WALKED, int(np.count_nonzero(present)))
             if vma.kind_name not in MOVABLE_KINDS:
                 continue
             candidates.append(self._slow_folios(vma, first, last))
@@ -393,7 +394,7 @@ class DamonPolicy:
             return
         if self.params.young_filter:
             young = self._young(target, vaddrs.astype(np.int64))
-            self.stats.add(proc, "damos_filtered_not_young", int(np.count_nonzero(~young)))
+            self.stats.add(proc, Damon.FILTERED_NOT_YOUNG, int(np.count_nonzero(~young)))
             vaddrs = vaddrs[young]
         if not vaddrs.size:
             return
@@ -403,11 +404,10 @@ class DamonPolicy:
             return
         moved_folios = status == self.target_nid
         moved = int(sum(_folio_size(sim_proc, vaddrs[moved_folios])))
-        self.stats.add(proc, "damos_nr_applied")
-        self.stats.add(proc, "damos_sz_applied", moved * PAGE_SIZE)
-        self.stats.add(proc, "damos_migrate_calls")
-        self.stats.add(proc, "nr_kscand_migrated", moved)  # read by the runner as promoted
-        self.stats.add(proc, "pgmigrate_fail", int(sum(_folio_size(sim_proc,
+        self.stats.add(proc, Damon.NR_APPLIED)
+        self.stats.add(proc, Damon.SZ_APPLIED, moved * PAGE_SIZE)
+        self.stats.add(proc, Damon.MIGRATE_CALLS)
+        self.stats.add(proc, Vmstat.PGMIGRATE_FAIL, int(sum(_folio_size(sim_proc,
                                                                     vaddrs[~moved_folios]))))
 
     def _slow_folios(self, vma: SimVma, first: int, last: int) -> npt.NDArray[np.uint64]:

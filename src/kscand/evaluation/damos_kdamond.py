@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.stats import Stats
+from kscand.evaluation.counters import BaselineFamily, Damon, DamosStat
 from kscand.evaluation.damon_regions import (
     DAMOS_MAX_SCORE,
     Regions,
@@ -44,7 +45,7 @@ def feed_loop_next_input(last_input: int, score: int) -> int:
 class SchemeSpec:
     """One DAMOS scheme of the mem_tier pair."""
 
-    name: str  # "demote" or "promote": the counters' prefix
+    name: str  # "demote" or "promote": the scheme label of its counters
     action: str  # "migrate_cold" or "migrate_hot"
     target_nid: int
     min_nr_accesses: int
@@ -118,8 +119,7 @@ class Host(Protocol):
     def node_bp(self, metric: str, nid: int) -> int: ...
     def folio_keys(self, nid: int, frames: I64Array) -> I64Array: ...
     def young(self, keys: I64Array) -> npt.NDArray[np.bool_]: ...
-    def migrate(self, keys: I64Array, src: int, dst: int, floor_pages: int,
-                counter: str) -> int: ...
+    def migrate(self, keys: I64Array, src: int, dst: int, floor_pages: int) -> int: ...
 
 
 class Kdamond:
@@ -143,8 +143,9 @@ class Kdamond:
         self.floor_pages = Watermarks.of(int(host.machine.view.capacity_pages[scheme.target_nid])
                                          ).min_pages
 
-    def _count(self, name: str, value: int = 1) -> None:
-        self.host.stats.add(None, f"damos_{self.scheme.name}_{name}", value)
+    def _count(self, stat: DamosStat, value: int = 1) -> None:
+        self.host.stats.add(None, BaselineFamily.DAMOS_SCHEME, value, scheme=self.scheme.name,
+                            stat=stat)
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -152,7 +153,7 @@ class Kdamond:
         r = self.regions
         nr_pages = np.maximum(r.size // PAGE_SIZE, 1)
         offset = (self.host.rng.random(len(r)) * nr_pages).astype(np.int64)
-        self.host.stats.add(None, "damon_samples", len(r))
+        self.host.stats.add(None, Damon.SAMPLES, len(r))
         return r.start + offset * PAGE_SIZE
 
     def _keys(self, addrs: I64Array) -> I64Array:
@@ -229,7 +230,7 @@ class Kdamond:
         sample = max(p.min_sample_us, sample)
         r.age = r.age * self.sample_us // sample  # damon_age_for_new_attrs (same aggr_samples)
         self.sample_us = sample
-        self._count("intervals_tuned")
+        self._count(DamosStat.INTERVALS_TUNED)
 
     # --- the scheme -----------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Kdamond:
             self.set_effective_quota()
         if now_s + 1e-12 >= q.charged_from_s + p.quota_reset_ms / 1000:
             if q.esz and q.charged_sz >= q.esz:
-                self._count("qt_exceeds")
+                self._count(DamosStat.QT_EXCEEDS)
             q.total_charged_sz += q.charged_sz
             q.charged_from_s, q.charged_sz = now_s, 0
             self.set_effective_quota()
@@ -326,7 +327,7 @@ class Kdamond:
             if q.esz and q.charged_sz + sz > q.esz:
                 sz = (q.esz - q.charged_sz) // PAGE_SIZE * PAGE_SIZE
                 if not sz:
-                    self._count("nr_tried")
+                    self._count(DamosStat.NR_TRIED)
                     out.append(row)
                     continue
                 rows.insert(i, [row[0] + sz, row[1], *row[2:5], -1])
@@ -342,8 +343,8 @@ class Kdamond:
     def _act(self, start: int, end: int) -> None:
         """damon_pa_migrate(): the region's folios through the young filter, then moved."""
         s = self.scheme
-        self._count("nr_tried")
-        self._count("sz_tried", end - start)
+        self._count(DamosStat.NR_TRIED)
+        self._count(DamosStat.SZ_TRIED, end - start)
         keys = self._keys(np.arange(start, end, PAGE_SIZE, dtype=np.int64))
         keys = keys[keys >= 0]
         _, first = np.unique(keys, return_index=True)
@@ -352,14 +353,12 @@ class Kdamond:
             return
         if s.young_filter:
             young = self.host.young(keys)
-            self.host.stats.add(None, "damos_ptes_walked", int(keys.shape[0]))
+            self.host.stats.add(None, Damon.PTES_WALKED, int(keys.shape[0]))
             keep = ~young if s.young_filter == "reject" else young
-            self._count("filtered_out", int(np.count_nonzero(~keep)))
+            self._count(DamosStat.FILTERED_OUT, int(np.count_nonzero(~keep)))
             keys = keys[keep]
-        # the runner reads these two counters of every policy as promoted / demoted pages
-        counter = "nr_kscand_migrated" if s.action == "migrate_hot" else "nr_kscand_demoted"
-        moved = self.host.migrate(keys, self.nid, s.target_nid, self.floor_pages, counter)
+        moved = self.host.migrate(keys, self.nid, s.target_nid, self.floor_pages)
         if moved:
-            self._count("nr_applied")
-        self._count("sz_applied", moved * PAGE_SIZE)
-        self.host.stats.add(None, "damos_migrate_calls")
+            self._count(DamosStat.NR_APPLIED)
+        self._count(DamosStat.SZ_APPLIED, moved * PAGE_SIZE)
+        self.host.stats.add(None, Damon.MIGRATE_CALLS)

@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.stats import Stats
+from kscand.evaluation.counters import Damon, Vmstat
 from kscand.evaluation.damon_regions import DAMOS_MAX_SCORE, Regions, hot_score
 from kscand.evaluation.damos_kdamond import Kdamond, SchemeSpec
 from kscand.evaluation.folios import FolioIndex
@@ -179,19 +180,18 @@ class DamonTierPolicy:
         out[real] = self.index.young(uniq)[inverse]
         return out
 
-    def migrate(self, keys: npt.NDArray[np.int64], src: int, dst: int, floor_pages: int,
-                counter: str) -> int:
+    def migrate(self, keys: npt.NDArray[np.int64], src: int, dst: int, floor_pages: int) -> int:
         """Migrate folios (unique keys on src) to dst, keeping dst's free pages at or
-        above floor_pages; count the moved base pages per process under counter.
+        above floor_pages; count the moved base pages per process (pgmigrate_success).
         Returns the base pages moved."""
         movable = np.array([self.index.entries[int(v)].movable if int(v) in self.index.entries
                             else False for v in (keys >> np.int64(32)).tolist()], dtype=np.bool_)
-        self.stats.add(None, "damos_skip_not_movable", int(np.count_nonzero(~movable)))
+        self.stats.add(None, Damon.SKIP_NOT_MOVABLE, int(np.count_nonzero(~movable)))
         keys = keys[movable]
         pages = self.index.pages_of(keys)
         free = self.machine.view.free_pages(dst)
         fits = np.cumsum(pages) <= max(0, free - floor_pages)
-        self.stats.add(None, "damos_fail_no_room", int(pages[~fits].sum()))
+        self.stats.add(None, Damon.FAIL_NO_ROOM, int(pages[~fits].sum()))
         keys, pages = keys[fits], pages[fits]
         if not keys.size:
             return 0
@@ -203,7 +203,7 @@ class DamonTierPolicy:
             if entry is not None:
                 sel = moved & (vids == vid)
                 self.frames.moved(entry, units[sel], np.full(int(sel.sum()), src, np.intp), dst)
-                self.stats.add(entry.sim_proc.proc, counter, int(pages[sel].sum()))
-        self.stats.add(None, "pgmigrate_fail", int(pages[~moved].sum()))
+                self.stats.add(entry.sim_proc.proc, Vmstat.PGMIGRATE_SUCCESS, int(pages[sel].sum()))
+        self.stats.add(None, Vmstat.PGMIGRATE_FAIL, int(pages[~moved].sum()))
         return int(pages[moved].sum())
 

@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kscand.core.stats import Stats
+from kscand.evaluation.counters import BaselineFamily, KswapdCounter, Vmstat
 from kscand.evaluation.folios import FolioIndex, I64Array, VmaEntry, keys_of, split_keys
 from kscand.evaluation.numab_gate import (
     WMARK_HIGH_FRACTION,
@@ -249,14 +250,15 @@ class Kswapd:
         return self.free_pages() > self.balance_pages
 
     def wakeup(self, reason: str) -> None:
-        """wakeup_kswapd(): wakes it unless the node is balanced or kswapd gave up."""
+        """wakeup_kswapd() for reason (a WakeReason): wakes it unless the node is balanced or
+        kswapd gave up."""
         if self.balanced():
             return
         if self.failures >= MAX_RECLAIM_RETRIES:
-            self.stats.add(None, "kswapd_wake_hopeless")
+            self.stats.add(None, KswapdCounter.WAKE_HOPELESS)
             return
         if not self.woken:
-            self.stats.add(None, f"kswapd_wake_{reason}")
+            self.stats.add(None, BaselineFamily.KSWAPD_WAKE, reason=reason)
         self.woken = True
 
     def run(self) -> int:
@@ -264,7 +266,7 @@ class Kswapd:
         if not self.woken:
             return 0
         self.woken = False
-        self.stats.add(None, "kswapd_runs")
+        self.stats.add(None, KswapdCounter.RUNS)
         priority, total = DEF_PRIORITY, 0
         while priority >= 1 and not self.balanced():
             nr_to_reclaim = max(self.wmark.high_pages, SWAP_CLUSTER_MAX)
@@ -276,7 +278,7 @@ class Kswapd:
             self.failures = 0
         else:
             self.failures += 1
-            self.stats.add(None, "kswapd_failures")
+            self.stats.add(None, KswapdCounter.FAILURES)
         return total
 
     def shrink_node(self, priority: int, nr_to_reclaim: int) -> tuple[int, int]:
@@ -303,34 +305,33 @@ class Kswapd:
                 break
         if lru.inactive_is_low():
             self.shrink_active_list(SWAP_CLUSTER_MAX)
-        self.stats.add(None, "pgscan_kswapd", scanned)
+        self.stats.add(None, Vmstat.PGSCAN_KSWAPD, scanned)
         return reclaimed, scanned
 
     def shrink_folio_list(self, keys: I64Array) -> int:
         """Isolated inactive folios: activate, keep, or demote. Returns pages demoted."""
         lru = self.lru
         young = self.index.young(keys)
-        self.stats.add(None, "kswapd_ptes_checked", int(keys.shape[0]))
+        self.stats.add(None, KswapdCounter.PTES_CHECKED, int(keys.shape[0]))
         referenced = lru.referenced(keys)
         lru.set_referenced(keys[young], True)
         lru.set_referenced(keys[~young], False)
         lru.add(keys[young & ~referenced], INACTIVE)  # FOLIOREF_KEEP: another trip
         lru.add(keys[young & referenced], ACTIVE)  # FOLIOREF_ACTIVATE
-        self.stats.add(None, "pgactivate", int(np.count_nonzero(young & referenced)))
+        self.stats.add(None, Vmstat.PGACTIVATE, int(np.count_nonzero(young & referenced)))
         candidates = keys[~young]
         if not candidates.size:
             return 0
         if self.demote_nid is None:
             lru.add(candidates, ACTIVE)  # nowhere to demote, no swap: activate_locked
-            self.stats.add(None, "kswapd_no_demotion_target", int(candidates.shape[0]))
+            self.stats.add(None, KswapdCounter.NO_DEMOTION_TARGET, int(candidates.shape[0]))
             return 0
         pages = self.index.pages_of(candidates)
         moved = self.index.move(candidates, self.demote_nid)
         lru.add(candidates[~moved], ACTIVE)
         nr_demoted = int(pages[moved].sum())
-        self.stats.add(None, "pgdemote_kswapd", nr_demoted)
-        self.stats.add(None, "nr_kscand_demoted", nr_demoted)  # read by the runner as demoted
-        self.stats.add(None, "kswapd_demote_fail", int(pages[~moved].sum()))
+        self.stats.add(None, Vmstat.PGDEMOTE_KSWAPD, nr_demoted)
+        self.stats.add(None, KswapdCounter.DEMOTE_FAIL, int(pages[~moved].sum()))
         return nr_demoted
 
     def shrink_active_list(self, nr_pages: int) -> None:
@@ -339,9 +340,9 @@ class Kswapd:
         if not keys.size:
             return
         self.index.young(keys)
-        self.stats.add(None, "kswapd_ptes_checked", int(keys.shape[0]))
+        self.stats.add(None, KswapdCounter.PTES_CHECKED, int(keys.shape[0]))
         self.lru.add(keys, INACTIVE)
-        self.stats.add(None, "pgdeactivate", int(self.lru.pages(keys).sum()))
+        self.stats.add(None, Vmstat.PGDEACTIVATE, int(self.lru.pages(keys).sum()))
 
 
 def next_demotion_node(machine: SimMachine, nid: int) -> int | None:

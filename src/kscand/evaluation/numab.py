@@ -55,6 +55,7 @@ import numpy.typing as npt
 
 from kscand.core.filters import vma_skip_reason
 from kscand.core.stats import Stats
+from kscand.evaluation.counters import Numab, Vmstat
 from kscand.evaluation.numab_gate import NumabParams, PromotionGate
 from kscand.machine import HPAGE_PMD_NR, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, ProcessId, Vma
 from kscand.sim import workloads as wl
@@ -222,7 +223,7 @@ class NumabPolicy:
             mm.scan_period_ms = task_scan_min_ms(rss, self.params)
         mm.next_scan_s = now_s + mm.scan_period_ms / 1000
         proc = sim_proc.proc
-        self.stats.add(proc, "numab_scans")
+        self.stats.add(proc, Numab.SCANS)
         pages = self.params.scan_size_mb << (20 - PAGE_SHIFT)
         virtpages = pages * VIRTPAGES_FACTOR
         vmas = [v for v in sim_proc.vmas if v.end > mm.scan_offset]
@@ -238,7 +239,7 @@ class NumabPolicy:
                 end = min(-(-(start + pages * PAGE_SIZE) // PMD_SIZE) * PMD_SIZE, vma.end)
                 nr_chunk = (end - start) >> PAGE_SHIFT
                 updated = self._change_prot_numa(proc, vma, start, end, now_s)
-                self.stats.add(proc, "numab_ptes_walked", nr_chunk)
+                self.stats.add(proc, Numab.PTES_WALKED, nr_chunk)
                 if updated:
                     pages -= nr_chunk
                 virtpages -= nr_chunk
@@ -272,9 +273,9 @@ class NumabPolicy:
         if len(state.batches) > MAX_BATCHES_PER_VMA:
             state.batches = [_merge(state.batches)]
         nr_updated = int(units.shape[0]) * per_unit
-        self.stats.add(proc, "numa_pte_updates", nr_updated)
+        self.stats.add(proc, Vmstat.NUMA_PTE_UPDATES, nr_updated)
         if vma.thp:
-            self.stats.add(proc, "numa_huge_pte_updates", int(units.shape[0]))
+            self.stats.add(proc, Vmstat.NUMA_HUGE_PTE_UPDATES, int(units.shape[0]))
         return nr_updated
 
     # --- hint faults ----------------------------------------------------------------------
@@ -327,11 +328,11 @@ class NumabPolicy:
     def _resolve(self, faults: list[_Fault]) -> None:
         """should_numa_migrate_memory() for every fault of the step, then the moves."""
         for f in faults:
-            self.stats.add(f.sim_proc.proc, "numa_hint_faults", int(f.unit.shape[0]))
+            self.stats.add(f.sim_proc.proc, Vmstat.NUMA_HINT_FAULTS, int(f.unit.shape[0]))
         eligible = [f for f in faults if f.vma.kind_name in MOVABLE_KINDS]
         for f in faults:
             if f.vma.kind_name not in MOVABLE_KINDS:
-                self.stats.add(f.sim_proc.proc, "numab_skip_not_movable",
+                self.stats.add(f.sim_proc.proc, Numab.SKIP_NOT_MOVABLE,
                                int(f.unit.shape[0]) * _unit_pages(f.vma))
         if not eligible:
             return
@@ -356,10 +357,10 @@ class NumabPolicy:
 
     def _count_gate(self, before: tuple[dict[str, int], int, int]) -> None:
         counts, nr_cand, nr_cand_nrl = before
-        self.stats.add(None, "pgpromote_candidate", self.gate.nr_cand - nr_cand)
-        self.stats.add(None, "pgpromote_candidate_nrl", self.gate.nr_cand_nrl - nr_cand_nrl)
+        self.stats.add(None, Vmstat.PGPROMOTE_CANDIDATE, self.gate.nr_cand - nr_cand)
+        self.stats.add(None, Vmstat.PGPROMOTE_CANDIDATE_NRL, self.gate.nr_cand_nrl - nr_cand_nrl)
         for name, value in self.gate.counts.items():
-            self.stats.add(None, name, value - counts.get(name, 0))
+            self.stats.add(None, Numab(name), value - counts.get(name, 0))
 
     def _migrate(self, sim_proc: SimProcess, vma: SimVma, units: npt.NDArray[np.int64]) -> None:
         """migrate_misplaced_folio() for the chosen units of one VMA (one move call here)."""
@@ -371,10 +372,9 @@ class NumabPolicy:
         moved = int(np.count_nonzero(status == self.target_nid)) * per_unit
         failed = int(np.count_nonzero(status != self.target_nid)) * per_unit
         proc = sim_proc.proc
-        self.stats.add(proc, "pgpromote_success", moved)
-        self.stats.add(proc, "numa_pages_migrated", moved)
-        self.stats.add(proc, "nr_kscand_migrated", moved)  # read by the runner as promoted
-        self.stats.add(proc, "pgmigrate_fail", failed)
+        self.stats.add(proc, Vmstat.PGPROMOTE_SUCCESS, moved)
+        self.stats.add(proc, Vmstat.NUMA_PAGES_MIGRATED, moved)
+        self.stats.add(proc, Vmstat.PGMIGRATE_FAIL, failed)
 
     def _promoted(self, vma: SimVma, units: IdxArray) -> None:
         """Units of vma that a promotion moved to the target node (a hook: the LRU)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from kscand.evaluation.counters import Numab
 from kscand.machine import PAGE_SHIFT, PAGE_SIZE
 
 IdxArray = npt.NDArray[np.intp]
@@ -67,7 +68,7 @@ class PromotionGate:
     rl_nr_cand: int = 0  # nbp_rl_nr_cand
     nr_cand: int = 0  # PGPROMOTE_CANDIDATE
     nr_cand_nrl: int = 0  # PGPROMOTE_CANDIDATE_NRL
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # by Numab member
 
     @property
     def rate_limit_pages(self) -> int:
@@ -83,7 +84,7 @@ class PromotionGate:
     def high_wmark_pages(self) -> int:
         return int(self.capacity_pages * WMARK_HIGH_FRACTION)
 
-    def _count(self, name: str, value: int) -> None:
+    def _count(self, name: Numab, value: int) -> None:
         self.counts[name] = self.counts.get(name, 0) + value
 
     def adjust_threshold(self, t_s: float) -> None:
@@ -129,12 +130,12 @@ class PromotionGate:
             seg_end = max(seg_end, i + 1)
             th = self.threshold_ms or self.params.hot_threshold_ms
             cand = i + np.flatnonzero(latency_ms[i:seg_end] < th)
-            self._count("numab_reject_latency", int(nr_pages[i:seg_end].sum()
+            self._count(Numab.REJECT_LATENCY, int(nr_pages[i:seg_end].sum()
                                                     - nr_pages[cand].sum()))
             allowed = self._rate_limit(t_s, nr_pages, cand)
             before = np.cumsum(nr_pages[allowed]) - nr_pages[allowed]
             fits = free_pages - before - nr_pages[allowed] > self.high_wmark_pages
-            self._count("numab_fail_balance", int(nr_pages[allowed[~fits]].sum()))
+            self._count(Numab.FAIL_BALANCE, int(nr_pages[allowed[~fits]].sum()))
             promote[allowed[fits]] = True
             free_pages -= int(nr_pages[allowed[fits]].sum())
             i = seg_end
@@ -158,7 +159,7 @@ class PromotionGate:
             block = cand[c:end]
             nr_cand = self.nr_cand + np.cumsum(nr_pages[block])
             limited = nr_cand - self.rl_nr_cand >= limit
-            self._count("numab_reject_rate_limit", int(nr_pages[block[limited]].sum()))
+            self._count(Numab.REJECT_RATE_LIMIT, int(nr_pages[block[limited]].sum()))
             kept.append(block[~limited])
             self.nr_cand = int(nr_cand[-1])
             c = end

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from kscand.evaluation.counters import Numab, WakeReason
 from kscand.evaluation.folios import FolioIndex, keys_of
 from kscand.evaluation.lru import INACTIVE, Kswapd, NodeLru, next_demotion_node
 from kscand.evaluation.numab import IdxArray, NumabParams, NumabPolicy, _Fault
@@ -57,7 +58,7 @@ class NumabTieringPolicy(NumabPolicy):
         self._sync_lru()
         super().step()
         if self.kswapd.free_pages() < self.kswapd.wmark.low_pages:
-            self.kswapd.wakeup("alloc")
+            self.kswapd.wakeup(WakeReason.ALLOC)
         self.kswapd.run()
 
     def _resolve(self, faults: list[_Fault]) -> None:
@@ -89,10 +90,10 @@ class NumabTieringPolicy(NumabPolicy):
                     pos[i] = end
             if not part:
                 continue
-            failed_before = self.gate.counts.get("numab_fail_balance", 0)
+            failed_before = self.gate.counts.get(Numab.FAIL_BALANCE, 0)
             super()._resolve(part)
-            if self.gate.counts.get("numab_fail_balance", 0) > failed_before:
-                self.kswapd.wakeup("promote")
+            if self.gate.counts.get(Numab.FAIL_BALANCE, 0) > failed_before:
+                self.kswapd.wakeup(WakeReason.PROMOTE)
                 self.kswapd.run()
 
     def _sync_lru(self) -> None:

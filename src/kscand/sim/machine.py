@@ -49,6 +49,7 @@ from kscand.sim.process import (
     SimVma,
 )
 from kscand.sim.scenario import ProcessSpec, Scenario
+from kscand.sim.tiermoves import TierMoves
 from kscand.sim.view import SimView
 
 
@@ -114,6 +115,7 @@ class SimMachine:
         self.nr_injected: Counter[str] = Counter()  # injected move failures, by errno name
         self.move_log: list[tuple[ProcessId, U64Array]] = []
         self.move_history = MoveHistory()  # recorded while record_moves is set
+        self.tier_moves = TierMoves()  # always counted: what every policy promoted
         self.nr_exits = 0
         self._view = SimView(self)
         self._advance()
@@ -342,7 +344,8 @@ class SimMachine:
             return status
         nr_before = self.move_history.nr_pages
         for vma_idx, where, at in _group_by_vma(sim_proc, vaddrs):
-            status[where] = self._move_in_vma(sim_proc.vmas[vma_idx], _index_array(at), nid)
+            status[where] = self._move_in_vma(proc, sim_proc.vmas[vma_idx], _index_array(at),
+                                              nid)
         if self.record_moves:
             self.move_log.append((proc, vaddrs[status == nid].copy()))
             if self.move_history.nr_pages > nr_before:
@@ -358,7 +361,8 @@ class SimMachine:
             self.nr_injected["EPERM"] += 1
             raise AccessDenied(f"move_pages({proc.pid}): EPERM (injected)")
 
-    def _move_in_vma(self, vma: SimVma, page_idx: IdxArray, nid: int) -> I32Array:
+    def _move_in_vma(self, proc: ProcessId, vma: SimVma, page_idx: IdxArray,
+                     nid: int) -> I32Array:
         """move_pages(2) semantics for pages of one VMA; returns their status."""
         if vma.vm_flags & (VmFlag.IO | VmFlag.PFNMAP):
             return np.full(page_idx.shape[0], -errno.EFAULT, dtype=np.int32)
@@ -387,6 +391,7 @@ class SimMachine:
             self.used_pages[nid] += sub.size
             vma.nid[sub] = nid
             vma.note_moved(sub, old, nid, self.clock.now_s)
+            self.tier_moves.record(proc, old, nid, self.toptier)
             if self.record_moves:
                 self.move_history.record(MoveChunk(vma, sub, old.astype(np.int8), nid,
                                                    self.clock.now_s))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from kscand.core.counters import EngineCounter, EngineFamily, family_of
 from kscand.core.engine import Kscand
 from kscand.core.stats import Stats
 from kscand.core.tunables import Tunables
@@ -161,8 +162,8 @@ class Policy(Protocol):
     """A promotion policy driven by the simulator: kscand, or a baseline to compare with.
 
     step() does one wake-up's work on the machine; sleep_ns() is how long the
-    policy sleeps before its next wake-up; stats holds its counters
-    (nr_kscand_migrated is read as "pages promoted" for every policy).
+    policy sleeps before its next wake-up; stats holds its counters (its own: what it
+    promoted is measured by the machine, SimView.promoted_pages, for every policy).
     """
 
     stats: Stats
@@ -260,7 +261,7 @@ def run_scenario(
                 tracker.add(sample, weight_s)
             for observe in observers:
                 observe(sample, weight_s)
-            report.promoted_pages_at.append(engine.stats.total["nr_kscand_migrated"])
+            report.promoted_pages_at.append(machine.view.promoted_pages())
             for sim_proc in machine.alive():
                 ps = sample.per_proc[sim_proc.proc]
                 per_proc.setdefault(sim_proc.proc, []).append(
@@ -292,10 +293,10 @@ def run_scenario(
                 oracle_share=ps.oracle_share,
                 hot_on_top=ps.nr_hot_top / ps.nr_hot if ps.nr_hot else 1.0,
                 t90_s=time_to_fraction(per_proc[proc], CONVERGED_FRACTION),
-                promoted_pages=counters["nr_kscand_migrated"],
-                ptes_scanned=counters["nr_kscand_ptes_scanned"],
+                promoted_pages=machine.view.promoted_pages(proc),
+                ptes_scanned=counters[EngineCounter.PTES_SCANNED],
                 move_failures={k: v for k, v in sorted(counters.items())
-                               if k.startswith("move_fail_")},
+                               if family_of(k) is EngineFamily.MOVE_FAILED},
                 exited=proc not in alive,
                 rate_per_s=ps.rate_per_s,
             )

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from kscand.machine import ProcessId
     from kscand.sim.machine import SimMachine
     from kscand.sim.process import MoveHistory, SimProcess
 
@@ -99,3 +100,12 @@ class SimView:
     def move_history(self) -> MoveHistory:
         """The moves made while the machine records them (SimMachine.record_moves)."""
         return self._machine.move_history
+
+    def promoted_pages(self, proc: ProcessId | None = None) -> int:
+        """Pages moved from a slow-tier to a top-tier node, by any policy (always counted):
+        of proc, or of every process."""
+        return self._machine.tier_moves.promoted(proc)
+
+    def demoted_pages(self, proc: ProcessId | None = None) -> int:
+        """Pages moved from a top-tier to a slow-tier node (as promoted_pages)."""
+        return self._machine.tier_moves.demoted(proc)
