@@ -129,6 +129,8 @@ class HotSkip(CounterName):
     NO_SHORT_EVIDENCE = "skip_no_short_evidence"  # the re-probe did not find it young
     PING_PONG_GUARD = "skip_ping_pong_guard"  # moved too recently
     REPROBE_QUEUE_FULL = "reprobe_queue_full"  # no room to queue its re-probe
+    # the source had nothing new at its re-probe (DAMON): judged on the scan alone
+    REPROBE_ACCESS_UNKNOWN = "reprobe_access_unknown"
 
 
 class ScanSkip(CounterName):
@@ -137,6 +139,8 @@ class ScanSkip(CounterName):
     ACCESS_DENIED = "scan_access_denied"  # its page tables could not be read
     PROC_GONE = "scan_proc_gone"  # it exited during the visit
     SCALE0 = "scan_skip_scale0"  # its scale is 0: not scanned
+    # pages the access source had nothing new on (DAMON: no snapshot since): no look
+    ACCESS_UNKNOWN = "scan_access_unknown"
 
 
 class VmaSkip(CounterName):

@@ -173,7 +173,7 @@ class Scanner:
         except AccessUnknown:
             # Nothing new on these pages (a DAMON snapshot already reported): no look,
             # so no bit in their history, no scan counted in it.
-            self.stats.add(proc, "scan_access_unknown", pages_of(len(folios), nr_pages))
+            self.stats.add(proc, ScanSkip.ACCESS_UNKNOWN, pages_of(len(folios), nr_pages))
             return
         history = slot.history_chunk(chunk_base)
         pushed = push_history(history[offsets], young)
@@ -232,7 +232,7 @@ class Scanner:
             young = self.machine.test_and_clear_young(slot.proc, entry.folios)
         except AccessUnknown:
             nr_unknown = pages_of(len(entry), entry.nr_pages)
-            self.stats.add(slot.proc, "reprobe_access_unknown", nr_unknown)
+            self.stats.add(slot.proc, HotSkip.REPROBE_ACCESS_UNKNOWN, nr_unknown)
             judged = Judged(
                 slot, entry.chunk_base, entry.offsets, entry.folios, entry.nr_pages,
                 np.ones(len(entry), dtype=np.bool_),
