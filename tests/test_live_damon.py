@@ -184,6 +184,29 @@ def test_pending_request_is_retried_after_a_while(kernel: FakeDamonKernel) -> No
     src.close()
 
 
+def test_a_pending_request_cancelled_while_the_requester_waits_on_it(
+    kernel: FakeDamonKernel,
+) -> None:
+    """The guest's DAMON run under load: the process of the one pending request exited
+    (cancel()) while the requester polled for its regions; the requester thread died
+    with StopIteration, and no snapshot came for anyone after that."""
+    kernel.fill_lag_reads = 1_000_000  # the kernel never fills this request's regions
+    clock = FakeClock()
+    src = source(kernel, clock, max_step_block_ms=0)
+    with pytest.raises(AccessUnknown):
+        src.test_and_clear_young(P1, pages(0, 8))
+    wait_until(lambda: src.requester.nr_written == 1)  # written: pending, polled
+    src.forget(P1)
+    time.sleep(5 * src.settings.pending_poll_ms / 1000)  # polls that find it gone
+    assert src.requester.alive
+    kernel.fill_lag_reads = 0
+    with pytest.raises(AccessUnknown):
+        src.test_and_clear_young(P2, pages(0, 8))
+    wait_until(lambda: src.snapshots_ready() == 1)
+    assert src.test_and_clear_young(P2, pages(0, 8)).all()
+    src.close()
+
+
 def test_pool_full_then_slot_reused(kernel: FakeDamonKernel) -> None:
     clock = FakeClock()
     src = source(kernel, clock, max_kdamonds=2)

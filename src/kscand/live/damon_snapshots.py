@@ -156,7 +156,8 @@ class SnapshotRequester:
             if self._pending:
                 self._expire_pending_locked()
             if self._pending:
-                if self._cond.wait(poll_s) or self._wanted or self._stopping:
+                # A cancel() while waiting may have emptied _pending (it does not notify).
+                if self._cond.wait(poll_s) or self._wanted or self._stopping or not self._pending:
                     continue
                 index = next(iter(self._pending))
                 req = self._pending.pop(index)
