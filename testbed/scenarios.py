@@ -102,6 +102,11 @@ class PromoteLimits:
     """How long the promote scenario runs (TCG: generous)."""
 
     judge_scans: int = 10  # complete scans of main after which it is judged
+    # On DAMON a scan is a look only where a snapshot came since the last one (a batch
+    # with none is AccessUnknown), and a page needs 3 looks in a row (DAMON_YOUNG_SCANS).
+    # With a host core busy, steps took 3-14 s and the hot set reached node 0 after the
+    # 10th scan (83.6 s; 97 batches unknown): DAMON is judged after twice as many.
+    damon_judge_scans: int = 20
     max_s: float = 600.0  # upper bound from ready, for scans that never complete
     settle_s: float = 6.0  # keeps running after 90 %, so a late wrong move would show
     # The exiting workload exits this long after the daemon first lists it (it must have
@@ -156,6 +161,7 @@ def _poll_promotion(
     exiter's exit, or for judge_scans complete scans of main (then the test judges)."""
     ready_wall = float(main.info["ready_wall"])
     scans = ScanLog(daemon, main.pid, ready_wall, [])
+    judge_scans = limits.damon_judge_scans if daemon.source == "damon" else limits.judge_scans
     reached_s: float | None = None
     alive_after_exit: list[bool] = []
     exiter_ready_wall = float(exiter.info["ready_wall"])
@@ -187,7 +193,7 @@ def _poll_promotion(
         if (
             exit_counted
             and len(alive_after_exit) >= 3
-            and (reached_s is not None or nr_scans >= limits.judge_scans)
+            and (reached_s is not None or nr_scans >= judge_scans)
         ):
             break
         wait_s(POLL_S)

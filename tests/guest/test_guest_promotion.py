@@ -52,8 +52,10 @@ from .scenario import (
 
 pytestmark = pytest.mark.guest
 
-HOT_SCANS_MAX = PromoteLimits().judge_scans  # >= 90 % on node 0 within this many scans of
-# main (measured: see the scans_at_90 the scenario records)
+# >= 90 % on node 0 within this many scans of main, by access source (measured: see the
+# scans_at_90 the scenario records; on DAMON a scan without a fresh snapshot is no look)
+HOT_SCANS_MAX = {"page_idle": PromoteLimits().judge_scans,
+                 "damon": PromoteLimits().damon_judge_scans}
 HOT_SHARE_MIN = 0.90
 COLD_STAY_MIN = 0.95
 STOP_DEADLINE_S = 10.0  # SIGTERM to exit (the daemon waits for at most one batch)
@@ -120,7 +122,7 @@ def test_hot_pages_reach_the_top_tier_within_the_judged_scans(boot: Boot) -> Non
         f"never {HOT_SHARE_MIN:.0%} on node 0 in {scenario.main_scans} complete scans of the "
         f"workload\n{scenario.explain()}"
     )
-    assert scenario["scans_at_90"] <= HOT_SCANS_MAX, scenario.explain()
+    assert scenario["scans_at_90"] <= HOT_SCANS_MAX[boot.source], scenario.explain()
     assert share(scenario.timeline[-1], "hot", 0) >= HOT_SHARE_MIN, scenario.explain()
     migrated = scenario.totals.get("nr_kscand_migrated", 0)
     assert migrated >= HOT_SHARE_MIN * scenario["main"]["nr_hot"], scenario.explain()
