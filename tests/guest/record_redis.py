@@ -6,9 +6,11 @@
 2. Load --keys keys (SET, pipelined; evaluation/record/redis_client.py's RESP client
    and value sizes).
 3. Start `kscand record --pid <redis-server> --duration S --interval I --source page_idle
-   --out DIR/redis.csv --json DIR/record.json`; while it runs, send requests: GET
-   with probability 0.9 else SET, keys drawn from a Zipf(0.99) popularity over a
-   seeded random permutation of the keys (redis_client.py's draw), pipelined 32 deep.
+   --out DIR/redis.csv --json DIR/record.json`; while it runs, send --rate requests per
+   second (paced, in pipelines of DEPTH): GET with probability 0.9 else SET, keys drawn
+   from a Zipf(0.99) popularity over a seeded random permutation of the keys
+   (redis_client.py's draw). Unpaced, the client under TCG touched ~85 % of the
+   server's pages in every 1 s interval: no pattern left to see.
 4. Stop the server; write DIR/result.json: the recorder's exit status and output, the
    requests sent, the server's memory.
 
@@ -31,7 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 6399
-DEPTH = 32
+DEPTH = 10  # requests per pipeline (paced: one pipeline every DEPTH / rate seconds)
+LOAD_DEPTH = 256
 DRAW_CHUNK = 4096  # requests drawn at a time (rng.choices over the cumulative weights)
 READY_S = 120.0
 RECORD_SLACK_S = 300.0  # the recorder's imports and passes under TCG, past --duration-s
@@ -58,18 +61,21 @@ def start_server(data: Path) -> subprocess.Popen[bytes]:
 
 
 def load(rc: ModuleType, conn: Any, keys: list[bytes], rng: random.Random) -> None:
-    for lo in range(0, len(keys), DEPTH * 8):
-        conn.pipeline([rc.resp(b"SET", k, rc.value(rng, 64, 512)) for k in keys[lo:lo + DEPTH * 8]])
+    for lo in range(0, len(keys), LOAD_DEPTH):
+        conn.pipeline([rc.resp(b"SET", k, rc.value(rng, 64, 512))
+                       for k in keys[lo:lo + LOAD_DEPTH]])
 
 
 def serve(rc: ModuleType, conn: Any, keys: list[bytes], recorder: subprocess.Popen[bytes],
-          deadline: float) -> dict[str, int]:
-    """Zipf(0.99) GET/SET requests until the recorder exits (or the deadline)."""
+          deadline: float, rate_per_s: float) -> dict[str, int]:
+    """Zipf(0.99) GET/SET requests at rate_per_s until the recorder exits (or the
+    deadline)."""
     rng = random.Random(14)
     by_rank = keys[:]
     rng.shuffle(by_rank)
     cum = rc.zipf_cum_weights(len(keys), 0.99)
     sent = gets = 0
+    start = time.monotonic()
     while recorder.poll() is None and time.monotonic() < deadline:
         picks = rng.choices(by_rank, cum_weights=cum, k=DRAW_CHUNK)
         for lo in range(0, DRAW_CHUNK, DEPTH):
@@ -82,6 +88,7 @@ def serve(rc: ModuleType, conn: Any, keys: list[bytes], recorder: subprocess.Pop
                     cmds.append(rc.resp(b"SET", key, rc.value(rng, 64, 512)))
             conn.pipeline(cmds)
             sent += len(cmds)
+            time.sleep(max(0.0, start + sent / rate_per_s - time.monotonic()))
             if recorder.poll() is not None:
                 break
     return {"requests": sent, "gets": gets}
@@ -93,6 +100,7 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=50_000)
     ap.add_argument("--duration-s", type=float, default=30.0)
     ap.add_argument("--interval-s", type=float, default=1.0)
+    ap.add_argument("--rate", type=float, default=300.0, help="requests per second")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +123,7 @@ def main() -> int:
             recorder = subprocess.Popen(argv, stdout=stdout, stderr=stderr)
             t0 = time.monotonic()
             result |= serve(rc, conn, keys, recorder,
-                            time.monotonic() + args.duration_s + RECORD_SLACK_S)
+                            time.monotonic() + args.duration_s + RECORD_SLACK_S, args.rate)
             result["serve_s"] = round(time.monotonic() - t0, 1)
             try:
                 result["record_status"] = recorder.wait(timeout=RECORD_SLACK_S)

@@ -3,11 +3,17 @@ GET/SET client (tests/guest/record_redis.py), recorded with page_idle on the bui
 then replayed on the host by `kscand sim`.
 
 One boot of the idle kernel: the server loads KEYS keys, then `kscand record --duration
-DURATION_S --interval INTERVAL_S` runs while the client sends requests. The tests judge
-the file (header, every interval, a skewed pattern: the pages found accessed in nearly
-every interval are a minority of the pages and take most records) and its replay (a
-scenario as evaluation/record/make_scenario.py writes them: the top tier holds 25 % of the
-pages touched).
+DURATION_S --interval INTERVAL_S` runs while the client sends RATE requests per second.
+The tests judge the file (header, every interval) and its pattern: an interval's pages
+are a minority of the pages touched, and the quarter of the pages found accessed in the
+most intervals takes well over a quarter of the records; and the replay (a scenario as
+evaluation/record/make_scenario.py writes them, the top tier holding 25 % of the pages
+touched): the oracle's top-tier share of the accesses is over one half, where a uniform
+pattern would give a quarter.
+
+The first run (unpaced client, 2026-12-02): every 1 s interval found ~85 % of the 4,858
+resident pages accessed, and the replay's oracle share was 0.335: the client was paced
+since (RATE).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ pytestmark = pytest.mark.guest
 KEYS = 50_000
 DURATION_S = 30
 INTERVAL_S = 1.0
-HOT_INTERVALS_SHARE = 0.9  # a hot page: found accessed in at least 90 % of the intervals
-HOT_PAGES_MAX = 0.5  # ... hot pages are at most half of the pages touched
-HOT_RECORDS_MIN = 0.5  # ... and take at least half of the records
+RATE = 300  # requests per second
+TOP_PAGES = 0.25  # the quarter of the pages found accessed in the most intervals ...
+TOP_RECORDS_MIN = 0.35  # ... takes at least 35 % of the records (uniform: 25 %)
+INTERVAL_PAGES_MAX = 0.5  # an interval finds at most half of the pages touched, on average
+ORACLE_SHARE_MIN = 0.5  # the replay's oracle, a top tier of 25 % of the pages touched
 MIN_PAGES = 1000  # 50,000 keys of 64-512 bytes: thousands of pages
 
 
@@ -58,7 +66,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     guest = require_guest("idle", timeout_s=BOOT_SLACK_S + DURATION_S + 2 * SCENARIO_SLACK_S)
     rwdir = tmp_path_factory.mktemp("record-idle")
     command = (f"PYTHONPATH=src python tests/guest/record_redis.py --keys {KEYS} "
-               f"--duration-s {DURATION_S} --interval-s {INTERVAL_S} "
+               f"--duration-s {DURATION_S} --interval-s {INTERVAL_S} --rate {RATE} "
                '--out "$KSCAND_RWDIR/redis-record"')
     result = guest.run_commands([command], rwdir)
     out = rwdir / "redis-record"
@@ -98,17 +106,20 @@ def page_intervals(trace: Trace) -> tuple[np.ndarray[Any, Any], int]:
 def test_the_recording_is_skewed(recording: Recording) -> None:
     trace = load_trace(str(recording.out / "redis.csv"))
     counts, nr_intervals = page_intervals(trace)
-    hot = counts >= HOT_INTERVALS_SHARE * nr_intervals
-    pages_share = float(hot.mean())
-    records_share = float(counts[hot].sum() / counts.sum())
+    ranked = np.sort(counts)[::-1]
+    nr_top = max(1, int(TOP_PAGES * counts.size))
+    top_records = float(ranked[:nr_top].sum() / ranked.sum())
+    per_interval = trace.nr_rows / nr_intervals / counts.size
+    always = float((counts >= 0.9 * nr_intervals).mean())
     numbers = (f"{counts.size:,} pages touched over {nr_intervals} intervals, {trace.nr_rows:,} "
-               f"records; hot (in >= {HOT_INTERVALS_SHARE:.0%} of the intervals): "
-               f"{int(hot.sum()):,} pages ({pages_share:.1%}) taking {records_share:.1%} of "
-               f"the records; pages per interval {trace.nr_rows / nr_intervals:,.0f}")
+               f"records ({recording.result.get('requests', 0):,} requests); an interval found "
+               f"{per_interval:.1%} of the pages accessed; the top {TOP_PAGES:.0%} of the pages "
+               f"took {top_records:.1%} of the records; {always:.1%} of the pages were found "
+               "accessed in >= 90 % of the intervals")
     note(recording, numbers)
     assert counts.size >= MIN_PAGES, numbers
-    assert 0 < pages_share <= HOT_PAGES_MAX, numbers
-    assert records_share >= HOT_RECORDS_MIN, numbers
+    assert per_interval <= INTERVAL_PAGES_MAX, numbers
+    assert top_records >= TOP_RECORDS_MIN, numbers
 
 
 def replay_scenario(path: Path, trace: Path, pid: int, vma_bytes: int, nr_pages: int) -> None:
@@ -159,4 +170,4 @@ def test_kscand_sim_replays_the_recording(recording: Recording, tmp_path: Path,
     assert proc["rate_per_s"] > 0, numbers
     assert 0 < proc["nr_hot"] < counts.size, numbers
     # the top tier holds 25 % of the pages touched: a uniform pattern would give ~0.25
-    assert proc["oracle_share"] > 0.5, numbers
+    assert proc["oracle_share"] > ORACLE_SHARE_MIN, numbers
