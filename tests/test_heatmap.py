@@ -108,6 +108,18 @@ def test_report_heatmap_fits_80_columns_on_the_evaluation_traces(
     assert "█" in out and "└" in out and " s" in out
 
 
+def test_the_widest_addresses_fit_80_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    rows = [f"{t},1,{a:#x},1" for t in range(100) for a in (0xFFFF_FFFF_FFFF_0000, t << 30)]
+    (tmp_path / "wide.csv").write_text("\n".join(rows) + "\n")
+    assert main(["report", "heatmap", str(tmp_path / "wide.csv"), "--address-bins", "101"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("0xffffffffffff0000 ") for line in lines)
+    assert max(cell_len(line) for line in lines) == 80
+
+
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         rc = main(argv)

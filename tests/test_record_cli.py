@@ -119,6 +119,8 @@ def test_record_compact_and_json(
         (["--interval", "-1"], "--interval: must be a positive number of seconds, got -1"),
         (["--interval", "nan"], "--interval: must be a positive number of seconds, got nan"),
         (["--duration", "1", "--interval", "2"], "--interval: 2 s is longer than --duration 1 s"),
+        (["--duration", "inf"], "--duration: must be a positive number of seconds, got inf"),
+        (["--duration", "1e7", "--interval", "1"], "makes more than 1,000,000 intervals"),
         (["--source", "damon"], "access_source damon:"),
         (["--source", "nope"], "invalid choice"),
     ],

@@ -11,9 +11,13 @@ evaluation/record/make_scenario.py writes them, the top tier holding 25 % of the
 touched): the oracle's top-tier share of the accesses is over one half, where a uniform
 pattern would give a quarter.
 
-The first run (unpaced client, 2026-12-02): every 1 s interval found ~85 % of the 4,858
-resident pages accessed, and the replay's oracle share was 0.335: the client was paced
-since (RATE).
+Measured (2026-12-02, two boots). Unpaced, the client made every 1 s interval find ~85 %
+of the 4,858 resident pages accessed, and the replay's oracle share was 0.335: the client
+is paced since (RATE). At 300 requests/s (12,738 requests): 4,728 pages touched over 30
+intervals, 69,185 records; an interval found 48.8 % of the pages accessed; the top 25 %
+of the pages took 51.3 % of the records; 35.6 % of the pages were accessed in >= 90 % of
+the intervals; the replay's oracle share 0.518 (kscand's top-tier share 0.467); passes of
+0.6-0.7 s, none late. The bounds below sit between the two runs.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ INTERVAL_S = 1.0
 RATE = 300  # requests per second
 TOP_PAGES = 0.25  # the quarter of the pages found accessed in the most intervals ...
 TOP_RECORDS_MIN = 0.35  # ... takes at least 35 % of the records (uniform: 25 %)
-INTERVAL_PAGES_MAX = 0.5  # an interval finds at most half of the pages touched, on average
-ORACLE_SHARE_MIN = 0.5  # the replay's oracle, a top tier of 25 % of the pages touched
+INTERVAL_PAGES_MAX = 0.65  # an interval finds at most 65 % of the pages touched, on average
+ORACLE_SHARE_MIN = 0.42  # the replay's oracle, a top tier of 25 % of the pages touched
 MIN_PAGES = 1000  # 50,000 keys of 64-512 bytes: thousands of pages
 
 

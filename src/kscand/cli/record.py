@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from kscand.inspect.record import RecordSummary
 
 EXIT_INTERRUPTED = 130
+MAX_INTERVALS = 1_000_000  # a replay keeps per-window arrays: bounded like the trace limits
 ADDRESS_MODES = ("compact", "vaddr")  # kscand.inspect.record.AddressMode
 
 
@@ -83,6 +84,9 @@ def main(args: argparse.Namespace) -> int:
     if interval_s > duration_s:
         raise ConfigError(f"--interval: {interval_s:g} s is longer than --duration "
                           f"{duration_s:g} s")
+    if duration_s / interval_s > MAX_INTERVALS:
+        raise ConfigError(f"--duration {duration_s:g} s makes more than {MAX_INTERVALS:,} "
+                          f"intervals of {interval_s:g} s")
 
     from kscand.inspect.record import (
         AddressMode,

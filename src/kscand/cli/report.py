@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         address_bins = PNG_ADDRESS_BINS if png else TERMINAL_ADDRESS_BINS
     if time_bins is None:
         # the terminal: what is left of 80 columns after the widest address label
-        time_bins = PNG_TIME_BINS if png else TERMINAL_COLUMNS - len("0x7fffffffffff") - 2
+        time_bins = PNG_TIME_BINS if png else TERMINAL_COLUMNS - len(f"{1 << 63:#x}") - 2
     maps = trace_heatmaps(trace, args.pid, address_bins=address_bins, time_bins=time_bins)
     if not maps:
         raise ConfigError(f"{args.trace}: no records for pid {args.pid}")
