@@ -181,3 +181,17 @@ def test_report_heatmap_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                        capsys)
     assert rc == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "heatmap written to" in out
+
+
+def test_the_readme_shows_what_the_command_prints(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    readme = (ROOT / "README.md").read_text().splitlines()
+    command = "    $ kscand report heatmap evaluation/traces/redis-zipf.csv --address-bins 8"
+    start = readme.index(command) + 1
+    end = next(i for i in range(start, len(readme)) if not readme[i].startswith("    "))
+    shown = [line[4:].rstrip() for line in readme[start:end]]
+    monkeypatch.chdir(ROOT)
+    assert main(command.split()[2:]) == 0
+    assert [line.rstrip() for line in capsys.readouterr().out.splitlines()] == shown
