@@ -17,7 +17,8 @@ REPO=$(dirname "$HERE")
 # shellcheck source=testbed/common.sh
 source "$HERE/common.sh"
 
-DEB_PACKAGES=(qemu-system-x86 busybox-static kmod flex bison bc libelf-dev libssl-dev build-essential)
+DEB_PACKAGES=(qemu-system-x86 busybox-static kmod flex bison bc libelf-dev libssl-dev build-essential
+    redis-server)  # redis-server: the program tests/guest/test_guest_record.py records
 VENV=$REPO/.venv
 
 install_debs() {

@@ -53,3 +53,19 @@ def test_status_help_imports_only_its_own_subcommand() -> None:
 
 def test_the_probe_sees_what_a_subcommand_imports() -> None:
     assert _under(_kscand_modules(["sim", "--help"]), "kscand.sim") != []
+
+
+@pytest.mark.parametrize("argv", [["record", "--help"], ["report", "heatmap", "--help"]])
+def test_record_and_report_help_import_neither_the_backend_nor_the_simulator(
+    argv: list[str],
+) -> None:
+    """The recorder imports the live machine and the heatmap the trace loader only once
+    they run; their --help loads their own CLI module and nothing else of kscand.cli."""
+    modules = _kscand_modules(argv)
+    for package in ("kscand.sim", "kscand.evaluation", "kscand.live", "kscand.inspect",
+                    "kscand.core.scanner", "kscand.core.filters"):
+        assert _under(modules, package) == []
+    assert f"kscand.cli.{argv[0]}" in modules
+    others = {"kscand.cli.scan", "kscand.cli.sim", "kscand.cli.status", "kscand.cli.record",
+              "kscand.cli.report"} - {f"kscand.cli.{argv[0]}"}
+    assert others.isdisjoint(modules)

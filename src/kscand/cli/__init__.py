@@ -31,11 +31,13 @@ COMMANDS: dict[str, str] = {
     "sim": "kscand.cli.sim",
     "topology": "kscand.cli.topology",
     "scan": "kscand.cli.scan",
+    "record": "kscand.cli.record",
     "run": "kscand.cli.run",
     "status": "kscand.cli.status",
     "tune": "kscand.cli.tune",
     "scale": "kscand.cli.scale",
     "compare": "kscand.cli.compare",
+    "report": "kscand.cli.report",
 }
 
 # Subcommand name -> its one-line help, for `kscand --help` without importing the
@@ -44,11 +46,13 @@ SUMMARIES: dict[str, str] = {
     "sim": "run kscand on the simulated two-tier machine",
     "topology": "show NUMA nodes, memory tiers and what kscand can do on this machine",
     "scan": "scan one process a few times and show what would be promoted (moves nothing)",
+    "record": "record a process's page accesses into a trace kscand sim replays",
     "run": "run the kscand daemon in the foreground",
     "status": "show the running daemon's counters and per-process state",
     "tune": "show or change the running daemon's tunables",
     "scale": "set a running process's scan scale (0 = never scan it)",
     "compare": "compare kscand with no tiering, NUMA balancing, DAMON and the oracle",
+    "report": "draw a trace's accesses over address and time (report heatmap)",
 }
 
 EXIT_OK = 0

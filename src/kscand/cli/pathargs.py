@@ -23,3 +23,14 @@ def path_str_arg(text: str) -> str:
 def path_arg(text: str) -> Path:
     """A path argument."""
     return Path(path_str_arg(text))
+
+
+def png_arg(text: str) -> Path:
+    """A FILE.png argument: not a directory (matplotlib would write DIR.png and kscand
+    say DIR), not another format (x.txt was a traceback)."""
+    path = path_arg(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory; name a FILE.png in it")
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text}: the heatmap is a PNG file: name it FILE.png")
+    return path

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from kscand.cli import SUMMARIES
 from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
-from kscand.cli.pathargs import path_arg, path_str_arg
+from kscand.cli.pathargs import path_str_arg, png_arg
 from kscand.cli.tables import pages_size, print_table, text
 from kscand.config import ACCESS_SOURCES
 from kscand.errors import ConfigError, ProcessGone, Unsupported
@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
                         help="scan passes (hot = accessed in 2 consecutive passes; default 3)")
     parser.add_argument("--interval-ms", type=int, default=1000,
                         help="pause between passes in milliseconds (default 1000)")
-    parser.add_argument("--heatmap", type=heatmap_arg, default=None, metavar="FILE.png",
+    parser.add_argument("--heatmap", type=png_arg, default=None, metavar="FILE.png",
                         help="also draw accessed pages per pass (needs matplotlib: kscand[plot])")
     parser.add_argument("--access-source", choices=ACCESS_SOURCES,
                         default="auto", help="where Accessed bits come from (default auto)")
@@ -48,17 +48,6 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--sysfs", default="/sys", type=path_str_arg,
                         help="sysfs root (default /sys)")
     add_json_argument(parser, "the per-node pages, every candidate range and the skips")
-
-
-def heatmap_arg(text: str) -> Path:
-    """--heatmap FILE.png: a PNG file name, not a directory (matplotlib would write DIR.png
-    and kscand say DIR), not another format (x.txt was a traceback)."""
-    path = path_arg(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a directory; name a FILE.png in it")
-    if path.suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"{text}: the heatmap is a PNG file: name it FILE.png")
-    return path
 
 
 def main(args: argparse.Namespace) -> int:
