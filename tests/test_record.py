@@ -12,7 +12,7 @@ import pytest
 from simkit import COLD, HOT, scenario
 
 from kscand.cli import main
-from kscand.errors import ConfigError, ProcessGone
+from kscand.errors import AccessUnknown, ConfigError, ProcessGone
 from kscand.inspect.record import (
     AddressMode,
     CompactLayout,
@@ -237,6 +237,27 @@ def test_filters_skip_and_count_what_the_engine_would_not_test(tmp_path: Path) -
     assert text.splitlines()[-1].endswith(
         "skipped over 3 passes: page_not_present=6 page_shared=3 page_zero_page=3 "
         "vma_file_readonly=3")
+
+
+class SnapshotEveryOtherPass(ScriptedMachine):
+    """The DAMON source when passes outpace its snapshots: nothing new on odd passes."""
+
+    def test_and_clear_young(self, proc: ProcessId, pages: PageBatch) -> BoolArray:
+        if self.passes % 2 == 0:
+            raise AccessUnknown("no DAMON snapshot since the last report")
+        return super().test_and_clear_young(proc, pages)
+
+
+def test_a_pass_the_source_knows_nothing_about_is_counted_not_recorded(
+    tmp_path: Path,
+) -> None:
+    heap = {HEAP + i * PAGE_SIZE for i in range(8)}
+    machine = SnapshotEveryOtherPass(two_vmas()[:1], pages(HEAP, 8), [heap] * 5)
+    text, summary = run_record(machine, tmp_path / "t.csv", 4)
+    trace = parse_trace(text, "t.csv")
+    assert trace.nr_rows == 2 * 8  # intervals 2 and 4: the others had no observation
+    assert summary.page_skips["access_unknown"] == 2 * 8
+    assert "access_unknown=16" in text.splitlines()[-1]
 
 
 def test_an_accessed_thp_is_written_as_its_base_pages() -> None:

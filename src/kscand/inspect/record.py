@@ -43,7 +43,7 @@ import numpy.typing as npt
 from kscand.core.filters import NR_PAGE_SKIP, folio_sizes, page_skip_codes
 from kscand.core.scanplan import plan_scan
 from kscand.core.stats import PageSkip
-from kscand.errors import ConfigError, ProcessGone
+from kscand.errors import AccessUnknown, ConfigError, ProcessGone
 from kscand.machine import PAGE_SHIFT, PMD_SHIFT, Machine, ProcessId, U64Array
 
 RECORD_COLUMNS = "time_s,pid,address,count"
@@ -190,6 +190,9 @@ def format_records(t_s: float, pid: int, address: U64Array) -> bytes:
     return rows.tobytes()
 
 
+ACCESS_UNKNOWN = "access_unknown"  # pages the source had nothing new on (DAMON)
+
+
 @dataclass
 class PassResult:
     """One pass: the base pages found accessed, what was tested and skipped."""
@@ -207,6 +210,7 @@ def scan_pass(machine: Machine, proc: ProcessId) -> PassResult:
     accessed: list[U64Array] = []
     tested: list[U64Array] = []
     per_code = np.zeros(NR_PAGE_SKIP, dtype=np.int64)
+    nr_unknown = 0
     for start, end in plan.ranges:
         batch = machine.read_range(proc, start, end)
         codes = page_skip_codes(batch.flags)
@@ -215,12 +219,19 @@ def scan_pass(machine: Machine, proc: ProcessId) -> PassResult:
         if not eligible.size:
             continue
         folios = batch.take(eligible)
-        young = machine.test_and_clear_young(proc, folios)
-        tested.append(folios.vaddr)
         sizes = folio_sizes(batch.flags)[eligible]
+        try:
+            young = machine.test_and_clear_young(proc, folios)
+        except AccessUnknown:
+            # DAMON with no snapshot since the last pass: no observation, no record
+            nr_unknown += int(sizes.sum())
+            continue
+        tested.append(folios.vaddr)
         accessed.append(expand_folios(folios.vaddr[young], sizes[young]))
     skips = Counter({PageSkip(code).counter: int(per_code[code])
                      for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP) if per_code[code]})
+    if nr_unknown:
+        skips[ACCESS_UNKNOWN] = nr_unknown
     empty = np.zeros(0, dtype=np.uint64)
     tested_vaddr = np.concatenate(tested) if tested else empty
     return PassResult(np.concatenate(accessed) if accessed else empty, tested_vaddr,
