@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from simkit import COLD, machine_and_engine, run_steps, scenario
+from simkit import COLD, HOT, machine_and_engine, run_steps, scenario
 
 from kscand.core import hotness, placement
 from kscand.core.engine import Kscand
@@ -20,6 +20,7 @@ from kscand.errors import AccessUnknown
 from kscand.machine import PAGE_SIZE, BoolArray, Machine, MachineProxy, PageBatch, ProcessId
 from kscand.sim.machine import SimMachine
 from kscand.sim.scenario import Scenario
+from kscand.sim.view import SimView
 
 MiB = 1 << 20
 PAGES_PER_MIB = MiB // PAGE_SIZE
@@ -506,3 +507,40 @@ def test_without_a_re_probe_the_scan_s_evidence_stands() -> None:
     assert engine.stats.total["reprobe_queue_full"] > 0
     assert engine.stats.total["nr_kscand_migrated"] >= 8 * PAGES_PER_MIB
     assert engine.stats.total.get("skip_no_short_evidence", 0) == 0
+
+
+def test_pages_promoted_during_a_pass_count_as_residents_when_it_ends() -> None:
+    """A pass over 64 MiB in 16 MiB visits, promotions rate-limited so that they go on
+    through many passes: pages a pass had passed and then promoted were in its
+    histograms as wanting the node, so when it ended they read as wanting the node they
+    sat on until the next pass, and the ledger held a fraction of the node's residents
+    (usable room and "short" were judged on that)."""
+    size = 16 * MiB
+    sc = scenario(
+        [{"name": "hot", "placement": "slow", "workload": HOT,
+          "vmas": [{"kind": "anon", "size": "64MiB"}]}],
+        tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 100, "scan_period_min_ms": 100,
+                  "scan_period_max_ms": 100, "default_scale": 1, "scan_size_bytes": size,
+                  "scan_size_min_bytes": size, "scan_size_max_bytes": size,
+                  "promote_rate_limit_mbps": 8},
+    )
+    machine, engine = machine_and_engine(sc)
+    proc = machine.processes()[0]
+    view = SimView(machine)
+    node0 = list(view.nids).index(0)
+    checked = 0
+    last_pass = 0
+    for _ in range(3000):
+        run_steps(machine, engine, 1)
+        slot = engine.mm_list.get(proc)
+        assert slot is not None
+        if slot.full_scans == last_pass or slot.full_scans < 2:
+            last_pass = slot.full_scans
+            continue
+        last_pass = slot.full_scans
+        on_node0 = int(view.used_pages[node0])
+        if 0 < on_node0 < 64 * MiB // PAGE_SIZE:  # a pass ended with promotions going on
+            held = int(engine.ledger.of((0, True)).sum())
+            assert held >= 0.9 * on_node0, (slot.full_scans, held, on_node0)
+            checked += 1
+    assert checked >= 3

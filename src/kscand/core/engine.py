@@ -30,6 +30,7 @@ from kscand.core.placement import (
     ScanContext,
     moved_histogram,
     plan_nodes,
+    shift_histograms,
 )
 from kscand.core.reprobe import ReprobeQueue
 from kscand.core.room import FreeRoom, default_target, headroom_pages, target_order
@@ -254,12 +255,15 @@ class Kscand:
             src, dst = (home, True), (home, False)
         self.ledger.sub(src, counts)
         self.ledger.add(dst, counts)
-        for key, sign in ((src, -1), (dst, 1)):
-            cur = slot.heat_contrib.get(key)
-            if cur is None:
-                slot.heat_contrib[key] = np.maximum(counts * sign, 0)
-            else:
-                np.maximum(cur + counts * sign, 0, out=cur)
+        shift_histograms(slot.heat_contrib, src, dst, counts)
+        # The current pass counted the folios it already passed where they were: when
+        # it ends, its histograms must hold them where they are now (they read as
+        # wanting the node they sit on until the next pass, which made the node look
+        # emptier of residents and shorter of room than it was).
+        passed = cands.vaddr < np.uint64(slot.resume_vaddr)
+        if passed.any():
+            passed_counts = moved_histogram(cands.heat[passed], cands.nr_pages[passed])
+            shift_histograms(slot.heat_cur, src, dst, passed_counts)
 
     def _reprobe(self) -> None:
         """The second look at folios found accessed reprobe_delay_ms ago."""

@@ -73,6 +73,18 @@ class HeatLedger:
             self.add(key, counts)
 
 
+def shift_histograms(
+    hists: dict[HeatKey, I64Array], src: HeatKey, dst: HeatKey, counts: I64Array
+) -> None:
+    """Moved pages leave hists[src] for hists[dst] (never below 0)."""
+    for key, sign in ((src, -1), (dst, 1)):
+        cur = hists.get(key)
+        if cur is None:
+            hists[key] = np.maximum(counts * sign, 0)
+        else:
+            np.maximum(cur + counts * sign, 0, out=cur)
+
+
 def moved_histogram(heat: npt.NDArray[np.uint8], nr_pages: I64Array) -> I64Array:
     """Pages per heat bin of moved folios. (n,) -> int64 (NR_HEAT_BINS,)."""
     return np.bincount(heat, weights=nr_pages, minlength=NR_HEAT_BINS).astype(np.int64)
