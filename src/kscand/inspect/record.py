@@ -228,8 +228,9 @@ def scan_pass(machine: Machine, proc: ProcessId) -> PassResult:
             continue
         tested.append(folios.vaddr)
         accessed.append(expand_folios(folios.vaddr[young], sizes[young]))
-    skips = Counter({PageSkip(code).counter: int(per_code[code])
-                     for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP) if per_code[code]})
+    skips: Counter[str] = Counter({
+        PageSkip(code).counter: int(per_code[code])
+        for code in range(PageSkip.NOT_PRESENT, NR_PAGE_SKIP) if per_code[code]})
     if nr_unknown:
         skips[ACCESS_UNKNOWN] = nr_unknown
     empty = np.zeros(0, dtype=np.uint64)
