@@ -55,6 +55,7 @@ ENTRIES: dict[str, tuple[str, list[str]]] = {
     "redis-zipf": ("evaluation/scenarios/redis-zipf.toml", []),
     "sqlite-kv": ("evaluation/scenarios/sqlite-kv.toml", []),
     "igraph-pagerank": ("evaluation/scenarios/igraph-pagerank.toml", []),
+    "redis-recorded": ("evaluation/scenarios/redis-recorded.toml", []),
     "sweep-hotset": ("scenarios/hotset.toml", SWEEP),
     "sweep-zipf-0.9": ("evaluation/scenarios/zipf-0.9.toml", SWEEP),
     "sweep-many-small": ("evaluation/scenarios/many-small.toml", SWEEP),

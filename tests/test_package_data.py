@@ -32,7 +32,8 @@ SHIPPED_NAMES = {
     "evaluation": ["graph-powerlaw", "gups-hotset", "large-256g", "many-small", "zipf-0.6",
                    "zipf-0.9", "zipf-1.2"],
 }
-NOT_SHIPPED = ["igraph-pagerank", "redis-zipf", "sqlite-kv", "trace-phases"]  # need traces
+NOT_SHIPPED = ["igraph-pagerank", "redis-recorded", "redis-zipf", "sqlite-kv", "trace-phases"]
+# (they need traces)
 
 
 def _uses_trace(value: Any) -> bool:
