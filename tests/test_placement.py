@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from simkit import COLD, HOT, machine_and_engine, run_steps, scenario
 
-from kscand.core import hotness, placement
+from kscand.core import evidence, hotness, placement
 from kscand.core.engine import Kscand
 from kscand.core.placement import HeatLedger, node_plan
 from kscand.core.tunables import Tunables
@@ -498,6 +498,34 @@ def test_free_room_takes_what_a_re_probe_saw_accessed() -> None:
     warm_loose = loose.stats.total["nr_kscand_migrated"] - 8 * PAGES_PER_MIB
     assert warm_strict < warm_loose / 10, (warm_strict, warm_loose)
     assert warm_loose > 2 * PAGES_PER_MIB
+
+
+def _steady_run(repeated_scans: int, monkeypatch: pytest.MonkeyPatch) -> Kscand:
+    """A top tier with room, one process whose pages are touched 5 times a second:
+    a 1 s scan finds them accessed 99 % of the time, a re-probe (1 ms, due at the next
+    20 ms step) one time in ten."""
+    monkeypatch.setattr(evidence, "REPEATED_SCANS", repeated_scans)
+    sc = scenario(
+        [{"name": "steady", "placement": "slow", "workload": per_page(5.0, 4),
+          "vmas": [{"kind": "anon", "size": "4MiB"}]}],
+        tunables={"scan_delay_ms": 0, "mm_scan_period_ms": 1000, "scan_period_min_ms": 1000,
+                  "scan_period_max_ms": 1000, "default_scale": 1, "reprobe_delay_ms": 1},
+    )
+    machine = SimMachine(sc)
+    engine = Kscand(machine, sc.tunables)
+    run_for(machine, engine, 5.5)  # scans at 0, 1, ..., 5 s
+    return engine
+
+
+def test_accessed_in_each_of_the_last_scans_is_evidence_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """promote_on_reprobe: a page every whole scan interval found accessed, REPEATED_SCANS
+    times in a row, qualifies though no re-probe saw it (the 4th scan: the first scan's bit
+    covers everything since the page was populated)."""
+    nr_pages = 4 * PAGES_PER_MIB
+    assert _steady_run(3, monkeypatch).stats.total["nr_kscand_migrated"] >= 0.9 * nr_pages
+    assert _steady_run(0, monkeypatch).stats.total["nr_kscand_migrated"] <= 0.5 * nr_pages
 
 
 def test_without_a_re_probe_the_scan_s_evidence_stands() -> None:
