@@ -169,7 +169,7 @@ def test_tune_json_lists_and_sets(
     assert cli_main(["tune", *state, "--json", "-"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["set"] == {}
-    assert shown["tunables"]["scan_size_bytes"] == 1 << 30  # bytes as an integer
+    assert shown["tunables"]["scan_size_bytes"] == 4 << 30  # bytes as an integer
     assert {"name", "unit", "min", "max", "doc"} <= set(shown["fields"][0])
     assert {f["name"] for f in shown["fields"]} == set(shown["tunables"])
     assert cli_main(["tune", *state, "--json", "-", "scan_sleep_ms=12",
@@ -177,7 +177,7 @@ def test_tune_json_lists_and_sets(
     changed = json.loads(capsys.readouterr().out)
     assert changed["set"] == {
         "scan_sleep_ms": {"value": 12, "was": 10, "changed": True},
-        "scan_size_bytes": {"value": 256 << 20, "was": 1 << 30, "changed": True},
+        "scan_size_bytes": {"value": 256 << 20, "was": 4 << 30, "changed": True},
     }
     assert changed["tunables"]["scan_sleep_ms"] == 12
     out_file = tmp_path / "tune.json"

@@ -169,7 +169,7 @@ def test_contrib_example_config_is_valid_and_has_every_tunable() -> None:
         assert f"{f.name} =" in text, f"contrib/kscand.toml does not document {f.name}"
     # The example keeps the defaults, so it documents them without changing them.
     assert config.tunables == Tunables()
-    assert config.tunables.scan_size_bytes == 1 * GiB
+    assert config.tunables.scan_size_bytes == 4 * GiB
 
 
 def test_contrib_rule_examples_parse_when_uncommented() -> None:

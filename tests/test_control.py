@@ -256,7 +256,7 @@ def test_kscand_tune_lists_and_sets(
     assert cli_main(["tune", *state, "scan_sleep_ms=12", "scan_size_bytes=256MiB"]) == 0
     out = capsys.readouterr().out
     assert "scan_sleep_ms = 12 (was 10)" in out
-    assert "scan_size_bytes = 268435456 (was 1073741824)" in out
+    assert "scan_size_bytes = 268435456 (was 4294967296)" in out
     running.wait_for(lambda: running.daemon.engine.tunables.scan_sleep_ms == 12)
 
 

@@ -11,7 +11,7 @@ from kscand.errors import ConfigError
 def test_series_defaults() -> None:
     t = Tunables()
     assert t.scan_sleep_ms == 20
-    assert t.scan_size_bytes == 1 << 30
+    assert t.scan_size_bytes == 4 << 30  # the series: 1 GiB (tunables.py says why)
     assert t.mms_to_scan == 4096
     assert t.hot_history_depth == 2
     assert t.scan_enabled is True
