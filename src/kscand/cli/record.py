@@ -88,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--duration {duration_s:g} s makes more than {MAX_INTERVALS:,} "
                           f"intervals of {interval_s:g} s")
 
+    from kscand.cli.oneprocess import open_one_process
     from kscand.inspect.record import (
         AddressMode,
         RecordEnd,
@@ -97,18 +98,8 @@ def main(args: argparse.Namespace) -> int:
         kernel_release,
         record_process,
     )
-    from kscand.live import LinuxMachine, ProcessSelection, Topic, probe
 
-    features = probe(args.procfs, args.sysfs)
-    for finding in features.findings():
-        if finding.blocking and finding.topic in (Topic.PRIVILEGE, Topic.PAGE_FLAGS):
-            raise Unsupported(finding.sentence)
-    with LinuxMachine(
-        args.procfs, args.sysfs,
-        selection=ProcessSelection(pids=(args.pid,)),
-        access_source=args.source,
-        self_pid=-1,
-    ) as machine:
+    with open_one_process(args.procfs, args.sysfs, args.pid, args.source) as machine:
         if machine.access_source_name == "none":
             raise Unsupported(f"no access source: {machine.access_source_reason}")
         try:

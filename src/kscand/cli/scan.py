@@ -15,7 +15,7 @@ from kscand.cli.jsonout import add_json_argument, to_stdout, write_json
 from kscand.cli.pathargs import path_str_arg, png_arg
 from kscand.cli.tables import pages_size, print_table, text
 from kscand.config import ACCESS_SOURCES
-from kscand.errors import ConfigError, ProcessGone, Unsupported
+from kscand.errors import ConfigError, ProcessGone
 from kscand.machine import PAGE_SHIFT, PAGE_SIZE
 from kscand.units import format_bytes
 
@@ -58,19 +58,10 @@ def main(args: argparse.Namespace) -> int:
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("--heatmap needs matplotlib: pip install 'kscand[plot]'")
 
+    from kscand.cli.oneprocess import open_one_process
     from kscand.inspect.oneshot import scan_process
-    from kscand.live import LinuxMachine, ProcessSelection, Topic, probe
 
-    features = probe(args.procfs, args.sysfs)
-    for finding in features.findings():
-        if finding.blocking and finding.topic in (Topic.PRIVILEGE, Topic.PAGE_FLAGS):
-            raise Unsupported(finding.sentence)
-    with LinuxMachine(
-        args.procfs, args.sysfs,
-        selection=ProcessSelection(pids=(args.pid,)),
-        access_source=args.access_source,
-        self_pid=-1,
-    ) as machine:
+    with open_one_process(args.procfs, args.sysfs, args.pid, args.access_source) as machine:
         try:
             stat = machine.procs.stat(args.pid)
         except ProcessGone:
