@@ -16,14 +16,49 @@ import pytest
 
 from kscand.cli import main
 from kscand.errors import ClusterError, ConfigError
-from kscand.evaluation.compare import Comparison, RunTask, compare
+from kscand.evaluation.compare import Comparison, RunResult, RunTask, compare
 from kscand.evaluation.costs import DEFAULT_COSTS
 from kscand.evaluation.policies import RunSpec
 from kscand.sim.scenario import load_scenario
-from tests.test_compare import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"wall_s", "peak_rss_mib"}  # measured, not computed: differ run to run
+SMALL = """
+name = "small-two"
+description = "two processes, a hot set and a zipf"
+seed = 5
+duration_s = 3
+sample_interval_s = 0.5
+
+[tunables]
+scan_delay_ms = 0
+mm_scan_period_ms = 600
+
+[[nodes]]
+nid = 0
+capacity = "64MiB"
+cpus = true
+tier = 4
+latency_ns = 80
+
+[[nodes]]
+nid = 1
+capacity = "1GiB"
+tier = 67
+latency_ns = 300
+
+[[processes]]
+name = "app"
+placement = "slow"
+workload = { kind = "hotset", hot_fraction = 0.1, hot_share = 0.95, rate_per_s = 2e6 }
+vmas = [{ kind = "anon", size = "64MiB" }]
+
+[[processes]]
+name = "kv"
+placement = "slow"
+workload = { kind = "zipf", skew = 0.9, hot_share = 0.8, rate_per_s = 1e6 }
+vmas = [{ kind = "anon", size = "32MiB" }]
+"""
 
 
 @pytest.fixture
@@ -103,7 +138,7 @@ def test_a_failing_run_is_one_line_naming_it(ray_local: Any, small: Path) -> Non
 
     # A lambda: pickled by value (the workers cannot import this test module).
     with pytest.raises(ClusterError, match=r"run 'kscand' failed: ValueError: invalid literal"):
-        run_on_ray(ray_local, _tasks(small), None, runner=lambda t: int(f"x\n{t.index}"))
+        run_on_ray(ray_local, _tasks(small), None, runner=lambda t: RunResult.from_json({"label": int(f"x\n{t.index}")}))
 
 
 def test_a_dead_worker_is_one_line_naming_the_run(ray_local: Any, small: Path) -> None:
