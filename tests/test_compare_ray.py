@@ -189,3 +189,13 @@ def test_without_the_extra_ray_is_one_line_before_any_run(
     assert code == 2 and captured.err.count("\n") == 1
     assert "pip install 'kscand[ray]'" in captured.err and captured.out == ""
     assert time.monotonic() - start < 5
+
+
+def test_compare_help_imports_no_ray() -> None:
+    import subprocess
+
+    probe = ("import sys, kscand.cli\ntry:\n    kscand.cli.main(['compare', '--help'])\n"
+             "except SystemExit:\n    pass\nsys.stderr.write(str('ray' in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stderr == "False" and "--ray" in done.stdout
