@@ -73,13 +73,17 @@ def ray_local() -> Iterator[Any]:
     """A small local Ray (2 CPUs, 128 MiB object store, no dashboard), shut down after."""
     ray = pytest.importorskip("ray")
     # The workers import kscand as this process does (PYTHONPATH=src:. in a checkout).
-    paths = [str(ROOT / "src"), str(ROOT)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    before = os.environ.get("PYTHONPATH")
+    paths = [str(ROOT / "src"), str(ROOT), *(before or "").split(os.pathsep)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     ray.init(num_cpus=2, object_store_memory=128 * 1024 * 1024, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 def _without_timing(comparison: Comparison) -> dict[str, Any]:
