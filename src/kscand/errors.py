@@ -52,3 +52,7 @@ class ConfigError(KscandError):
 
 class DaemonUnreachable(KscandError):
     """No answer from a daemon: none listens, or it did not answer (exit status 1)."""
+
+
+class ClusterError(KscandError):
+    """A Ray cluster could not be reached, or a run on it failed (its worker died)."""

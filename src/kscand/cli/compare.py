@@ -50,6 +50,11 @@ def add_parser(sub: Any) -> None:
                         help="override the scenario's virtual duration")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs in parallel worker processes (default: 2)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster instead of local workers: alone, a local "
+                        "Ray; ADDRESS: HOST:PORT or ray://HOST:PORT of a running head "
+                        "(needs pip install 'kscand[ray]'; trace paths must exist on the "
+                        "workers)")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR",
                         help="write DIR/report.html, PNG plots and DIR/report.json")
     parser.add_argument("--no-plots", action="store_true",
@@ -74,6 +79,11 @@ def main(args: argparse.Namespace) -> int:
         scenario = dataclasses.replace(scenario, duration_s=args.duration)
     if args.report is not None and not args.no_plots:
         _require_matplotlib()
+    pool = None
+    if args.ray is not None:  # connect before any run: a bad address fails now
+        from kscand.evaluation.raypool import ray_pool
+
+        pool = ray_pool(args.ray or None)
     progress = Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -92,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
                 progress.update(tasks[index], completed=fraction)
 
         comparison = compare(scenario, runs, sweeps, seed=args.seed, jobs=jobs,
-                             progress=on_progress)
+                             progress=on_progress, pool=pool)
     comparison.commit = source_commit()
     if to_stdout(args.json):
         write_json(args.json, comparison.to_json(), indent=1)

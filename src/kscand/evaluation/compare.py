@@ -40,6 +40,7 @@ PROGRESS_STEP = 0.01  # a worker reports progress at most every 1 %
 POLL_S = 0.2
 
 Progress = Callable[[int, float], None]  # (run index, fraction done)
+Pool = Callable[[list["RunTask"], Progress | None], list["RunResult"]]  # e.g. raypool's
 
 
 @dataclass
@@ -383,14 +384,18 @@ def compare(
     jobs: int = 1,
     costs: CostModel = DEFAULT_COSTS,
     progress: Progress | None = None,
+    pool: Pool | None = None,
 ) -> Comparison:
-    """Run every RunSpec (the oracle row comes from the first run's samples)."""
+    """Run every RunSpec (the oracle row comes from the first run's samples); on pool
+    (a cluster: kscand.evaluation.raypool) instead of local workers when given."""
     start = time.perf_counter()
     seed = scenario.seed if seed is None else seed
     check_traces(scenario)
     specs = [r for r in runs if r.policy != ORACLE] or [RunSpec("none")]
     tasks = [RunTask(i, spec, scenario, seed, costs) for i, spec in enumerate(specs)]
-    if jobs <= 1 or len(tasks) == 1:
+    if pool is not None:
+        results = pool(tasks, progress)
+    elif jobs <= 1 or len(tasks) == 1:
         results = [run_one(t, _bind(progress, t.index)) for t in tasks]
     else:
         results = _run_parallel(tasks, min(jobs, len(tasks)), progress)
