@@ -5,8 +5,10 @@ Imported by those subcommands only when they run: it loads the live backend.
 
 from __future__ import annotations
 
-from kscand.errors import Unsupported
+from kscand.errors import ConfigError, ProcessGone, Unsupported
 from kscand.live import LinuxMachine, ProcessSelection, Topic, probe
+from kscand.live.procfs import ProcStat
+from kscand.machine import ProcessId
 
 
 def open_one_process(procfs: str, sysfs: str, pid: int, access_source: str) -> LinuxMachine:
@@ -25,3 +27,14 @@ def open_one_process(procfs: str, sysfs: str, pid: int, access_source: str) -> L
         access_source=access_source,
         self_pid=-1,
     )
+
+
+def user_process(machine: LinuxMachine, pid: int) -> tuple[ProcessId, ProcStat]:
+    """pid's identity and stat; one line when it does not exist or is a kernel thread."""
+    try:
+        stat = machine.procs.stat(pid)
+    except ProcessGone:
+        raise ProcessGone(f"no process with pid {pid}") from None
+    if stat.is_kernel_thread:
+        raise ConfigError(f"pid {pid} ({stat.comm}) is a kernel thread: no user pages")
+    return machine.process_id(pid), stat

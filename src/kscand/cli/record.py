@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--duration {duration_s:g} s makes more than {MAX_INTERVALS:,} "
                           f"intervals of {interval_s:g} s")
 
-    from kscand.cli.oneprocess import open_one_process
+    from kscand.cli.oneprocess import open_one_process, user_process
     from kscand.inspect.record import (
         AddressMode,
         RecordEnd,
@@ -102,13 +102,7 @@ def main(args: argparse.Namespace) -> int:
     with open_one_process(args.procfs, args.sysfs, args.pid, args.source) as machine:
         if machine.access_source_name == "none":
             raise Unsupported(f"no access source: {machine.access_source_reason}")
-        try:
-            stat = machine.procs.stat(args.pid)
-        except ProcessGone:
-            raise ProcessGone(f"no process with pid {args.pid}") from None
-        if stat.is_kernel_thread:
-            raise ConfigError(f"pid {args.pid} ({stat.comm}) is a kernel thread: no user pages")
-        proc = machine.process_id(args.pid)
+        proc, stat = user_process(machine, args.pid)
         header = RecordHeader(
             kernel_release=kernel_release(), access_source=machine.access_source_name,
             interval_s=interval_s, duration_s=duration_s, pid=args.pid, comm=stat.comm,

@@ -58,17 +58,11 @@ def main(args: argparse.Namespace) -> int:
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("--heatmap needs matplotlib: pip install 'kscand[plot]'")
 
-    from kscand.cli.oneprocess import open_one_process
+    from kscand.cli.oneprocess import open_one_process, user_process
     from kscand.inspect.oneshot import scan_process
 
     with open_one_process(args.procfs, args.sysfs, args.pid, args.access_source) as machine:
-        try:
-            stat = machine.procs.stat(args.pid)
-        except ProcessGone:
-            raise ProcessGone(f"no process with pid {args.pid}") from None
-        if stat.is_kernel_thread:
-            raise ConfigError(f"pid {args.pid} ({stat.comm}) is a kernel thread: no user pages")
-        proc = machine.process_id(args.pid)
+        proc, stat = user_process(machine, args.pid)
         gone = ProcessGone(f"pid {args.pid} ({stat.comm}) exited during the scan")
         try:
             report = scan_process(machine, proc, passes=args.passes,
